@@ -1,0 +1,51 @@
+# TorchSAE: the user's verbs. Every target builds or refreshes .venv from requirements.lock first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lock-stamp
+RECIPE ?= recipes/quickstart.toml
+NPROC ?= 1
+CKPT ?=
+FORMAT ?= dfm
+PYTEST_WORKERS ?= 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv train test parity bench data export merge clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests
+
+parity: $(STAMP)
+	$(PY) -m pytest -q -m "parity" tests
+
+bench: $(STAMP)
+	$(PY) -m bench $(if $(SUITE),--suite $(SUITE),) $(if $(OVERWRITE),--overwrite,)
+
+data: $(STAMP)
+	$(PY) -m engine demo-data --workspace workspace/demo
+
+train: $(STAMP)
+	@if [ "$(RECIPE)" = "recipes/quickstart.toml" ] && [ ! -d workspace/demo/data_src/aligned ]; then $(MAKE) data; fi
+	@if [ "$(NPROC)" -gt 1 ]; then \
+	  $(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m engine train $(RECIPE) $(ARGS); \
+	else \
+	  $(PY) -m engine train $(RECIPE) $(ARGS); \
+	fi
+
+export: $(STAMP)
+	$(PY) -m engine export $(if $(CKPT),$(CKPT),--latest $(RECIPE)) --format $(FORMAT) $(ARGS)
+
+merge: $(STAMP)
+	$(PY) -m engine merge --recipe $(RECIPE) $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

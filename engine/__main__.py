@@ -1,0 +1,66 @@
+"""`torchsae` / `python -m engine`: subcommand -> module table.
+
+Each command module defines `add_arguments(parser)` and `run(args) -> int`; it is imported only when
+its command runs, so `torchsae validate` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("engine.recipe.cli_validate", "check a recipe and report every problem"),
+    "describe": ("engine.graph.cli_describe", "show a recipe's graph: nodes, shapes, parameter counts, derived values"),
+    "ls": ("engine.registry", "list archis, blocks, losses, schedules"),
+    "train": ("engine.train.cli", "train a recipe"),
+    "import-dfl": ("engine.dfl.cli", "convert a DFL SAEHD model folder to a TorchSAE checkpoint"),
+    "export": ("engine.export.cli", "export a checkpoint to ONNX or DFM"),
+    "swap": ("engine.export.swap_cli", "run a model over a folder of aligned faces"),
+    "faceset": ("engine.data.cli", "faceset tools: info, pack"),
+    "extract": ("engine.extract.cli", "videos/photos -> aligned DFLJPG faceset"),
+    "sort": ("engine.extract.sort_cli", "sort or clean an aligned faceset"),
+    "demo-data": ("engine.extract.demo", "fetch and extract the bundled demo faces"),
+    "merge": ("engine.merge.cli", "composite swapped faces back into frames and write the video"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchsae", description="Train DFL-style SAEHD face-swap models from TOML recipes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_mod, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _parser()
+    # Parse only up to the command name, then hand the rest to the command's own parser.
+    i = next((k for k, a in enumerate(argv) if a in COMMANDS), None)
+    if i is None:
+        ns = top.parse_args(argv)
+        top.print_help()
+        return 0 if not argv or ns.command is None else 2
+    ns = top.parse_args(argv[:i])
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(message)s")
+    name = argv[i]
+    mod = importlib.import_module(COMMANDS[name][0])
+    p = argparse.ArgumentParser(prog=f"torchsae {name}", description=COMMANDS[name][1])
+    mod.add_arguments(p)
+    args = p.parse_args(argv[i + 1:])
+    from engine.errors import TorchSAEError
+
+    try:
+        return int(mod.run(args) or 0)
+    except TorchSAEError as e:
+        print(f"torchsae {name}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""DFL SAEHD options (the dict pickled in `<name>_SAEHD_data.dat`, spec §1) -> recipe document.
+
+Every option DFL stores maps onto one recipe key (the `dfl=` name in engine/recipe/specs.py); options a
+recipe has no use for (GPU placement, preview history) are reported, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+
+from engine.recipe.specs import TABLES
+
+log = logging.getLogger("torchsae.recipe")
+
+# DFL options with no recipe meaning (device placement, UI state).
+IGNORED = {"models_opt_on_gpu", "write_preview_history", "choosed_gpu_indexes", "eyes_prio", "mouth_prio"}
+
+
+def _dfl_index() -> dict[str, tuple[str, str]]:
+    idx = {}
+    for table, cls in TABLES.items():
+        for f in attrs.fields(cls):
+            name = f.metadata.get("dfl")
+            if name:
+                idx[name] = (table, f.name)
+    return idx
+
+
+def options_to_doc(options: dict[str, Any]) -> dict[str, Any]:
+    """Map DFL's options dict onto recipe tables (DFL names and legacy values normalised)."""
+    doc: dict[str, dict[str, Any]] = {}
+    idx = _dfl_index()
+    unknown = []
+    for key, value in options.items():
+        if key in IGNORED:
+            continue
+        if key == "adabelief":
+            doc.setdefault("optim", {})["name"] = "adabelief" if value else "rmsprop"
+            continue
+        if key == "lr_dropout" and isinstance(value, bool):  # legacy bools (spec §1)
+            value = "y" if value else "n"
+        if key not in idx:
+            unknown.append(key)
+            continue
+        table, field = idx[key]
+        if hasattr(value, "item"):  # numpy scalars
+            value = value.item()
+        if key in ("face_style_power", "bg_style_power", "true_face_power", "gan_power", "random_hsv_power"):
+            value = float(value)
+        if key == "autobackup_hour":
+            value = float(value)
+        doc.setdefault(table, {})[field] = value
+    if unknown:
+        log.warning("DFL options with no recipe equivalent were ignored: %s", ", ".join(sorted(unknown)))
+    return doc
+
+
+def from_options(options: dict[str, Any], *, name: str = "dfl-import"):
+    """A validated Recipe from DFL's options dict (raises RecipeErrors naming the option)."""
+    from engine.recipe.load import from_dict
+
+    return from_dict(options_to_doc(options), source=f"<DFL options of {name}>", name=name)

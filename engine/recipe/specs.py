@@ -1,0 +1,250 @@
+"""Frozen, typed specs: what a recipe *means*, one class per consumer.
+
+A recipe is TOML with the tables below; each becomes one spec and each consumer receives only its own
+(the graph builder gets `ModelSpec`, the loss gets `LossSpec`, ...). Field metadata carries the schema
+(type, choices, range, help) that `engine.recipe.load` validates against, so the schema lives in one
+place. DFL's option names and defaults (spec §1) are kept wherever an option exists in DFL.
+
+This module imports no torch: `torchsae validate` is instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:  # engine.graph.spec owns the explicit-graph schema; parsed lazily by engine.recipe.load
+    from engine.graph.spec import GraphSpec
+
+# ---------------------------------------------------------------------------------------------------------
+# Field helper: attrs field + schema metadata
+
+
+def opt(default: Any, *, type: type | tuple, help: str, choices: tuple | None = None, min: float | None = None,
+        max: float | None = None, even: bool = False, dfl: str | None = None, list_of: type | None = None):
+    """An attrs field carrying its schema: python type, allowed choices, numeric range, DFL option name."""
+    meta = {"type": type, "help": help, "choices": choices, "min": min, "max": max, "even": even, "dfl": dfl,
+            "list_of": list_of}
+    return attrs.field(default=default, metadata=meta)
+
+
+FACE_TYPES = ("h", "mf", "f", "wf", "head")
+CT_MODES = ("none", "rct", "lct", "mkl", "idt", "sot")
+ARCHI_TYPES = ("df", "liae")
+ARCHI_OPTS = "udtc"
+
+
+@attrs.frozen(kw_only=True)
+class DataSpec:
+    """[data]: facesets and DFL's augmentation (spec §5). Paths are relative to the working directory."""
+
+    src: str = opt("workspace/demo/data_src/aligned", type=str, help="src faceset: DFL aligned folder or plain folder")
+    dst: str = opt("workspace/demo/data_dst/aligned", type=str, help="dst faceset: DFL aligned folder or plain folder")
+    plain_face_type: str = opt("wf", type=str, choices=FACE_TYPES,
+                               help="face type of plain folders (<name>_landmarks.npy beside each image)")
+    pretrain_faceset: str = opt("", type=str, help="faceset used in pretrain mode (DFL pretraining_data_path)")
+    random_warp: bool = opt(True, type=bool, help="DFL random warp of the network input", dfl="random_warp")
+    random_src_flip: bool = opt(False, type=bool, help="random horizontal flip of src samples", dfl="random_src_flip")
+    random_dst_flip: bool = opt(True, type=bool, help="random horizontal flip of dst samples", dfl="random_dst_flip")
+    random_hsv_power: float = opt(0.0, type=float, min=0.0, max=0.3, help="random HSV shift of the src input",
+                                  dfl="random_hsv_power")
+    ct_mode: str = opt("none", type=str, choices=CT_MODES, help="colour transfer of src samples to random dst",
+                       dfl="ct_mode")
+    uniform_yaw: bool = opt(False, type=bool, help="sample src faces uniformly over yaw", dfl="uniform_yaw")
+    pipeline: str = opt("fast", type=str, choices=("fast", "dfl"),
+                        help="fast: batched torch augmentation; dfl: DFL's per-sample numpy/cv2 path (oracle)")
+    workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
+
+
+@attrs.frozen(kw_only=True)
+class ModelSpec:
+    """[model]: a DFL archi preset (spec §2) or an explicit [graph]."""
+
+    archi: str = opt("liae-ud", type=str, help="'<df|liae>[-<opts>]', opts from u, d, t, c", dfl="archi")
+    resolution: int = opt(128, type=int, min=64, max=640, help="face resolution (multiple of 16; of 32 with -d)",
+                          dfl="resolution")
+    face_type: str = opt("f", type=str, choices=FACE_TYPES, help="model face type", dfl="face_type")
+    ae_dims: int = opt(256, type=int, min=1, max=4096, help="bottleneck width", dfl="ae_dims")
+    e_dims: int = opt(64, type=int, min=2, max=1024, even=True, help="encoder base channels", dfl="e_dims")
+    d_dims: int = opt(64, type=int, min=2, max=1024, even=True, help="decoder base channels", dfl="d_dims")
+    d_mask_dims: int = opt(22, type=int, min=2, max=1024, even=True, help="mask decoder base channels",
+                           dfl="d_mask_dims")
+    graph: GraphSpec | None = attrs.field(default=None, metadata={"type": "graph", "help": "explicit [graph] table"})
+
+    @property
+    def archi_type(self) -> str:
+        return self.archi.split("-")[0]
+
+    @property
+    def archi_opts(self) -> str:
+        parts = self.archi.split("-", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+
+@attrs.frozen(kw_only=True)
+class LossSpec:
+    """[loss]: SAEHD's terms (spec §3.4) with DFL's weights as defaults."""
+
+    masked_training: bool = opt(True, type=bool, help="losses inside the blurred face mask", dfl="masked_training")
+    eyes_mouth_prio: bool = opt(False, type=bool, help="300x L1 on eyes and mouth", dfl="eyes_mouth_prio")
+    blur_out_mask: bool = opt(False, type=bool, help="blur the background next to the face", dfl="blur_out_mask")
+    dssim_weight: float = opt(10.0, type=float, min=0.0, help="structural term weight (split 5+5 from res 256)")
+    mse_weight: float = opt(10.0, type=float, min=0.0, help="pixel MSE weight")
+    eyes_mouth_weight: float = opt(300.0, type=float, min=0.0, help="eyes/mouth L1 weight (with eyes_mouth_prio)")
+    mask_weight: float = opt(10.0, type=float, min=0.0, help="mask MSE weight")
+    face_style_power: float = opt(0.0, type=float, min=0.0, max=100.0, help="face style power (DFL %)",
+                                  dfl="face_style_power")
+    bg_style_power: float = opt(0.0, type=float, min=0.0, max=100.0, help="background style power (DFL %)",
+                                dfl="bg_style_power")
+    true_face_power: float = opt(0.0, type=float, min=0.0, max=1.0, help="true-face code discriminator (df only)",
+                                 dfl="true_face_power")
+    gan_power: float = opt(0.0, type=float, min=0.0, max=5.0, help="GAN power", dfl="gan_power")
+    gan_patch_size: int = opt(0, type=int, min=0, max=640, help="GAN patch size (0 = resolution // 8)",
+                              dfl="gan_patch_size")
+    gan_dims: int = opt(16, type=int, min=4, max=512, help="GAN discriminator base channels", dfl="gan_dims")
+    latent_distill_weight: float = opt(0.0, type=float, min=0.0, help="pull the latent towards a teacher's")
+    latent_distill_teacher: str = opt("", type=str, help="teacher checkpoint for latent distillation")
+
+
+@attrs.frozen(kw_only=True)
+class RampSpec:
+    """One loss-weight ramp: `term` goes linearly from `start_value` at `start` to `end_value` at `end`."""
+
+    term: str = opt("gan_power", type=str, help="a [loss] weight or power")
+    start: int = opt(0, type=int, min=0, help="step where the ramp begins")
+    end: int = opt(0, type=int, min=0, help="step where it reaches end_value (== start: a switch)")
+    start_value: float = opt(0.0, type=float, help="value up to `start`")
+    end_value: float = opt(0.0, type=float, help="value from `end` on")
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleSpec:
+    """[schedule]: learning rate, loss-weight ramps, random warp off, pretrain switch."""
+
+    lr: str = opt("constant", type=str, choices=("constant", "warmup", "cosine"), help="learning-rate schedule")
+    warmup_steps: int = opt(0, type=int, min=0, help="linear warm-up steps (warmup, cosine)")
+    decay_steps: int = opt(0, type=int, min=0, help="cosine decay length after warm-up (0 = train.target_iter)")
+    min_lr_ratio: float = opt(0.0, type=float, min=0.0, max=1.0, help="cosine floor as a fraction of optim.lr")
+    random_warp_off_at: int = opt(0, type=int, min=0, help="turn random warp off from this step (0 = never)")
+    pretrain_until: int = opt(0, type=int, min=0,
+                              help="train in pretrain mode until this step, then switch (DFL re-init rules)")
+    ramp: tuple = opt((), type=tuple, list_of=RampSpec, help="loss-weight ramps ([[schedule.ramp]] tables)")
+
+
+@attrs.frozen(kw_only=True)
+class OptimSpec:
+    """[optim]: DFL's optimizers (spec §3.6) and the usual torch ones."""
+
+    name: str = opt("adabelief", type=str, choices=("adabelief", "rmsprop", "adam", "adamw"),
+                    help="optimizer (DFL: adabelief, or rmsprop when adabelief is off)", dfl="adabelief")
+    lr: float = opt(5e-5, type=float, min=0.0, help="learning rate")
+    lr_dropout: str = opt("n", type=str, choices=("n", "y", "cpu"), help="DFL lr dropout (0.3, with 500-step cosine)",
+                          dfl="lr_dropout")
+    clipgrad: bool = opt(False, type=bool, help="clip the global gradient norm to 1.0", dfl="clipgrad")
+    betas: tuple = opt((0.9, 0.999), type=tuple, list_of=float, help="adam/adamw betas")
+    weight_decay: float = opt(0.0, type=float, min=0.0, help="adamw weight decay")
+
+
+@attrs.frozen(kw_only=True)
+class TrainSpec:
+    """[train]: the loop, checkpoints, previews."""
+
+    run_dir: str = opt("", type=str, help="run folder (default runs/<recipe name>)")
+    batch_size: int = opt(4, type=int, min=1, max=4096, help="batch size (split across DDP ranks)",
+                          dfl="batch_size")
+    target_iter: int = opt(0, type=int, min=0, help="stop at this step (0 = until interrupted)", dfl="target_iter")
+    seed: int = opt(0, type=int, min=0, help="seed for weights, sampling and augmentation")
+    deterministic: bool = opt(False, type=bool, help="deterministic algorithms (slower)")
+    device: str = opt("auto", type=str, choices=("auto", "cpu", "cuda"), help="training device")
+    amp: str = opt("off", type=str, choices=("off", "bf16", "fp16"), help="autocast dtype (DSSIM stays fp32)")
+    pretrain: bool = opt(False, type=bool, help="DFL pretrain mode", dfl="pretrain")
+    save_every_steps: int = opt(0, type=int, min=0, help="autosave every N steps (0 = off)")
+    save_every_minutes: float = opt(25.0, type=float, min=0.0, help="autosave every N minutes (DFL: 25)")
+    keep_last: int = opt(3, type=int, min=1, help="checkpoints kept")
+    backup_every_hours: float = opt(0.0, type=float, min=0.0, max=24.0, help="DFL autobackup period (0 = off)",
+                                    dfl="autobackup_hour")
+    preview_every: int = opt(0, type=int, min=0, help="preview every N steps (0 = DFL's 10*max(1, R//64))")
+    log_every: int = opt(10, type=int, min=1, help="TensorBoard scalars every N steps")
+    max_bad_steps: int = opt(3, type=int, min=1, help="consecutive non-finite steps before rolling back")
+    lr_backoff: float = opt(0.5, type=float, min=0.0, max=1.0, help="lr factor applied on a rollback")
+
+
+@attrs.frozen(kw_only=True)
+class ExportSpec:
+    """[export]: ONNX / DFM export (spec §9)."""
+
+    format: str = opt("dfm", type=str, choices=("onnx", "dfm"), help="default export format")
+    opset: int = opt(17, type=int, min=11, max=23, help="ONNX opset (DFM always uses 12)")
+    fp16: bool = opt(False, type=bool, help="export float16 weights")
+    simplify: bool = opt(True, type=bool, help="simplify with onnxsim (fallback onnxslim)")
+
+
+@attrs.frozen(kw_only=True)
+class CompileSpec:
+    """[compile]: torch.compile and kernel choice."""
+
+    mode: str = opt("off", type=str, choices=("off", "default", "max-autotune"), help="torch.compile mode")
+    kernels: str = opt("auto", type=str, choices=("auto", "reference", "fast", "triton"),
+                       help="DSSIM/warp implementation (auto logs its choice)")
+    channels_last: bool = opt(False, type=bool, help="channels_last memory format")
+
+
+MERGE_MODES = ("original", "overlay", "hist-match", "seamless", "seamless-hist-match", "raw-rgb", "raw-predict")
+MASK_MODES = ("full", "dst", "learned-prd", "learned-dst", "learned-prd*learned-dst", "learned-prd+learned-dst",
+              "XSeg-prd", "XSeg-dst", "XSeg-prd*XSeg-dst", "learned-prd*learned-dst*XSeg-prd*XSeg-dst")
+MERGE_CT = ("none", "rct", "lct", "mkl", "mkl-m", "idt", "idt-m", "sot-m", "mix-m")
+
+
+@attrs.frozen(kw_only=True)
+class MergeSpec:
+    """[merge]: DFL's MergerConfigMasked options (spec §10.3 defaults)."""
+
+    mode: str = opt("overlay", type=str, choices=MERGE_MODES, help="blend mode")
+    mask_mode: str = opt("learned-prd*learned-dst", type=str, choices=MASK_MODES, help="mask source")
+    erode: int = opt(0, type=int, min=-400, max=400, help="erode (+) / dilate (-) the mask, px at 4x resolution")
+    blur: int = opt(0, type=int, min=0, max=400, help="mask blur, px at 4x resolution")
+    motion_blur_power: int = opt(0, type=int, min=0, max=100, help="motion blur power")
+    output_face_scale: int = opt(0, type=int, min=-50, max=50, help="output face scale (%)")
+    color_transfer: str = opt("rct", type=str, choices=MERGE_CT, help="colour transfer of the swapped face")
+    sharpen_mode: str = opt("none", type=str, choices=("none", "box", "gaussian"), help="blur/sharpen kernel")
+    blursharpen_amount: int = opt(0, type=int, min=-100, max=100, help="blur (-) / sharpen (+) amount")
+    super_resolution_power: int = opt(0, type=int, min=0, max=0,
+                                      help="face enhancer power (not available: needs DFL's FaceEnhancer weights)")
+    image_denoise_power: int = opt(0, type=int, min=0, max=500, help="frame denoise power")
+    bicubic_degrade_power: int = opt(0, type=int, min=0, max=100, help="bicubic degrade power")
+    color_degrade_power: int = opt(0, type=int, min=0, max=100, help="colour degrade power")
+    masked_hist_match: bool = opt(True, type=bool, help="hist-match inside the mask only")
+    hist_match_threshold: int = opt(238, type=int, min=0, max=255, help="hist-match threshold")
+    workers: int = opt(2, type=int, min=0, max=64, help="merge worker processes")
+
+
+# table name -> spec class, in the order recipes are written and dumped
+TABLES: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "loss": LossSpec,
+    "schedule": ScheduleSpec,
+    "optim": OptimSpec,
+    "train": TrainSpec,
+    "export": ExportSpec,
+    "compile": CompileSpec,
+    "merge": MergeSpec,
+}
+
+
+@attrs.frozen(kw_only=True)
+class Recipe:
+    """A whole, resolved recipe. `source` is the file it came from (for messages), `name` its stem."""
+
+    name: str = "recipe"
+    source: str | None = None
+    data: DataSpec = attrs.field(factory=DataSpec)
+    model: ModelSpec = attrs.field(factory=ModelSpec)
+    loss: LossSpec = attrs.field(factory=LossSpec)
+    schedule: ScheduleSpec = attrs.field(factory=ScheduleSpec)
+    optim: OptimSpec = attrs.field(factory=OptimSpec)
+    train: TrainSpec = attrs.field(factory=TrainSpec)
+    export: ExportSpec = attrs.field(factory=ExportSpec)
+    compile: CompileSpec = attrs.field(factory=CompileSpec)
+    merge: MergeSpec = attrs.field(factory=MergeSpec)

@@ -1,0 +1,38 @@
+"""Shared test fixtures.
+
+Golden data: tests/golden/ holds the (subsetted) DFL reference data the default suite needs. A few
+parity checks need arrays too big to commit (full model weights); they read DFL's recorded files from
+the shared golden folder beside the checkout (../shared/golden, or $TORCHSAE_SHARED_GOLDEN), which CI
+always has. Without it those checks are skipped with the reason printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def shared_golden_dir() -> Path | None:
+    env = os.environ.get("TORCHSAE_SHARED_GOLDEN")
+    cand = Path(env) if env else ROOT.parent / "shared" / "golden"
+    return cand if cand.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    """tests/golden/ (committed DFL reference data)."""
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def shared_golden() -> Path:
+    """../shared/golden (full DFL reference data, too big to commit); skips when absent."""
+    d = shared_golden_dir()
+    if d is None:
+        pytest.skip("full DFL golden data not found (set TORCHSAE_SHARED_GOLDEN or place shared/ beside the checkout)")
+    return d
