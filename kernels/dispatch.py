@@ -13,7 +13,17 @@ import os
 
 import torch
 
+from engine.errors import TorchSAEError
+
 log = logging.getLogger("torchsae.kernels")
+
+
+class KernelChoiceError(TorchSAEError, ValueError):
+    """TORCHSAE_KERNELS / [compile].kernels / impl= names no implementation."""
+
+
+class KernelUnavailableError(TorchSAEError, RuntimeError):
+    """An implementation was requested explicitly but cannot run here (no silent fallback)."""
 
 CHOICES = ("auto", "reference", "fast", "triton")
 _logged: set[tuple[str, str, str]] = set()
@@ -31,7 +41,7 @@ def triton_available() -> bool:
 def requested_impl(requested: str | None = None) -> str:
     impl = requested or os.environ.get("TORCHSAE_KERNELS", "auto")
     if impl not in CHOICES:
-        raise ValueError(f"TORCHSAE_KERNELS / [compile].kernels = {impl!r}: expected one of {', '.join(CHOICES)}")
+        raise KernelChoiceError(f"TORCHSAE_KERNELS / [compile].kernels = {impl!r}: expected one of {', '.join(CHOICES)}")
     return impl
 
 
@@ -54,10 +64,10 @@ def choose(op: str, device: torch.device, requested: str | None = None, *, has_f
     else:
         chosen, why = impl, "requested"
         if impl == "triton" and not (triton_available() and (dev == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")):
-            raise RuntimeError(f"{op}: the Triton path was requested but cannot run on {dev} "
+            raise KernelUnavailableError(f"{op}: the Triton path was requested but cannot run on {dev} "
                                "(needs CUDA and triton, or TRITON_INTERPRET=1 for tests)")
         if impl == "fast" and dev != "cpu" and not (dev == "cuda" and triton_available()):
-            raise RuntimeError(f"{op}: the fast path was requested but has no implementation for {dev}")
+            raise KernelUnavailableError(f"{op}: the fast path was requested but has no implementation for {dev}")
     key = (op, dev, chosen)
     if key not in _logged:
         _logged.add(key)

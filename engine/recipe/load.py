@@ -377,9 +377,9 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
             t[f.name] = v
         out[table] = t
     if recipe.model.graph is not None:
-        from engine.graph.spec import graph_to_table
+        from engine.graph.spec import graph_to_dict
 
-        out["graph"] = graph_to_table(recipe.model.graph)
+        out["graph"] = graph_to_dict(recipe.model.graph)
     return out
 
 

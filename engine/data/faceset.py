@@ -1,0 +1,350 @@
+"""Facesets: find the usable aligned faces of a folder or packed file as `FaceSample` records (spec §5.1).
+
+A `FaceSample` is what DFL's `samplelib.Sample` carries for training: face_type, shape, landmarks
+(68 points in the aligned image's pixels), seg_ie_polys, the encoded xseg mask, eyebrows_expand_mod and
+source_filename, plus where its image bytes live (a file, or an offset/length inside a packed file).
+Records are small, picklable and hold no open files, so they can be sent to loader workers.
+
+Sources (`load_faceset(path)` picks by what `path` is):
+- a DFL `aligned` folder of DFLJPG files (`scan_faceset`);
+- a plain folder of aligned JPEG/PNG faces with `<name>_landmarks.npy` (68×2, aligned pixels) beside
+  each image; the face type comes from an argument (default 'wf') — files that carry DFL metadata use
+  their own;
+- DFL's `faceset.pak` (engine.data.pak.read_dfl_pak) or TorchSAE's packed cache `faceset.tspak`
+  (engine.data.pak.PackedFaceset), or a folder holding one of them (the TorchSAE cache first, then
+  DFL's pak, as DFL prefers its pak over the loose files).
+
+Bad inputs (a JPEG without DFL metadata or landmarks file, a truncated/undecodable file, a landmarks
+file of the wrong shape, an unknown face type) are skipped and reported in ONE warning (count and the
+first few names with reasons); if nothing usable remains, DataError names the folder. A metadata pickle
+asking for anything beyond numpy data is never skipped silently: UnsafeFileError stops the scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any, Iterable
+
+import attrs
+import numpy as np
+
+from engine.data import dfljpg
+from engine.data.facetypes import FaceType
+from engine.errors import DataError, UnsafeFileError
+
+__all__ = [
+    "FaceSample",
+    "scan_faceset",
+    "load_faceset",
+    "image_files",
+    "normalise_seg_ie_polys",
+    "IMAGE_SUFFIXES",
+    "sample_from_meta",
+    "summarize",
+]
+
+log = logging.getLogger("torchsae.data")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_WARN_NAMES = 5
+
+
+def _frozen_landmarks(value: Any) -> np.ndarray:
+    arr = np.array(value, dtype=np.float64)
+    arr.setflags(write=False)
+    return arr
+
+
+@attrs.frozen(eq=False)
+class FaceSample:
+    """One aligned face: metadata plus where its image bytes are.
+
+    path: the image file, or the packed file holding it; offset/nbytes: byte range inside `path`
+    (nbytes -1 = the whole file); encoding: 'jpeg' or 'png' (encoded bytes) or 'raw' (uint8 BGR
+    H×W×3 in a TorchSAE pack); name: file name (relative name inside a pack); shape: (H, W, 3);
+    landmarks: read-only float64 (68, 2) in aligned pixels; xseg_mask: encoded PNG/JPEG bytes or None;
+    seg_ie_polys: {'polys': [{'type': 0|1, 'pts': float32 (n, 2)}, ...]} or None.
+    """
+
+    name: str
+    path: str
+    face_type: str
+    shape: tuple[int, int, int]
+    landmarks: np.ndarray = attrs.field(converter=_frozen_landmarks)
+    eyebrows_expand_mod: float = 1.0
+    xseg_mask: bytes | None = None
+    seg_ie_polys: dict | None = None
+    source_filename: str | None = None
+    offset: int = 0
+    nbytes: int = -1
+    encoding: str = "jpeg"
+
+    @property
+    def face_type_enum(self) -> FaceType:
+        return FaceType.parse(self.face_type, f"{self.name}: face_type")
+
+    @property
+    def has_xseg_mask(self) -> bool:
+        return self.xseg_mask is not None
+
+    def read_bytes(self) -> bytes | memoryview:
+        """The stored image bytes (a memoryview into a memory map for packed samples: no file open)."""
+        if self.nbytes < 0 and self.offset == 0:
+            try:
+                return Path(self.path).read_bytes()
+            except OSError as e:
+                raise DataError(f"{self.path}: cannot read image ({e.strerror or e})") from None
+        return _mapped_range(self.path, self.offset, self.nbytes)
+
+    def load_image(self) -> np.ndarray:
+        """BGR uint8 H×W×3. For 'raw' packed samples this is a read-only view of the memory map (copy
+        before writing into it)."""
+        if self.encoding == "raw":
+            mm = _mapped(self.path)
+            h, w, c = self.shape
+            return np.frombuffer(mm, dtype=np.uint8, count=h * w * c, offset=self.offset).reshape(h, w, c)
+        buf = np.frombuffer(self.read_bytes(), dtype=np.uint8)
+        import cv2
+
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"{self.name} ({self.path}): image bytes cannot be decoded")
+        return img
+
+    def load_bgr(self) -> np.ndarray:
+        """float32 BGR in [0, 1], as DFL's Sample.load_bgr."""
+        return self.load_image().astype(np.float32) / 255.0
+
+    def get_xseg_mask(self) -> np.ndarray | None:
+        """float32 H×W×1 in [0, 1] decoded from the stored bytes, or None."""
+        if self.xseg_mask is None:
+            return None
+        return dfljpg.decode_xseg_mask(self.xseg_mask, f"{self.name}: xseg_mask")
+
+    def pitch_yaw_roll(self) -> tuple[float, float, float]:
+        """DFL's estimate_pitch_yaw_roll(landmarks, size=width) (§6.6)."""
+        from engine.data.landmarks import estimate_pitch_yaw_roll
+
+        return estimate_pitch_yaw_roll(self.landmarks, size=self.shape[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# memory maps of packed files, one per path per process (FaceSample objects stay picklable)
+
+_MAPS: dict[str, tuple[tuple[int, int], np.memmap]] = {}
+
+
+def _mapped(path: str) -> np.memmap:
+    st = os.stat(path)
+    key = (st.st_size, st.st_mtime_ns)
+    hit = _MAPS.get(path)
+    if hit is None or hit[0] != key:
+        _MAPS[path] = (key, np.memmap(path, dtype=np.uint8, mode="r"))
+    return _MAPS[path][1]
+
+
+def _mapped_range(path: str, offset: int, nbytes: int) -> memoryview:
+    mm = _mapped(path)
+    end = len(mm) if nbytes < 0 else offset + nbytes
+    if offset < 0 or end > len(mm):
+        raise DataError(f"{path}: sample bytes {offset}..{end} lie outside the file ({len(mm)} bytes); the pack is truncated")
+    return memoryview(mm[offset:end])
+
+
+# --------------------------------------------------------------------------------------------------
+# metadata helpers
+
+
+def normalise_seg_ie_polys(value: Any, where: str) -> dict | None:
+    """DFL's seg_ie_polys as {'polys': [{'type': int, 'pts': float32 (n, 2)}]}; None when absent/empty.
+
+    Accepts the current dict form and the legacy list of (type, pts) pairs (§6.2).
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        items = value.get("polys", [])
+        polys = [(p.get("type"), p.get("pts")) for p in items if isinstance(p, dict)]
+        if len(polys) != len(items):
+            raise DataError(f"{where}: seg_ie_polys entries must be dicts with 'type' and 'pts'")
+    elif isinstance(value, (list, tuple)):
+        polys = []
+        for p in value:
+            if not isinstance(p, (list, tuple)) or len(p) != 2:
+                raise DataError(f"{where}: legacy seg_ie_polys must be (type, points) pairs")
+            polys.append((p[0], p[1]))
+    else:
+        raise DataError(f"{where}: seg_ie_polys must be a dict or a list, got {type(value).__name__}")
+    out = []
+    for t, pts in polys:
+        arr = np.asarray(pts if pts is not None else np.zeros((0, 2)), dtype=np.float32).reshape(-1, 2)
+        out.append({"type": int(t), "pts": arr})
+    return {"polys": out} if out else None
+
+
+def _xseg_bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    arr = np.asarray(value)
+    if arr.dtype == np.uint8 and (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)):
+        return arr.tobytes()
+    # an uncompressed float/uint8 mask image (DFL Sample with xseg_mask set): encode like DFL
+    return dfljpg.encode_xseg_mask(arr).tobytes()
+
+
+def sample_from_meta(meta: dict, *, name: str, path: str, shape, default_face_type: str = "full_face", **where) -> FaceSample:
+    """FaceSample from a DFL metadata/config dict; DataError for missing/invalid landmarks or face type."""
+    lm = meta.get("landmarks")
+    if lm is None:
+        raise DataError(f"{name}: no landmarks in its DFL metadata")
+    try:
+        lm_arr = np.asarray(lm, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{name}: landmarks are not numbers") from None
+    if lm_arr.shape != (68, 2) or not np.all(np.isfinite(lm_arr)):
+        raise DataError(f"{name}: landmarks must be 68 finite [x, y] points, got shape {lm_arr.shape}")
+    ft_raw = meta.get("face_type", default_face_type)
+    ft = FaceType.parse(ft_raw if ft_raw is not None else default_face_type, f"{name}: face_type").long_name
+    ebm = meta.get("eyebrows_expand_mod")
+    src = meta.get("source_filename")
+    h, w = int(shape[0]), int(shape[1])
+    return FaceSample(
+        name=name,
+        path=path,
+        face_type=ft,
+        shape=(h, w, 3),
+        landmarks=lm_arr,
+        eyebrows_expand_mod=float(ebm) if ebm is not None else 1.0,
+        xseg_mask=_xseg_bytes(meta.get("xseg_mask_compressed", meta.get("xseg_mask"))),
+        seg_ie_polys=normalise_seg_ie_polys(meta.get("seg_ie_polys"), name),
+        source_filename=None if src is None else str(src),
+        **where,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# folder scan
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Sorted image files (jpg/jpeg/png, not hidden) directly inside `folder`."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _png_shape(data: bytes, source: str) -> tuple[int, int, int]:
+    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise DataError(f"{source}: not a PNG file")
+    w, h = struct.unpack(">II", data[16:24])
+    if not data.endswith(b"IEND\xaeB`\x82"):
+        raise DataError(f"{source}: truncated PNG (no IEND chunk)")
+    return int(h), int(w), 3
+
+
+def _plain_landmarks(img: Path) -> np.ndarray:
+    lp = img.with_name(img.stem + "_landmarks.npy")
+    if not lp.is_file():
+        raise DataError(f"{img.name}: no DFL metadata and no {lp.name} beside it")
+    try:
+        lm = np.load(lp, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{lp.name}: not a readable .npy array ({e})") from None
+    if lm.shape != (68, 2) or not np.issubdtype(lm.dtype, np.number) or not np.all(np.isfinite(lm)):
+        raise DataError(f"{lp.name}: expected 68×2 finite landmarks, got {lm.shape} {lm.dtype}")
+    return lm
+
+
+def _scan_one(p: Path, face_type: str) -> FaceSample:
+    data = p.read_bytes()
+    if p.suffix.lower() == ".png":
+        shape = _png_shape(data, p.name)
+        return sample_from_meta({"landmarks": _plain_landmarks(p), "face_type": face_type}, name=p.name, path=str(p), shape=shape, encoding="png")
+    segs = dfljpg.parse_segments(data, p.name)
+    shape = dfljpg._shape_from(segs, p.name)
+    meta = dfljpg._meta_from_segments(segs, str(p))
+    if meta is None:
+        meta = {"landmarks": _plain_landmarks(p), "face_type": face_type}
+    return sample_from_meta(meta, name=p.name, path=str(p), shape=shape, encoding="jpeg")
+
+
+def _warn_skipped(folder: Path, skipped: list[tuple[str, str]], total: int) -> None:
+    if not skipped:
+        return
+    head = "; ".join(f"{n}: {why}" for n, why in skipped[:_WARN_NAMES])
+    more = f"; and {len(skipped) - _WARN_NAMES} more" if len(skipped) > _WARN_NAMES else ""
+    log.warning(f"{folder}: skipped {len(skipped)} of {total} files that are not usable aligned faces ({head}{more})")
+
+
+def scan_faceset(folder: str | Path, face_type: str | FaceType = "wf") -> list[FaceSample]:
+    """FaceSamples of the aligned images directly inside `folder` (sorted by name).
+
+    face_type applies to plain images with `<name>_landmarks.npy` (long or short name); DFLJPG files
+    keep their own face type. Unusable files are skipped with one summary warning; DataError if the
+    folder is missing or has no usable face; UnsafeFileError if a file's metadata is a malicious pickle.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: faceset folder does not exist")
+    default_ft = FaceType.parse(face_type, "face_type").long_name
+    files = image_files(folder)
+    samples: list[FaceSample] = []
+    skipped: list[tuple[str, str]] = []
+    for p in files:
+        try:
+            samples.append(_scan_one(p, default_ft))
+        except UnsafeFileError:
+            raise
+        except DataError as e:
+            msg = str(e)
+            skipped.append((p.name, msg[len(p.name) + 2:] if msg.startswith(p.name + ": ") else msg))
+        except OSError as e:
+            skipped.append((p.name, f"cannot read ({e.strerror or e})"))
+    _warn_skipped(folder, skipped, len(files))
+    if not samples:
+        why = f" ({len(files)} image files, none usable)" if files else " (no .jpg/.png files)"
+        raise DataError(f"{folder}: no usable aligned faces{why}; expected DFL aligned JPEGs or images with <name>_landmarks.npy")
+    return samples
+
+
+def load_faceset(path: str | Path, face_type: str | FaceType = "wf") -> list[FaceSample]:
+    """FaceSamples from a folder, a DFL faceset.pak or a TorchSAE faceset.tspak (see module docstring)."""
+    from engine.data import pak
+
+    path = Path(path)
+    if path.is_file():
+        return pak.read_any_pack(path)
+    if path.is_dir():
+        ours = path / pak.TSPAK_FILENAME
+        if ours.is_file():
+            pf = pak.PackedFaceset.open(ours)
+            pf.warn_if_stale(path)
+            log.info(f"{path}: using packed faceset {ours.name} ({len(pf)} faces)")
+            return pf.samples()
+        dfl = path / pak.DFL_PAK_FILENAME
+        if dfl.is_file():
+            log.info(f"{path}: using DFL's {dfl.name}")
+            return pak.read_dfl_pak(dfl)
+        return scan_faceset(path, face_type)
+    raise DataError(f"{path}: faceset not found (expected a folder of aligned faces, a faceset.pak or a faceset.tspak)")
+
+
+def summarize(samples: Iterable[FaceSample]) -> dict:
+    """Counts for `faceset info`: total, per face type, per resolution, with xseg mask / polys."""
+    samples = list(samples)
+    by_type: dict[str, int] = {}
+    by_res: dict[str, int] = {}
+    for s in samples:
+        by_type[s.face_type] = by_type.get(s.face_type, 0) + 1
+        key = f"{s.shape[1]}x{s.shape[0]}"
+        by_res[key] = by_res.get(key, 0) + 1
+    return {
+        "count": len(samples),
+        "face_types": dict(sorted(by_type.items())),
+        "resolutions": dict(sorted(by_res.items())),
+        "xseg_masks": sum(s.xseg_mask is not None for s in samples),
+        "seg_ie_polys": sum(s.seg_ie_polys is not None for s in samples),
+    }

@@ -1,0 +1,42 @@
+"""`torchsae import-dfl DFL_MODEL_DIR --out CHECKPOINT [--name NAME] [--archi ... --resolution ...]`.
+
+Reads a DFL SAEHD model (``<name>_SAEHD_data.dat`` + part files, or bare ``<part>.npy`` files with the
+network options given on the command line), checks every weight, and writes a single-file TorchSAE
+checkpoint (``engine.train.checkpoint.save_model_file``: model weights + the resolved recipe, step 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("torchsae.dfl")
+
+# command-line flag -> DFL option name
+_OPTION_FLAGS = {
+    "archi": str, "resolution": int, "face_type": str, "ae_dims": int, "e_dims": int, "d_dims": int,
+    "d_mask_dims": int,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="DFL models folder (or a <name>_SAEHD_data.dat file)")
+    p.add_argument("--name", help="model name when the folder holds several (the part before _SAEHD_)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (e.g. runs/imported/model.pt)")
+    g = p.add_argument_group("network options (override data.dat; required without it)")
+    for opt, typ in _OPTION_FLAGS.items():
+        g.add_argument("--" + opt.replace("_", "-"), dest=opt, type=typ, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.dfl.convert import import_model
+    from engine.recipe import dumps
+    from engine.train.checkpoint import save_model_file
+
+    options = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
+    recipe, model = import_model(args.model_dir, name=args.name, options=options or None)
+    path = save_model_file(args.out, model, dumps(recipe), step=0)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"{path}: imported DFL {recipe.model.archi} @ {recipe.model.resolution} "
+          f"({', '.join(model.parts())}; {total:,} parameters)")
+    return 0

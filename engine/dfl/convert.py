@@ -1,0 +1,223 @@
+"""DFL SAEHD model folder <-> TorchSAE SwapModel (spec §8).
+
+    recipe, model = import_model("workspace/model", name="mymodel")         # reads data.dat options too
+    recipe, model = import_model("parts/", options={"archi": "df-ud", "resolution": 128, ...})  # bare parts
+    export_dfl_parts(model, "out/", "mymodel")                               # back to DFL's layout
+
+Import checks every key and shape of every part file against the model built from the options and
+raises CheckpointError naming the part file, the key, the expected and the found shape (DFL itself
+silently re-initialises a part that fails to load, spec §8.2; we refuse instead).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.dfl.files import (data_path, find_model_names, part_path, read_data_file, read_part_file,
+                              write_data_file, write_part_file)
+from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array, torch_to_dfl_name
+from engine.errors import CheckpointError, TorchSAEError
+
+__all__ = ["MODEL_OPTION_KEYS", "import_model", "load_dfl_parts", "load_dfl_weights", "dfl_part_arrays", "export_dfl_parts",
+           "export_dfl_model", "dfl_model_options"]
+
+log = logging.getLogger("torchsae.dfl")
+
+# the options that decide the network (spec §1); the rest (losses, data) do not touch the weights
+MODEL_OPTION_KEYS = ("archi", "resolution", "face_type", "ae_dims", "e_dims", "d_dims", "d_mask_dims")
+_MAX_LISTED = 12
+
+
+def dfl_part_arrays(module: nn.Module, part: str) -> dict[str, np.ndarray]:
+    """A part's parameters as DFL stores them: {'down1/downs_0/conv1/weight:0': float32 array in DFL layout}."""
+    return {torch_to_dfl_name(f"{part}.{k}"): torch_to_dfl_array(v.detach().cpu().float().numpy())
+            for k, v in module.state_dict().items()}
+
+
+def _stage_part(module: nn.Module, part: str, arrays: dict[str, np.ndarray], source: str
+                ) -> list[tuple[nn.Parameter, np.ndarray]]:
+    """Check one part's DFL arrays (keys without the part prefix) against ``module``; return
+    (parameter, torch-layout array) pairs, or raise CheckpointError listing every problem."""
+    params = dict(module.named_parameters())
+    expected = {torch_to_dfl_name(f"{part}.{k}"): (p, dfl_shape_of(tuple(p.shape))) for k, p in params.items()}
+    problems = []
+    for key in expected:
+        if key not in arrays:
+            problems.append(f"key '{key}' missing (expected shape {expected[key][1]})")
+    for key, arr in arrays.items():
+        if key not in expected:
+            problems.append(f"unexpected key '{key}' (shape {tuple(arr.shape)}) — this archi has no such weight")
+        elif tuple(arr.shape) != expected[key][1]:
+            problems.append(f"key '{key}': expected shape {expected[key][1]}, found {tuple(arr.shape)}")
+        elif not np.issubdtype(arr.dtype, np.floating):
+            problems.append(f"key '{key}': expected a float array, found dtype {arr.dtype}")
+    if problems:
+        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise CheckpointError(f"{source}: does not fit part '{part}' of this model "
+                              f"({len(problems)} problem{'s' if len(problems) > 1 else ''}; check the archi, "
+                              "resolution and dims options):\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
+    return [(p, dfl_to_torch_array(arrays[key])) for key, (p, _) in expected.items()]
+
+
+def load_dfl_weights(model: nn.Module, arrays: dict[str, np.ndarray], source: str,
+                     parts: Iterable[str] | None = None) -> None:
+    """Load weights keyed by full DFL variable names (``encoder/down1/downs_0/conv1/weight:0``), e.g. a
+    dict saved with ``np.savez``; same checks as `load_dfl_parts`, ``source`` names the file in errors.
+    ``parts`` limits the parts loaded (keys of other parts must then be absent)."""
+    all_parts = model.parts()
+    if parts is not None:
+        unknown = [p for p in parts if p not in all_parts]
+        if unknown:
+            raise CheckpointError(f"model has no part(s) {unknown} (parts: {', '.join(all_parts)})")
+        all_parts = {p: all_parts[p] for p in parts}
+    by_part: dict[str, dict[str, np.ndarray]] = {p: {} for p in all_parts}
+    stray = []
+    for key, arr in arrays.items():
+        head, _, rest = key.partition("/")
+        if head in by_part:
+            by_part[head][rest] = arr
+        else:
+            stray.append(key)
+    if stray:
+        raise CheckpointError(f"{source}: keys of no part of this model ({', '.join(all_parts)}): "
+                              + ", ".join(stray[:_MAX_LISTED]))
+    staged = []
+    for part, module in all_parts.items():
+        staged.extend(_stage_part(module, part, by_part[part], f"{source} [{part}]"))
+    with torch.no_grad():
+        for p, a in staged:
+            p.copy_(torch.from_numpy(a))
+
+
+def load_dfl_parts(model: nn.Module, folder: str | Path, name: str | None = None,
+                   parts: Iterable[str] | None = None) -> list[Path]:
+    """Load DFL part files into ``model`` (a SwapModel or anything with ``parts()``); returns the files read.
+
+    ``parts`` limits the parts loaded (default: all of ``model.parts()``). Every key of every file must
+    match a parameter of the same (DFL-layout) shape and every parameter must be present; otherwise
+    CheckpointError lists the problems (file, key, expected vs found shape). Nothing is modified unless
+    every listed part loads.
+    """
+    folder = Path(folder)
+    all_parts = model.parts()
+    wanted = list(all_parts) if parts is None else list(parts)
+    unknown = [p for p in wanted if p not in all_parts]
+    if unknown:
+        raise CheckpointError(f"model has no part(s) {unknown} (parts: {', '.join(all_parts)})")
+    staged: list[tuple[nn.Parameter, np.ndarray]] = []
+    read: list[Path] = []
+    for part in wanted:
+        module = all_parts[part]
+        path = part_path(folder, part, name)
+        if not path.is_file():
+            present = sorted(p.name for p in folder.glob("*.npy")) if folder.is_dir() else []
+            raise CheckpointError(f"{path}: DFL part file missing (this archi needs parts "
+                                  f"{', '.join(all_parts)}; .npy files in {folder}: {', '.join(present) or 'none'})")
+        staged.extend(_stage_part(module, part, read_part_file(path), str(path)))
+        read.append(path)
+    with torch.no_grad():
+        for p, a in staged:
+            p.copy_(torch.from_numpy(a))
+    return read
+
+
+def _resolve_folder(path: str | Path, name: str | None) -> tuple[Path, str | None, dict | None]:
+    """(folder, model name or None for bare part files, data.dat contents or None)."""
+    p = Path(path)
+    if p.is_file() and p.name.endswith("_SAEHD_data.dat"):
+        return p.parent, p.name[: -len("_SAEHD_data.dat")], read_data_file(p)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a DFL model folder (no such directory)")
+    if name is None:
+        names = find_model_names(p)
+        if len(names) > 1:
+            raise CheckpointError(f"{p}: holds several SAEHD models ({', '.join(names)}); choose one with --name")
+        name = names[0] if names else None
+    data = None
+    if name is not None:
+        dp = data_path(p, name)
+        if dp.is_file():
+            data = read_data_file(dp)
+        elif not any(p.glob(f"{name}_SAEHD_*.npy")):
+            have = find_model_names(p)
+            raise CheckpointError(f"{p}: no SAEHD model named '{name}' (found: {', '.join(have) or 'none'})")
+    return p, name, data
+
+
+def import_model(path: str | Path, *, name: str | None = None, options: dict[str, Any] | None = None,
+                 device=None):
+    """Read a DFL SAEHD model folder -> (Recipe, SwapModel with DFL's weights).
+
+    ``path``: the models folder (or its ``<name>_SAEHD_data.dat``); ``name``: which model when the folder
+    holds several. The options come from data.dat; ``options`` (DFL option names: archi, resolution,
+    face_type, ae_dims, e_dims, d_dims, d_mask_dims, ...) override them, and are required for a folder of
+    part files without data.dat. The recipe is made by ``engine.recipe.from_options``.
+    """
+    from engine.graph import build
+    from engine.recipe import from_options
+
+    folder, name, data = _resolve_folder(path, name)
+    opts: dict[str, Any] = dict(data["options"]) if data else {}
+    if options:
+        changed = {k: (opts[k], v) for k, v in options.items() if k in opts and opts[k] != v}
+        if changed:
+            log.warning("options given override the model's saved options: %s",
+                        ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+        opts.update(options)
+    if "archi" not in opts or "resolution" not in opts:
+        raise CheckpointError(f"{folder}: no {'data.dat' if name is None else f'{name}_SAEHD_data.dat'} with the "
+                              "model's options; give at least archi and resolution (and ae_dims, e_dims, d_dims, "
+                              "d_mask_dims unless they are DFL's defaults 256/64/64/22)")
+    if data is not None:
+        log.info("DFL model '%s': iter %s, archi %s, resolution %s", name, data.get("iter"), opts.get("archi"),
+                 opts.get("resolution"))
+    recipe = from_options(opts, name=name or folder.name)
+    model = build(recipe, device=device)
+    load_dfl_parts(model, folder, name)
+    return recipe, model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export
+
+
+def export_dfl_parts(model: nn.Module, folder: str | Path, name: str | None = None) -> list[Path]:
+    """Write every part of ``model`` as DFL part files (``<name>_SAEHD_<part>.npy``, or ``<part>.npy`` when
+    name is None): protocol-4 pickles of {key: float32 array in DFL layout}, written atomically.
+
+    Only graphs with DFL's wiring (``model.dfl_archi`` set) can be loaded by DFL; others raise.
+    """
+    if getattr(model, "dfl_archi", None) is None:
+        raise TorchSAEError("this model's graph is not one of DFL's archis (df/liae presets), so DFL could not load "
+                            "its parts; export it to ONNX instead")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_part_file(part_path(folder, part, name), dfl_part_arrays(module, part))
+            for part, module in model.parts().items()]
+
+
+def dfl_model_options(model_spec: Any) -> dict[str, Any]:
+    """The network options of a ModelSpec under DFL's names (spec §1)."""
+    return {k: getattr(model_spec, k) for k in MODEL_OPTION_KEYS}
+
+
+def export_dfl_model(model: nn.Module, folder: str | Path, name: str, *, options: dict[str, Any] | None = None,
+                     iter: int = 1) -> list[Path]:
+    """Parts plus a ``<name>_SAEHD_data.dat`` so DFL opens the folder as an existing model.
+
+    ``options`` defaults to the network options of ``model.model_spec``; DFL fills the other options with
+    its defaults. DFL treats ``iter == 0`` as a first run (it asks for options and re-initialises the
+    weights), so ``iter`` must be >= 1.
+    """
+    if iter < 1:
+        raise TorchSAEError(f"iter = {iter}: DFL treats 0 as a new model and would discard the weights; use >= 1")
+    opts = dict(options) if options is not None else dfl_model_options(model.model_spec)
+    files = export_dfl_parts(model, folder, name)
+    files.append(write_data_file(data_path(folder, name), opts, iter=iter))
+    return files

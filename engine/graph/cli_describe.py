@@ -1,0 +1,41 @@
+"""`torchsae describe RECIPE [--json] [--graph-toml] [table.key=value ...]`.
+
+Prints the recipe's network: nodes with their layers, tensor shapes on every edge, parameters per part
+and in total, and the values derived from the resolution (DSSIM windows, blur sigmas, GAN patch).
+``--graph-toml`` prints the graph as an explicit ``[graph]`` table (a preset expanded), a starting point
+for custom wirings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe TOML file")
+    p.add_argument("overrides", nargs="*", help="table.key=value or ~table.key")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--graph-toml", action="store_true", help="print the graph as an explicit [graph] TOML table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.recipe import load
+
+    recipe = load(args.recipe, args.overrides)
+    if args.graph_toml:
+        from engine.graph.plan import graph_of
+        from engine.graph.spec import graph_to_dict
+        from engine.recipe.toml_write import dumps
+
+        graph, _ = graph_of(recipe.model)
+        print(dumps({"graph": graph_to_dict(graph)}), end="")
+        return 0
+    from engine.graph import describe, render
+
+    d = describe(recipe)
+    if args.json:
+        print(json.dumps(d, indent=1))
+    else:
+        print(render(d), end="")
+    return 0

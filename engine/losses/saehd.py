@@ -1,0 +1,369 @@
+"""SAEHD's generator and discriminator losses (spec §3.2–§3.4), per sample, NCHW.
+
+`saehd_losses(outputs, batch, cfg)` returns a dict of named per-sample terms (each shape (N,)) plus
+``src_loss``, ``dst_loss`` and ``G_loss``. The gradient DFL applies is that of ``G_loss.sum()`` (§12.1).
+
+Inputs
+------
+``batch`` (DFL's names, NCHW float in [0, 1], BGR):
+  ``target_src``, ``target_dst`` (N,3,R,R); ``target_srcm``, ``target_dstm`` (N,1,R,R) FULL_FACE masks;
+  ``target_srcm_em``, ``target_dstm_em`` (N,1,R,R) EYES_MOUTH masks (only read with eyes_mouth_prio).
+  ``warped_src`` / ``warped_dst`` are the network inputs; the losses do not read them.
+``outputs`` (the SwapModel's ``forward_train``): ``pred_src_src``, ``pred_src_srcm``, ``pred_dst_dst``,
+  ``pred_dst_dstm``; with face style also ``pred_src_dst_no_code_grad``, ``pred_src_dstm``,
+  with bg style ``pred_src_dst``; with true face ``src_code``.
+
+Term names (also the golden's ``term/*`` names): ``src_dssim``, ``src_mse``, ``src_em_l1``,
+``src_mask_mse``, ``src_face_style``, ``src_bg_style_dssim``, ``src_bg_style_mse``, ``dst_dssim``,
+``dst_mse``, ``dst_em_l1``, ``dst_mask_mse``, and the G-only terms ``true_face``, ``gan``, ``gan_tv``,
+``gan_bg_mse``. A term is present only when it is active.
+
+Decisions where DFL is ambiguous or quirky (documented in the spec):
+  * bg style uses the **src** target mask on dst images (§3.3 quirk, §12.9), as DFL does.
+  * In pretrain the face/bg style terms and the GAN terms are off, but the true-face G term stays when
+    true_face_power ≠ 0 (§12.10); `LossConfig.true_face_in_pretrain=False` drops it.
+  * The TV term differences along channels and H, as DFL on a GPU (§12.12); `tv_mode="spatial"` gives H, W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import attrs
+import torch
+
+from engine.errors import TorchSAEError
+from kernels.dssim import dssim as _dssim
+from kernels.dssim import saehd_dssim as _saehd_dssim
+
+from .ops import TV_MODES, dloss, gaussian_blur, l1_per_sample, mean_chw, mse_per_sample, style_loss, \
+    total_variation_mse
+
+__all__ = [
+    "LossConfig",
+    "SAEHDTargets",
+    "apply_blur_out_mask",
+    "blur_out_mask",
+    "prepare_targets",
+    "masked_dssim",
+    "saehd_losses",
+    "gan_d_loss",
+    "code_d_loss",
+    "SRC_TERMS",
+    "DST_TERMS",
+    "G_TERMS",
+]
+
+SRC_TERMS = ("src_dssim", "src_mse", "src_em_l1", "src_mask_mse", "src_face_style", "src_bg_style_dssim",
+             "src_bg_style_mse")
+DST_TERMS = ("dst_dssim", "dst_mse", "dst_em_l1", "dst_mask_mse")
+G_TERMS = ("true_face", "gan", "gan_tv", "gan_bg_mse")
+
+
+def _nonneg(_inst, attribute, value):
+    if value < 0:
+        raise ValueError(f"LossConfig.{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class LossConfig:
+    """Everything `saehd_losses` needs, with DFL's values as defaults (spec §1, §3.3, §3.4).
+
+    Fields
+    ------
+    resolution: R, the face resolution (derives the DSSIM windows, σm = max(1, R//32), the style radius
+        R//8 and the blur-out σ = R/128).
+    masked_training: multiply targets/predictions by the blurred face mask (DFL option, default True).
+    eyes_mouth_prio: add the eyes/mouth L1 term (DFL option, default False).
+    blur_out_mask: blur the background next to the face in the targets first (§3.2; default False).
+    pretrain: DFL pretrain mode: style and GAN terms are forced off (§1, §11.6).
+    face_style_power, bg_style_power: DFL options in percent (0..100); internally divided by 100.
+    true_face_power: 0..1, DF only (needs a code discriminator).
+    gan_power: 0..5 (needs the UNet patch discriminator).
+    dssim_weight: 10 (DFL). The structural term is ``dssim_weight · mean_C dssim(fs=int(R/11.6))`` for
+        R < 256 and ``dssim_weight/2`` on each of fs=int(R/11.6), int(R/23.2) from R = 256.
+    mse_weight: 10 (DFL), pixel MSE of the masked images.
+    eyes_mouth_weight: 300 (DFL), eyes/mouth L1.
+    mask_weight: 10 (DFL), MSE of the predicted mask against the unblurred target mask.
+    face_style_weight: 10000 (DFL); the term's loss_weight is ``face_style_weight · face_style_power/100``.
+    bg_style_weight: 10 (DFL); each bg-style term (DSSIM and MSE) is weighted ``bg_style_weight · bsp/100``.
+    gan_tv_weight: 1e-6 (DFL), total-variation term under GAN + masked training.
+    gan_bg_weight: 0.02 (DFL), the anti-blur background MSE under GAN + masked training.
+    tv_mode: "dfl_gpu" (channel and H differences, as DFL on a GPU) or "spatial" (H and W), §12.12.
+    true_face_in_pretrain: keep the true-face G term in pretrain (DFL quirk §12.10, default True).
+    mask_blur_radius / style_blur_radius / blur_out_radius: None = DFL's max(1, R//32) / R//8 / R/128.
+    """
+
+    resolution: int = attrs.field()
+    masked_training: bool = True
+    eyes_mouth_prio: bool = False
+    blur_out_mask: bool = False
+    pretrain: bool = False
+    face_style_power: float = attrs.field(default=0.0, validator=_nonneg)
+    bg_style_power: float = attrs.field(default=0.0, validator=_nonneg)
+    true_face_power: float = attrs.field(default=0.0, validator=_nonneg)
+    gan_power: float = attrs.field(default=0.0, validator=_nonneg)
+    dssim_weight: float = attrs.field(default=10.0, validator=_nonneg)
+    mse_weight: float = attrs.field(default=10.0, validator=_nonneg)
+    eyes_mouth_weight: float = attrs.field(default=300.0, validator=_nonneg)
+    mask_weight: float = attrs.field(default=10.0, validator=_nonneg)
+    face_style_weight: float = attrs.field(default=10000.0, validator=_nonneg)
+    bg_style_weight: float = attrs.field(default=10.0, validator=_nonneg)
+    gan_tv_weight: float = attrs.field(default=1e-6, validator=_nonneg)
+    gan_bg_weight: float = attrs.field(default=0.02, validator=_nonneg)
+    tv_mode: str = attrs.field(default="dfl_gpu", validator=attrs.validators.in_(TV_MODES))
+    true_face_in_pretrain: bool = True
+    mask_blur_radius: float | None = None
+    style_blur_radius: float | None = None
+    blur_out_radius: float | None = None
+
+    @resolution.validator
+    def _check_res(self, _attribute, value):
+        if int(value) != value or value < 16:
+            raise ValueError(f"LossConfig.resolution must be an int >= 16, got {value!r}")
+
+    # ---- derived values (DFL's formulas) ----
+    @property
+    def sigma_mask(self) -> float:
+        """σm = max(1, R//32) (§3.3), an integer in DFL."""
+        return self.mask_blur_radius if self.mask_blur_radius is not None else max(1, self.resolution // 32)
+
+    @property
+    def sigma_style(self) -> float:
+        """Face-style blur radius R//8 (§3.4 term 5)."""
+        return self.style_blur_radius if self.style_blur_radius is not None else self.resolution // 8
+
+    @property
+    def sigma_blur_out(self) -> float:
+        """blur_out_mask σ = R/128, a float (§3.2)."""
+        return self.blur_out_radius if self.blur_out_radius is not None else self.resolution / 128.0
+
+    @property
+    def dssim_windows(self) -> tuple[tuple[float, int], ...]:
+        """(weight, filter_size) pairs of the structural term (§3.4 term 1): R < 256 → one window
+        int(R/11.6) with the whole dssim_weight; from 256 → int(R/11.6) and int(R/23.2), half each."""
+        r = self.resolution
+        if r < 256:
+            return ((self.dssim_weight, int(r / 11.6)),)
+        return ((self.dssim_weight / 2.0, int(r / 11.6)), (self.dssim_weight / 2.0, int(r / 23.2)))
+
+    @property
+    def bg_style_window(self) -> int:
+        """bg-style DSSIM window int(R/11.6) (one window at every resolution, §3.4 term 6)."""
+        return int(self.resolution / 11.6)
+
+    @property
+    def style_active(self) -> bool:
+        return not self.pretrain
+
+    @property
+    def gan_active(self) -> bool:
+        """GAN terms run when gan_power ≠ 0 and not pretrain (pretrain forces gan_power to 0)."""
+        return self.gan_power != 0 and not self.pretrain
+
+    @property
+    def true_face_g_active(self) -> bool:
+        return self.true_face_power != 0 and (self.true_face_in_pretrain or not self.pretrain)
+
+    @property
+    def true_face_d_active(self) -> bool:
+        """The code-discriminator step is skipped in pretrain (§3.7 step 3)."""
+        return self.true_face_power != 0 and not self.pretrain
+
+
+@attrs.frozen
+class SAEHDTargets:
+    """Per-batch targets and masks (§3.2, §3.3); depend only on the batch, never need gradients.
+
+    target_src/target_dst: after blur_out_mask (if on). srcm_blur, dstm_blur: ``clip(blur(m, σm), 0, .5)·2``.
+    srcm_anti_blur = 1 − srcm_blur. style_mask_blur = srcm_blur (the src mask, quirk §12.9);
+    style_mask_anti_blur = 1 − style_mask_blur. tS/tD: masked targets (unmasked without masked_training).
+    """
+
+    target_src: torch.Tensor
+    target_dst: torch.Tensor
+    srcm_blur: torch.Tensor
+    srcm_anti_blur: torch.Tensor
+    dstm_blur: torch.Tensor
+    style_mask_blur: torch.Tensor
+    style_mask_anti_blur: torch.Tensor
+    tS: torch.Tensor
+    tD: torch.Tensor
+
+
+def blur_out_mask(target: torch.Tensor, mask: torch.Tensor, radius: float) -> torch.Tensor:
+    """§3.2 for one image set: replace the background by a normalised blur that ignores face pixels.
+
+    ``x = blur(T·(1−M), σ)``; ``y = 1 − blur(M, σ)``, with y = 1 where y == 0; ``T·M + (x/y)·(1−M)``.
+    target (N,C,H,W), mask (N,1,H,W).
+    """
+    anti = 1.0 - mask
+    x = gaussian_blur(target * anti, radius)
+    y = 1.0 - gaussian_blur(mask, radius)
+    y = torch.where(y == 0, torch.ones_like(y), y)
+    return target * mask + (x / y) * anti
+
+
+def apply_blur_out_mask(batch: Mapping[str, torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """A copy of `batch` with target_src/target_dst blurred out (§3.2) when cfg.blur_out_mask, else a copy."""
+    out = dict(batch)
+    if cfg.blur_out_mask:
+        out["target_src"] = blur_out_mask(batch["target_src"], batch["target_srcm"], cfg.sigma_blur_out)
+        out["target_dst"] = blur_out_mask(batch["target_dst"], batch["target_dstm"], cfg.sigma_blur_out)
+    return out
+
+
+def _require(d: Mapping[str, torch.Tensor], keys: tuple[str, ...], what: str, why: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise TorchSAEError(f"saehd_losses: {what} is missing {', '.join(repr(k) for k in missing)} "
+                            f"(needed for {why}; has: {', '.join(sorted(d))})")
+
+
+def prepare_targets(batch: Mapping[str, torch.Tensor], cfg: LossConfig) -> SAEHDTargets:
+    """Blur-out (§3.2) and mask preparation (§3.3), computed without gradients."""
+    _require(batch, ("target_src", "target_dst", "target_srcm", "target_dstm"), "the batch", "the SAEHD losses")
+    with torch.no_grad():
+        b = apply_blur_out_mask(batch, cfg)
+        sm = cfg.sigma_mask
+        srcm_blur = gaussian_blur(b["target_srcm"], sm).clamp(0.0, 0.5) * 2.0
+        dstm_blur = gaussian_blur(b["target_dstm"], sm).clamp(0.0, 0.5) * 2.0
+        # DFL computes a blur of pred_src_dstm·pred_dst_dstm here and overwrites it with the src target
+        # mask (§3.3 quirk): the bg-style term uses the SRC mask on dst images.
+        style_mask_blur = srcm_blur.clamp(0.0, 1.0)
+        if cfg.masked_training:
+            tS = b["target_src"] * srcm_blur
+            tD = b["target_dst"] * dstm_blur
+        else:
+            tS, tD = b["target_src"], b["target_dst"]
+        return SAEHDTargets(
+            target_src=b["target_src"], target_dst=b["target_dst"],
+            srcm_blur=srcm_blur, srcm_anti_blur=1.0 - srcm_blur, dstm_blur=dstm_blur,
+            style_mask_blur=style_mask_blur, style_mask_anti_blur=1.0 - style_mask_blur, tS=tS, tD=tD)
+
+
+def masked_dssim(target: torch.Tensor, pred: torch.Tensor, windows: tuple[tuple[float, int], ...]) -> torch.Tensor:
+    """``Σ_w weight_w · mean_C dssim(target, pred, fs_w)``, (N,) (§3.4 term 1; DFL's img1=target, img2=pred)."""
+    out = None
+    for weight, fs in windows:
+        t = weight * _dssim(target, pred, fs).mean(dim=1)
+        out = t if out is None else out + t
+    return out
+
+
+def _recon_terms(prefix: str, t_masked, p_masked, target, pred, em, target_mask, pred_mask,
+                 cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """§3.4 terms 1–4 for one side (src or dst)."""
+    # DFL's windows in one fused pass (kernels.dssim.saehd_dssim: 10·w1, or 5·w1 + 5·w2 from R = 256),
+    # rescaled when the recipe changes the weight
+    structural = _saehd_dssim(p_masked, t_masked, cfg.resolution)
+    if cfg.dssim_weight != 10.0:
+        structural = structural * (cfg.dssim_weight / 10.0)
+    terms = {
+        f"{prefix}_dssim": structural,
+        f"{prefix}_mse": cfg.mse_weight * mse_per_sample(t_masked, p_masked),
+    }
+    if cfg.eyes_mouth_prio:
+        # L1 with the raw EYES_MOUTH mask (already blurred by the data pipeline), broadcast over channels.
+        terms[f"{prefix}_em_l1"] = cfg.eyes_mouth_weight * l1_per_sample(target * em, pred * em)
+    terms[f"{prefix}_mask_mse"] = cfg.mask_weight * mse_per_sample(target_mask, pred_mask)
+    return terms
+
+
+def saehd_losses(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], cfg: LossConfig, *,
+                 targets: SAEHDTargets | None = None,
+                 code_d: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 gan_d: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 ) -> dict[str, torch.Tensor]:
+    """SAEHD's per-sample generator loss (§3.4), every tensor (N,).
+
+    Returns the active terms (see module docstring) plus ``src_loss`` (sum of src_* terms), ``dst_loss``
+    (sum of dst_* terms) and ``G_loss = src_loss + dst_loss + true_face + gan + gan_tv + gan_bg_mse``.
+    `targets` may be passed when already computed for this batch (`prepare_targets`). `code_d` (true face)
+    and `gan_d` (GAN) are required only when their power is active; their parameters receive gradients
+    from G_loss too, so a training step should freeze them (requires_grad) during the G backward.
+    """
+    _require(outputs, ("pred_src_src", "pred_src_srcm", "pred_dst_dst", "pred_dst_dstm"), "the model outputs",
+             "the reconstruction terms")
+    tg = prepare_targets(batch, cfg) if targets is None else targets
+    p_src, p_dst = outputs["pred_src_src"], outputs["pred_dst_dst"]
+    if cfg.masked_training:
+        pS = p_src * tg.srcm_blur
+        pD = p_dst * tg.dstm_blur
+    else:
+        pS, pD = p_src, p_dst
+    if cfg.eyes_mouth_prio:
+        _require(batch, ("target_srcm_em", "target_dstm_em"), "the batch", "eyes_mouth_prio")
+
+    src = _recon_terms("src", tg.tS, pS, tg.target_src, p_src, batch.get("target_srcm_em"),
+                       batch["target_srcm"], outputs["pred_src_srcm"], cfg)
+    if cfg.face_style_power != 0 and cfg.style_active:
+        _require(outputs, ("pred_src_dst_no_code_grad", "pred_src_dstm", "pred_dst_dst", "pred_dst_dstm"),
+                 "the model outputs", "face_style_power")
+        fsp = cfg.face_style_power / 100.0
+        # Gradients reach the (src) decoder only, through the no-code-grad swap (§3.4 term 5).
+        src["src_face_style"] = style_loss(
+            outputs["pred_src_dst_no_code_grad"] * outputs["pred_src_dstm"].detach(),
+            (outputs["pred_dst_dst"] * outputs["pred_dst_dstm"]).detach(),
+            gaussian_blur_radius=cfg.sigma_style, loss_weight=cfg.face_style_weight * fsp)
+    if cfg.bg_style_power != 0 and cfg.style_active:
+        _require(outputs, ("pred_src_dst",), "the model outputs", "bg_style_power")
+        w = cfg.bg_style_weight * cfg.bg_style_power / 100.0
+        a = tg.style_mask_anti_blur
+        psd_a = outputs["pred_src_dst"] * a
+        td_a = tg.target_dst * a
+        src["src_bg_style_dssim"] = w * _dssim(psd_a, td_a, cfg.bg_style_window).mean(dim=1)
+        src["src_bg_style_mse"] = w * mse_per_sample(psd_a, td_a)
+
+    dst = _recon_terms("dst", tg.tD, pD, tg.target_dst, p_dst, batch.get("target_dstm_em"),
+                       batch["target_dstm"], outputs["pred_dst_dstm"], cfg)
+
+    g: dict[str, torch.Tensor] = {}
+    if cfg.true_face_g_active:
+        if code_d is None:
+            raise TorchSAEError("saehd_losses: true_face_power is "
+                                f"{cfg.true_face_power} but no code discriminator was given (pass code_d=...)")
+        _require(outputs, ("src_code",), "the model outputs", "true_face_power")
+        g["true_face"] = cfg.true_face_power * dloss(1.0, code_d(outputs["src_code"]))
+    if cfg.gan_active:
+        if gan_d is None:
+            raise TorchSAEError(f"saehd_losses: gan_power is {cfg.gan_power} but no GAN discriminator was given "
+                                "(pass gan_d=...)")
+        d, d2 = gan_d(pS)
+        g["gan"] = cfg.gan_power * (dloss(1.0, d) + dloss(1.0, d2))
+        if cfg.masked_training:
+            g["gan_tv"] = cfg.gan_tv_weight * total_variation_mse(p_src, cfg.tv_mode)
+            # weak background reconstruction "to suppress random bright dots from GAN"
+            g["gan_bg_mse"] = cfg.gan_bg_weight * mean_chw(
+                (p_src * tg.srcm_anti_blur - tg.target_src * tg.srcm_anti_blur).square())
+
+    out: dict[str, torch.Tensor] = {**src, **dst, **g}
+    # Accumulated in DFL's order (+= one term at a time), so the sums round as DFL's do.
+    out["src_loss"] = _sum_in_order(src.values())
+    out["dst_loss"] = _sum_in_order(dst.values())
+    out["G_loss"] = _sum_in_order([out["src_loss"], out["dst_loss"], *g.values()])
+    return out
+
+
+def _sum_in_order(values) -> torch.Tensor:
+    it = iter(values)
+    acc = next(it)
+    for v in it:
+        acc = acc + v
+    return acc
+
+
+def gan_d_loss(gan_d: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], pred_masked: torch.Tensor,
+               target_masked: torch.Tensor) -> torch.Tensor:
+    """GAN discriminator loss (§3.4), (N,): with ``d, d2 = D(pS)`` and ``t, t2 = D(tS)``,
+    ``0.5·(DLoss(1,t) + DLoss(0,d)) + 0.5·(DLoss(1,t2) + DLoss(0,d2))``. pS is detached by the caller
+    (only D's weights are updated in DFL's GAN step)."""
+    d, d2 = gan_d(pred_masked)
+    t, t2 = gan_d(target_masked)
+    return 0.5 * (dloss(1.0, t) + dloss(0.0, d)) + 0.5 * (dloss(1.0, t2) + dloss(0.0, d2))
+
+
+def code_d_loss(code_d: Callable[[torch.Tensor], torch.Tensor], src_code: torch.Tensor,
+                dst_code: torch.Tensor) -> torch.Tensor:
+    """True-face discriminator loss (§3.4), (N,): ``0.5·(DLoss(1, D(dst_code)) + DLoss(0, D(src_code)))``."""
+    return 0.5 * (dloss(1.0, code_d(dst_code)) + dloss(0.0, code_d(src_code)))

@@ -1,0 +1,133 @@
+"""DDP through torchrun: process group setup, parameter broadcast, gradient all-reduce.
+
+How the batch is split: `[train].batch_size` is the *global* batch. Each of the W ranks draws its own
+batch_size/W samples (the loader is sharded by rank), computes its per-sample losses, and backpropagates
+their sum. Gradients are then all-reduced with SUM, so every rank applies exactly the gradient a single
+process would compute for the combined batch (SAEHD differentiates the batch *sum*, spec §12.1; DFL's
+multi-GPU path averages per-GPU gradients instead, which scales the gradient by 1/W — we don't copy that,
+so changing the GPU count does not change the optimisation). The models are batch-norm free, so nothing
+else needs synchronising. Only rank 0 writes checkpoints, previews and logs.
+
+We all-reduce in the optimizer step (`GuardedOptimizer`) rather than wrapping the model in
+DistributedDataParallel because SAEHD's step calls `forward_train`, `code` and `decode` — not
+`forward` — which DDP's hooks would not see.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("torchsae.train")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup(device_type: str) -> DistInfo:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    info = DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    log.info("DDP: rank %d of %d (%s)", info.rank, info.world, dist.get_backend())
+    return info
+
+
+def broadcast_module(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's weights everywhere (identical starts even if initialisation differed)."""
+    if info.enabled:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def allreduce_grads_(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Sum every gradient across ranks, in one flat bucket per dtype (few collectives)."""
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for g in group:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class GuardedOptimizer:
+    """Wraps an optimizer: all-reduce gradients (DDP), then skip the update when any gradient is
+    non-finite (the NaN/inf guard). `skipped` tells the loop what happened on the last step.
+
+    Looks like the wrapped optimizer to GradScaler (param_groups, state, step, zero_grad)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, info: DistInfo):
+        self.opt = opt
+        self.info = info
+        self.skipped = False
+
+    def __getattr__(self, name):
+        return getattr(self.opt, name)
+
+    @property
+    def param_groups(self):
+        return self.opt.param_groups
+
+    @property
+    def state(self):
+        return self.opt.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.opt.state_dict()
+
+    def load_state_dict(self, sd):
+        self.opt.load_state_dict(sd)
+
+    def step(self, closure=None):
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        allreduce_grads_(params, self.info)
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+            if not bool(finite):
+                self.skipped = True
+                return None
+        self.skipped = False
+        return self.opt.step()

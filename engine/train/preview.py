@@ -1,0 +1,74 @@
+"""Preview images: labelled columns for a few fixed samples, plus DFL's loss graph strip (spec §11.5).
+
+Columns (each a face at model resolution, BGR):
+    A_original, A_xseg_mask_overlay, A_recon (A->A), B_original, B_xseg_mask_overlay, B_recon (B->B),
+    A_to_B (the swap: B's pose and expression with A's identity — DFL's pred_src_dst)
+Like DFL, the network runs on the *target* (unwarped) faces. The mask overlay tints the area outside the
+target mask (XSeg mask when the faceset has one, else the landmark hull) as DFL's XSeg preview does.
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+COLUMNS = ("A_original", "A_xseg_mask_overlay", "A_recon", "B_original", "B_xseg_mask_overlay", "B_recon", "A_to_B")
+GRAPH_H = 100
+
+
+def mask_overlay(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H,W,3) BGR in [0,1], (H,W,1) mask -> the face with the outside tinted green at 0.5 (DFL's XSeg preview)."""
+    green = np.zeros_like(img)
+    green[..., 1] = 1.0
+    outside = 1.0 - np.clip(mask, 0, 1)
+    return img * (1 - 0.5 * outside) + green * 0.5 * outside
+
+
+def loss_graph(history: np.ndarray, width: int, height: int = GRAPH_H) -> np.ndarray:
+    """DFL's loss strip: per column the min..max of each loss over its bucket of steps, y scale
+    2·mean(history[len//5:]), one hue per loss, 5 grid lines. history: (steps, n_losses)."""
+    img = np.full((height, width, 3), 0.1, np.float32)
+    for i in range(1, 5):
+        y = height * i // 5
+        img[y, :, :] = 0.2
+    if history is None or len(history) == 0:
+        return img
+    h = np.asarray(history, np.float32).reshape(len(history), -1)
+    tail = h[len(h) // 5:]
+    scale = 2.0 * float(np.mean(tail)) if np.isfinite(tail).all() and np.mean(tail) > 0 else float(np.nanmax(h) or 1)
+    n = h.shape[1]
+    edges = np.linspace(0, len(h), width + 1).astype(int)
+    for x in range(width):
+        a, b = edges[x], max(edges[x + 1], edges[x] + 1)
+        bucket = h[a:min(b, len(h))]
+        if len(bucket) == 0:
+            continue
+        for k in range(n):
+            lo, hi = np.nanmin(bucket[:, k]), np.nanmax(bucket[:, k])
+            y0 = int(np.clip((1 - hi / scale) * (height - 1), 0, height - 1))
+            y1 = int(np.clip((1 - lo / scale) * (height - 1), 0, height - 1))
+            color = colorsys.hsv_to_rgb(k / max(1, n), 1.0, 1.0)[::-1]
+            img[y0:y1 + 1, x] = color
+    return img
+
+
+def compose(columns: dict[str, np.ndarray], *, step: int, history: np.ndarray | None = None,
+            loss_names: tuple[str, ...] = ()) -> np.ndarray:
+    """columns: name -> (n, H, W, 3) float BGR in [0,1]. Returns a uint8 BGR image with labels on top,
+    the loss graph below the labels, and one row per sample."""
+    names = [c for c in COLUMNS if c in columns] + [c for c in columns if c not in COLUMNS]
+    n, hh, ww = next(iter(columns.values())).shape[:3]
+    grid = np.concatenate([np.concatenate([np.clip(columns[c][i], 0, 1) for c in names], axis=1) for i in range(n)],
+                          axis=0)
+    width = grid.shape[1]
+    label = np.full((24, width, 3), 0.15, np.float32)
+    scale = max(0.3, min(0.5, ww / 200))
+    for j, name in enumerate(names):
+        cv2.putText(label, name, (j * ww + 3, 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (1, 1, 1), 1, cv2.LINE_AA)
+    graph = loss_graph(history, width)
+    text = f"Iter: {step}" + ("  " + "  ".join(loss_names) if loss_names else "")
+    cv2.putText(graph, text, (4, GRAPH_H - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (1, 1, 1), 1, cv2.LINE_AA)
+    out = np.concatenate([label, graph, grid], axis=0)
+    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,0 +1,171 @@
+"""DFL's discriminators (spec §3.5): find_archi against DFL's table (every recorded patch size), the UNet
+patch discriminator and the code discriminator against DFL forward/backward goldens with the recorded
+weights, ConvTranspose alignment, key maps and layout conversions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.errors import CheckpointError, TorchSAEError
+from engine.losses import dloss
+from engine.modules.discriminators import (CodeDiscriminator, UNetPatchDiscriminator, _ConvTransposeSame,
+                                           check_unet_patch_d_resolution, code_d_key_map, dfl_state, find_archi,
+                                           load_dfl_weights, receptive_field, tf_to_torch, torch_to_tf,
+                                           unet_patch_d_key_map)
+
+
+def nchw(a) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach().permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parity
+def test_find_archi_every_recorded_patch_size(golden):
+    table = json.loads((golden / "extra" / "unet_patch_d_find_archi_table.json").read_text())["table"]
+    assert len(table) == 61
+    for patch, entry in table.items():
+        assert find_archi(int(patch)) == entry["layers"], patch
+        assert receptive_field(entry["layers"]) == entry["receptive_field"], patch
+
+
+def test_find_archi_spec_examples():
+    assert find_archi(16) == [[3, 2]] * 3
+    assert find_archi(28) == [[3, 2], [3, 1], [3, 2], [3, 1], [3, 2]]
+    assert find_archi(32) == [[3, 2]] * 4
+    assert find_archi(40) == [[3, 2], [3, 2], [3, 1], [3, 2], [3, 2]]
+    assert find_archi(64) == [[3, 2]] * 5
+
+
+def test_unet_patch_d_param_count_spec_example():
+    d = UNetPatchDiscriminator(32, 3, 16)  # spec §3.5: patch 32 at R=256 with base 16
+    assert sum(p.numel() for p in d.parameters()) == 946_994
+    c, f = d(torch.zeros(1, 3, 256, 256))
+    assert c.shape == (1, 1, 16, 16) and f.shape == (1, 1, 256, 256)
+
+
+@pytest.mark.parity
+def test_unet_patch_d_matches_dfl(golden):
+    g = np.load(golden / "extra" / "unet_patch_d_res64_ps8_dims16.npz")
+    meta = json.loads((golden / "extra" / "unet_patch_d_res64_ps8_dims16.json").read_text())
+    d = UNetPatchDiscriminator(8, 3, 16)
+    km = unet_patch_d_key_map(d)
+    assert sorted(v[0] for v in km.values()) == sorted(r["name"] for r in meta["param_table"])
+    assert sum(p.numel() for p in d.parameters()) == meta["param_count_total"]
+    load_dfl_weights(d, km, {k[len("weight/"):]: g[k] for k in g.files if k.startswith("weight/")})
+    x = nchw(g["input"]).requires_grad_()
+    center, full = d(x)
+    np.testing.assert_allclose(nhwc(center), g["center_out"], atol=2e-6)
+    np.testing.assert_allclose(nhwc(full), g["final_out"], atol=2e-6)
+    for ours, lab, ref in ((center, 1, "dloss_center_ones"), (center, 0, "dloss_center_zeros"),
+                           (full, 1, "dloss_final_ones"), (full, 0, "dloss_final_zeros")):
+        np.testing.assert_allclose(dloss(lab, ours).detach().numpy(), g[ref], rtol=1e-5, err_msg=ref)
+    (dloss(1, center) + dloss(1, full)).sum().backward()
+    params = dict(d.named_parameters())
+    for tname, (dname, kind) in km.items():
+        ref = g[f"grad/{dname}"]
+        got = torch_to_tf(params[tname].grad.numpy(), kind)
+        # observed <= 2.4e-5 of the tensor's largest |grad| (a bias summed over 64x64 positions)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max(), err_msg=dname)
+    np.testing.assert_allclose(nhwc(x.grad), g["grad_input"], rtol=0, atol=1e-4 * np.abs(g["grad_input"]).max())
+
+
+@pytest.mark.parity
+def test_code_discriminator_matches_dfl(golden, shared_golden):
+    g = np.load(golden / "extra" / "code_d_df_res64_ae64.npz")
+    meta = json.loads((golden / "extra" / "code_d_df_res64_ae64.json").read_text())
+    full = np.load(shared_golden / "extra" / "code_d_df_res64_ae64.npz")  # weights: 5.8 MB, not copied
+    d = CodeDiscriminator(64, 8)
+    assert d.n_convs == 2
+    km = code_d_key_map(d)
+    assert sorted(v[0] for v in km.values()) == sorted(r["name"] for r in meta["param_table"])
+    assert sum(p.numel() for p in d.parameters()) == meta["param_count_total"]
+    load_dfl_weights(d, km, {k[len("weight/"):]: full[k] for k in full.files if k.startswith("weight/")})
+    x = nchw(g["input_code"]).requires_grad_()
+    out = d(x)
+    np.testing.assert_allclose(nhwc(out), g["out"], atol=1e-6)
+    np.testing.assert_allclose(dloss(1, out).detach().numpy(), g["dloss_ones"], rtol=1e-5)
+    np.testing.assert_allclose(dloss(0, out).detach().numpy(), g["dloss_zeros"], rtol=1e-5)
+    dloss(1, out).sum().backward()
+    params = dict(d.named_parameters())
+    for tname, (dname, kind) in km.items():
+        got = torch_to_tf(params[tname].grad.numpy(), kind)
+        key = f"grad/{dname}"
+        if key + "__first4096" in g.files:
+            ref, got = g[key + "__first4096"], got.ravel()[:4096]
+        else:
+            ref = g[key]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max(), err_msg=dname)
+    np.testing.assert_allclose(nhwc(x.grad), g["grad_input"], rtol=0, atol=1e-5 * np.abs(g["grad_input"]).max())
+
+
+def test_code_discriminator_shapes_spec():
+    d = CodeDiscriminator(256, 16)  # df-ud @256: inter out 256x16x16 -> 16 -> 9 -> 5 -> 3
+    assert d.n_convs == 3
+    assert d(torch.zeros(1, 256, 16, 16)).shape == (1, 1, 3, 3)
+    assert [getattr(d, f"convs_{i}").weight.shape[0] for i in range(3)] == [256, 512, 1024]
+
+
+def test_conv_transpose_same_is_full_transposed_conv_cropped_at_the_end():
+    gen = torch.Generator().manual_seed(0)
+    m = _ConvTransposeSame(2, 3, 3, 2)
+    x = torch.randn(1, 2, 5, 4, generator=gen)
+    full = F.conv_transpose2d(x, m.weight, m.bias, stride=2)  # (2n+1)
+    y = m(x)
+    assert y.shape == (1, 3, 10, 8)
+    assert torch.equal(y, full[..., :10, :8])
+    # the tempting padding=1, output_padding=1 version is shifted by one pixel
+    shifted = F.conv_transpose2d(x, m.weight, m.bias, stride=2, padding=1, output_padding=1)
+    assert not torch.allclose(shifted, y)
+    m1 = _ConvTransposeSame(2, 3, 3, 1)
+    torch.testing.assert_close(m1(x), F.conv_transpose2d(x, m1.weight, m1.bias, padding=1))
+
+
+def test_layout_conversion_round_trip_and_dfl_state():
+    a = np.arange(3 * 3 * 4 * 5, dtype=np.float32).reshape(3, 3, 4, 5)
+    assert tf_to_torch(a, "conv").shape == (5, 4, 3, 3)
+    assert tf_to_torch(a, "conv")[2, 1, 0, 2] == a[0, 2, 1, 2]
+    np.testing.assert_array_equal(torch_to_tf(tf_to_torch(a, "conv_transpose"), "conv_transpose"), a)
+    d = UNetPatchDiscriminator(8)
+    state = dfl_state(d, unet_patch_d_key_map(d))  # weight-file keys (scope stripped)
+    assert state["upconvs_0/weight:0"].shape == (3, 3, 32, 64)  # TF (kh, kw, out, in)
+    d2 = UNetPatchDiscriminator(8)
+    load_dfl_weights(d2, unet_patch_d_key_map(d2), state, strip_scope=True)
+    for (n, p), (_, q) in zip(d.named_parameters(), d2.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_load_errors_name_the_key():
+    d = UNetPatchDiscriminator(8)
+    km = unet_patch_d_key_map(d)
+    state = dfl_state(d, km, strip_scope=False)
+    del state["D_src/out_conv/bias:0"]
+    with pytest.raises(CheckpointError, match="D_src/out_conv/bias:0"):
+        load_dfl_weights(d, km, state, source="GAN.npy")
+    state = dfl_state(d, km, strip_scope=False)
+    state["D_src/in_conv/weight:0"] = np.zeros((1, 1, 4, 16), np.float32)
+    with pytest.raises(CheckpointError, match="in_conv"):
+        load_dfl_weights(d, km, state)
+
+
+def test_resolution_check():
+    check_unet_patch_d_resolution(64, 64, 8)
+    with pytest.raises(TorchSAEError, match="multiple of 4"):
+        check_unet_patch_d_resolution(66, 66, 8)
+    with pytest.raises(TorchSAEError, match="gan_patch_size"):
+        UNetPatchDiscriminator(8)(torch.zeros(1, 3, 30, 30))
+
+
+def test_glorot_init_and_zero_bias():
+    d = CodeDiscriminator(64, 8)
+    w = d.convs_1.weight  # (512, 256, 3, 3)
+    limit = np.sqrt(6 / (9 * 256 + 9 * 512))
+    assert w.abs().max() <= limit and w.abs().max() > 0.9 * limit
+    assert torch.count_nonzero(d.convs_1.bias) == 0
