@@ -29,8 +29,8 @@ ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 THRESHOLD = 0.25  # a median 25% slower than last time fails; shared CPUs jitter by ~10%
 PYTEST_ARGS = ["--benchmark-only", "--benchmark-warmup=on", "--benchmark-warmup-iterations=1",
-               "--benchmark-min-rounds=5", "--benchmark-max-time=2.0", "-p", "no:cacheprovider", "-p", "no:xdist",
-               "-q", "-o", "addopts="]
+               "--benchmark-min-rounds=5", "--benchmark-max-time=2.0", "--benchmark-columns=min,median,iqr,rounds",
+               "--benchmark-sort=name", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rs", "-o", "addopts="]
 
 
 def suites() -> list[str]:
@@ -223,5 +223,5 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, out)
-    print(f"stored {out.relative_to(ROOT)}")
+    print(f"stored {os.path.relpath(out, ROOT)}")
     return 0

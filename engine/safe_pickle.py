@@ -7,9 +7,9 @@ run arbitrary code, so these are read with an allow-list: only
 - numpy array / scalar / dtype reconstruction: ``_reconstruct``, ``scalar`` and ``_frombuffer`` from both
   numpy 1.x (``numpy.core.*``) and numpy 2.x (``numpy._core.*``) module paths, ``numpy.ndarray``,
   ``numpy.dtype`` and numpy scalar types;
-- plain containers and scalars (handled by pickle opcodes without any lookup), plus
-  ``collections.OrderedDict`` and ``_codecs.encode`` restricted to latin-1 (how protocol-2 pickles spell
-  ``bytes``).
+- plain containers and scalars (handled by pickle opcodes without any lookup), plus the globals older
+  protocols use for them: ``set``, ``frozenset``, ``bytearray``, ``complex``, ``collections.OrderedDict``
+  and ``_codecs.encode`` restricted to latin-1 (how protocol-2 pickles spell ``bytes``).
 
 Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) raises UnsafeFileError naming the
 file and the refused global *before* anything is called. A malformed pickle raises ``corrupt_error``.
@@ -65,6 +65,10 @@ def _allowed() -> dict[tuple[str, str], Any]:
         for name in dir(dtypes):
             if name.endswith("DType") and name != "ObjectDType":
                 table[("numpy.dtypes", name)] = getattr(dtypes, name)
+    # protocols < 4 build these containers through a global lookup (py2 spelling: __builtin__)
+    for mod in ("builtins", "__builtin__"):
+        for obj in (set, frozenset, bytearray, complex):
+            table[(mod, obj.__name__)] = obj
     table[("collections", "OrderedDict")] = collections.OrderedDict
     table[("_codecs", "encode")] = _latin1_encode
     return table

@@ -399,7 +399,8 @@ def read_image(path: str | Path) -> np.ndarray:
 def _normalise_for_read(meta: dict, source: str) -> dict:
     out = dict(meta)
     out["face_type"] = str(meta.get("face_type", "full_face"))
-    out["eyebrows_expand_mod"] = float(meta.get("eyebrows_expand_mod", 1.0) if meta.get("eyebrows_expand_mod") is not None else 1.0)
+    ebm = meta.get("eyebrows_expand_mod")
+    out["eyebrows_expand_mod"] = 1.0 if ebm is None else float(ebm)
     for key in ("landmarks", "source_landmarks"):
         if meta.get(key) is not None:
             try:

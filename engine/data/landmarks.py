@@ -328,6 +328,8 @@ def estimate_pitch_yaw_roll(aligned_landmarks, size: int = 256) -> tuple[float, 
     camera f = size, centre (size/2, size/2), no distortion; Euler angles of Rodrigues(rvec)
     (x = atan2(R21, R22), y = atan2(-R20, sy), z = atan2(R10, R00)), each clipped to ±π/2, returned as
     (-x, y, z). `size` is the aligned image width (DFL passes `shape[1]`).
+    Like DFL, the solvePnP solution is used as is: for near-orthographic (synthetic) landmarks the
+    iterative solver can settle on a mirrored pose behind the camera, whose roll then clips to ±π/2.
     """
     lm = as_landmarks(aligned_landmarks, "aligned_landmarks").astype(np.float32)
     f = float(size)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from engine.data.landmarks import as_landmarks
+from engine.errors import DataError
 
 __all__ = [
     "expand_eyebrows",
@@ -82,6 +83,9 @@ def get_image_hull_mask(image_shape, landmarks, eyebrows_expand_mod: float = 1.0
 
 def _dilate_blur(mask: np.ndarray, h: int) -> np.ndarray:
     k = h // 32
+    if k < 1:
+        # DFL's kernel h//32 is empty below 32 px and OpenCV rejects it; say so instead of a cv2.error
+        raise DataError(f"eye/mouth masks need an image at least 32 px tall (dilation kernel h//32), got height {h}")
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)), iterations=1)
     blur = h // 16
     blur = blur + (1 - blur % 2)  # make odd

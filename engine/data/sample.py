@@ -141,7 +141,7 @@ class FaceData:
 
     image: np.ndarray
     landmarks: np.ndarray
-    face_type: FaceType
+    face_type: FaceType = attrs.field(converter=lambda v: FaceType.parse(v, "sample face_type"))
     xseg_mask: np.ndarray | None = None
     eyebrows_expand_mod: float = 1.0
     name: str = "<sample>"

@@ -39,14 +39,14 @@ def build(recipe_or_model_spec: Any, *, device=None):
 
 def describe(recipe_or_model_spec: Any) -> dict:
     """Nodes, shapes at every edge, parameters per module and in total, derived values (see describe.py)."""
-    from engine.graph.describe import describe as _describe
+    from engine.graph.report import describe as _describe
 
     return _describe(recipe_or_model_spec)
 
 
 def render(description: dict) -> str:
     """Stable text rendering of `describe()`'s dict."""
-    from engine.graph.describe import render as _render
+    from engine.graph.report import render as _render
 
     return _render(description)
 

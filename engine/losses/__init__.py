@@ -6,7 +6,7 @@ latent_distill, saehd (the whole SAEHD generator loss).
 
 from __future__ import annotations
 
-from .distill import DISTILL_MODES, freeze_teacher, latent_distill
+from .distill import DISTILL_MODES, freeze_teacher, latent_distill, latent_distill_hook
 from .ops import (TV_MODES, dloss, gaussian_blur, gaussian_kernel_1d, gaussian_kernel_2d, gaussian_kernel_size,
                   l1_per_sample, mean_chw, mse_per_sample, style_loss, total_variation_mse)
 from .registry import LOSSES, get_loss, register_loss
@@ -25,5 +25,5 @@ __all__ = [
     "masked_dssim", "gan_d_loss", "code_d_loss", "SRC_TERMS", "DST_TERMS", "G_TERMS",
     "gaussian_blur", "gaussian_kernel_size", "gaussian_kernel_1d", "gaussian_kernel_2d", "style_loss",
     "total_variation_mse", "TV_MODES", "dloss", "mean_chw", "mse_per_sample", "l1_per_sample",
-    "latent_distill", "freeze_teacher", "DISTILL_MODES",
+    "latent_distill", "latent_distill_hook", "freeze_teacher", "DISTILL_MODES",
 ]

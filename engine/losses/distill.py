@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DISTILL_MODES", "latent_distill", "freeze_teacher"]
+__all__ = ["DISTILL_MODES", "latent_distill", "freeze_teacher", "latent_distill_hook"]
 
 DISTILL_MODES = ("mse", "cosine")
 
@@ -42,3 +42,22 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def latent_distill_hook(teacher: nn.Module, weight: float = 1.0, mode: str = "mse"):
+    """An `extra_losses` hook for `engine.train.step.saehd_train_step`: freezes `teacher` (a SwapModel
+    with the student's code shapes) and returns ``hook(outputs, batch) -> {"latent_distill": (N,)}``, the sum
+    of the src and dst code distances ``latent_distill(src_code, teacher.code(warped_src, "src"))`` +
+    ``latent_distill(dst_code, teacher.code(warped_dst, "dst"))``."""
+    if mode not in DISTILL_MODES:
+        raise ValueError(f"latent_distill: unknown mode {mode!r} (valid: {', '.join(DISTILL_MODES)})")
+    freeze_teacher(teacher)
+
+    def hook(outputs, batch):
+        with torch.no_grad():
+            t_src = teacher.code(batch["warped_src"], "src")
+            t_dst = teacher.code(batch["warped_dst"], "dst")
+        return {"latent_distill": latent_distill(outputs["src_code"], t_src, mode, weight)
+                + latent_distill(outputs["dst_code"], t_dst, mode, weight)}
+
+    return hook

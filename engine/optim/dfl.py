@@ -13,8 +13,9 @@ Formulas (per element; no bias correction, no weight decay, ε outside the squar
   here `it` is the value **before** this step's increment (0 on the first step).
 * ``lr_dropout`` (p < 1): a fresh Bernoulli(p) mask per element and step multiplies Δ (the moments are
   still updated everywhere). Masks come from a per-device `torch.Generator` seeded from `seed` and saved
-  in `state_dict`, so a resumed run draws the same masks. DFL draws a float16 uniform and compares with p
-  (P = 308/1024 ≈ 0.3008 for p = 0.3); here P = p exactly. The random streams differ from TF's anyway.
+  in `state_dict`, so a resumed run draws the same masks. DFL compares a float16 uniform with p, so its
+  probability is p rounded to float16's 1/1024 grid (≈ 0.3008 for 0.3); here it is p exactly. The random
+  streams differ from TF's anyway.
 * ``clipnorm`` (> 0): the global L2 norm over all gradients of this optimizer; if ``norm ≥ clipnorm`` every
   gradient is scaled by ``clipnorm/norm`` (used for the update only; ``p.grad`` is left untouched).
   Computed on device without a host sync.

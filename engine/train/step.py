@@ -33,7 +33,9 @@ from engine.errors import TorchSAEError
 from engine.losses.saehd import LossConfig, code_d_loss, gan_d_loss, prepare_targets, saehd_losses
 from engine.optim.dfl import global_grad_norm
 
-__all__ = ["StepResult", "saehd_train_step", "SAEHDStep", "BATCH_KEYS"]
+__all__ = ["StepResult", "saehd_train_step", "SAEHDStep", "BATCH_KEYS", "ExtraLosses"]
+
+ExtraLosses = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
 BATCH_KEYS = ("warped_src", "target_src", "target_srcm", "target_srcm_em",
               "warped_dst", "target_dst", "target_dstm", "target_dstm_em")
@@ -90,14 +92,16 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
                      code_d: nn.Module | None = None, code_d_opt: torch.optim.Optimizer | None = None,
                      gan_d: nn.Module | None = None, gan_d_opt: torch.optim.Optimizer | None = None,
                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                     scaler: torch.amp.GradScaler | None = None) -> StepResult:
+                     scaler: torch.amp.GradScaler | None = None,
+                     extra_losses: ExtraLosses | None = None) -> StepResult:
     """One SAEHD step (§3.7) on `batch` (the `BATCH_KEYS`, NCHW on the model's device).
 
     model: a SwapModel (``forward_train(warped_src, warped_dst, no_code_grad=...)``, ``code(x, identity)``,
     ``decode(z, identity)``). g_opt steps the generator: build it over the saveable set and freeze what
     DFL does not train (`engine.optim.saehd_param_groups` / `freeze_untrainable`); parameters without a
     gradient are skipped by every optimizer here. The discriminators and their optimizers are required
-    exactly when cfg activates them.
+    exactly when cfg activates them. `extra_losses(outputs, batch) -> {name: (N,)}` adds TorchSAE terms
+    (e.g. `engine.losses.latent_distill_hook`) to G_loss; they are reported under their names.
     """
     if cfg.true_face_g_active and code_d is None:
         raise TorchSAEError(f"train step: true_face_power is {cfg.true_face_power} but no code discriminator "
@@ -121,6 +125,12 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
         with autocast():
             outs = model.forward_train(batch["warped_src"], batch["warped_dst"], no_code_grad=no_code_grad)
             terms = saehd_losses(outs, batch, cfg, targets=targets, code_d=code_d, gan_d=gan_d)
+            if extra_losses is not None:
+                for name, v in extra_losses(outs, batch).items():
+                    if name in terms:
+                        raise TorchSAEError(f"train step: extra loss {name!r} clashes with a SAEHD term name")
+                    terms[name] = v
+                    terms["G_loss"] = terms["G_loss"] + v
         g_params = [p for p in model.parameters() if p.requires_grad]
         grad_norm = _backward_and_step(terms["G_loss"].sum(), g_opt, scaler, g_params)
     for k, v in terms.items():
@@ -172,8 +182,9 @@ class SAEHDStep:
     gan_d_opt: torch.optim.Optimizer | None = None
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     scaler: torch.amp.GradScaler | None = None
+    extra_losses: ExtraLosses | None = None
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> StepResult:
         return saehd_train_step(self.model, self.g_opt, batch, self.loss_cfg, code_d=self.code_d,
                                 code_d_opt=self.code_d_opt, gan_d=self.gan_d, gan_d_opt=self.gan_d_opt,
-                                autocast=self.autocast, scaler=self.scaler)
+                                autocast=self.autocast, scaler=self.scaler, extra_losses=self.extra_losses)

@@ -10,7 +10,8 @@ Implementations (chosen by `impl`, else $TORCHSAE_KERNELS, via kernels.dispatch.
   triton     triton_kernels.py (CUDA; CPU tensors only under TRITON_INTERPRET=1, for tests)
 auto picks triton on CUDA, fast on CPU (reference when no C compiler is available or for float64 inputs)
 and logs the choice once: "dssim: fast (auto: no CUDA)". An implementation requested explicitly that
-cannot run raises KernelUnavailableError. Export code calls with impl="reference".
+cannot run raises KernelUnavailableError. Export code calls with impl="reference". Under torch.compile the
+choice is made once at trace time (changing TORCHSAE_KERNELS later does not retrace a compiled graph).
 
 Everything is computed in float32 whatever the input dtype or autocast state (bf16's E[x²]−E[x]²
 cancels catastrophically); the result is float32 (float64 on the reference path for float64 inputs).
@@ -41,6 +42,7 @@ def _has_fast_cpu() -> bool:
     return cpu.available()
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it at trace time instead of tracing the build/logging
 def resolve_impl(device: torch.device | str, dtype: torch.dtype = torch.float32, impl: str = "auto") -> str:
     """'reference' | 'fast' | 'triton' for DSSIM on `device` (see module docstring for the rules)."""
     requested = None if impl == "auto" else impl

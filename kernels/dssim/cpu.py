@@ -41,6 +41,7 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
 
 
 def _cache_dir() -> Path:
@@ -133,7 +134,7 @@ def dssim_fused(img1: torch.Tensor, img2: torch.Tensor, filter_sizes: list[int],
     img1, img2: (N, C, H, W) float32 CPU. Returns (out (N, C) float32, J1, J2) where J1 = d out[n,c] / d img1
     (N, C, H, W) if grad1 else an empty tensor, likewise J2; backward is grad_out[..., None, None]·J.
     """
-    global _pool
+    global _pool, _pool_pid
     lib = _load()
     if lib is None:
         raise RuntimeError(f"dssim: the fast CPU kernel is unavailable: {_error}")
@@ -164,8 +165,10 @@ def dssim_fused(img1: torch.Tensor, img2: torch.Tensor, filter_sizes: list[int],
     if t == 1:
         rcs = [run(0, planes)]
     else:
-        if _pool is None or _pool._max_workers < t:  # noqa: SLF001 - grow the pool with torch's thread count
-            _pool = ThreadPoolExecutor(max_workers=t, thread_name_prefix="torchsae-dssim")
+        with _lock:
+            if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < t:  # noqa: SLF001
+                _pool = ThreadPoolExecutor(max_workers=t, thread_name_prefix="torchsae-dssim")
+                _pool_pid = os.getpid()
         bounds = [planes * i // t for i in range(t + 1)]
         rcs = list(_pool.map(run, bounds[:-1], bounds[1:]))
     if any(rc != 0 for rc in rcs):

@@ -12,6 +12,8 @@ The kernel is decorated lazily (`kernel()`), because Triton chooses between comp
 interpreter (TRITON_INTERPRET=1, used by the CPU tests) when a function is decorated.
 """
 
+from __future__ import annotations  # keeps `tl.constexpr` annotations as text: Triton parses them
+
 import functools
 
 import torch
@@ -21,9 +23,6 @@ try:  # triton is optional (CUDA builds and the test extra); the kernel is only 
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     tl = None
 
-# Real annotation objects (not strings): Triton recognises compile-time parameters by annotation.
-_constexpr = tl.constexpr if tl is not None else int
-
 __all__ = ["kernel", "launch", "BLOCK"]
 
 BLOCK = 256
@@ -31,7 +30,7 @@ BLOCK = 256
 
 def _warp_sample_src(img_ptr, grid_ptr, weight_ptr, out_ptr,
                      C, Hi, Wi, HWo, total,
-                     CUBIC: _constexpr, ZEROS: _constexpr, HAS_WEIGHT: _constexpr, BLOCK: _constexpr):
+                     CUBIC: tl.constexpr, ZEROS: tl.constexpr, HAS_WEIGHT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # flat (n, y, x) output pixel index
     live = offs < total
@@ -143,7 +142,7 @@ def kernel():
     return _kernel_for(bool(triton.knobs.runtime.interpret))
 
 
-def launch(image: torch.Tensor, grid: torch.Tensor, weight: "torch.Tensor | None", cubic: bool, zeros: bool,
+def launch(image: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor | None, cubic: bool, zeros: bool,
            wrap=None) -> torch.Tensor:
     """Run the sampler: image (N, C, H, W), grid (N, Ho, Wo, 2) normalised, weight (N, Ho, Wo) or None.
 

@@ -199,6 +199,12 @@ def test_landmark_truncation_quirk():
     np.testing.assert_array_equal(a[:-1, :-1], c[1:, 1:])
 
 
+def test_eye_mask_needs_32_px():
+    lm = L.landmarks_68_3D[:, :2] * 0.1 + 8
+    with pytest.raises(DataError, match="at least 32 px tall.*got height 16"):
+        M.get_image_eye_mask((16, 16), lm)
+
+
 def test_eyes_mouth_mask_is_product_with_binarised_full_mask():
     lm = np.load(GOLDEN / "landmarks_frontal.npz")["landmarks"]
     eye = M.get_image_eye_mask((512, 512), lm)

@@ -113,12 +113,13 @@ def test_hand_computed_constant_images():
     assert abs(float(R.dssim(x, y, 3)) - (1 - lum) / 2) < 1e-6
 
 
+@pytest.mark.parametrize("fast_mode", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["fast", "full"])
 @pytest.mark.parametrize("fs", [3, 4])
-def test_gradcheck_float64(fs):
+def test_gradcheck_float64(fs, fast_mode):
     g = torch.Generator().manual_seed(fs)
-    x = torch.rand(1, 1, 6, 7, dtype=torch.float64, generator=g, requires_grad=True)
-    y = torch.rand(1, 1, 6, 7, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: R.dssim(a, b, fs), (x, y))
+    x = torch.rand(1, 2, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.rand(1, 2, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: R.dssim(a, b, fs), (x, y), fast_mode=fast_mode)
 
 
 def test_float64_in_float64_out_and_bf16_computes_in_float32():
@@ -145,11 +146,11 @@ def test_errors_name_the_problem():
         R.saehd_windows(0)
 
 
-_img = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(4, 12), st.integers(4, 12), st.integers(1, 4),
+_img = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(4, 10), st.integers(4, 10), st.integers(1, 4),
                  st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(_img)
 def test_properties(case):
     n, c, h, w, fs, seed = case

@@ -231,3 +231,26 @@ def test_step_with_cpu_autocast_is_finite(init_weights):
     res = saehd_train_step(model, AdaBelief(model.parameters()), _small_batch(), LossConfig(resolution=64),
                            autocast=lambda: torch.autocast("cpu", torch.bfloat16))
     assert all(np.isfinite(v) for v in res.losses.values()) and np.isfinite(res.grad_norm)
+
+
+def test_latent_distill_hook_adds_to_g_loss_and_leaves_the_teacher_alone(init_weights):
+    from engine.losses import latent_distill, latent_distill_hook
+
+    model = dfl_model(init_weights)
+    torch.manual_seed(5)
+    teacher = build(SPEC)
+    t_before = copy.deepcopy(teacher.state_dict())
+    model0 = copy.deepcopy(model)
+    batch = _small_batch()
+    res = saehd_train_step(model, RMSprop(model.parameters()), batch, LossConfig(resolution=64),
+                           extra_losses=latent_distill_hook(teacher, weight=3.0))
+    with torch.no_grad():
+        outs = model0.forward_train(batch["warped_src"], batch["warped_dst"])
+        exp = (latent_distill(outs["src_code"], teacher.code(batch["warped_src"], "src"), "mse", 3.0)
+               + latent_distill(outs["dst_code"], teacher.code(batch["warped_dst"], "dst"), "mse", 3.0))
+        base = saehd_losses(outs, batch, LossConfig(resolution=64))["G_loss"]
+    assert res.losses["latent_distill"] == pytest.approx(exp.mean().item(), rel=1e-5)
+    assert res.losses["G_loss"] == pytest.approx((base + exp).mean().item(), rel=1e-5)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, t_before[k]), k
+    assert not any(p.requires_grad for p in teacher.parameters())

@@ -1,0 +1,1 @@
+"""Faceset I/O (DFLJPG, packs), landmarks and face types, colour transfer, the SAEHD sample pipeline and loader."""

@@ -1,0 +1,1 @@
+"""Training: the SAEHD step, the loop, checkpoints, previews, DDP."""
