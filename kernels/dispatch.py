@@ -45,10 +45,12 @@ def requested_impl(requested: str | None = None) -> str:
     return impl
 
 
-def choose(op: str, device: torch.device, requested: str | None = None, *, has_fast_cpu: bool = True) -> str:
+def choose(op: str, device: torch.device, requested: str | None = None, *, has_fast_cpu: bool = True,
+           why_no_fast: str | None = None) -> str:
     """Return 'reference', 'fast' or 'triton' for `op` on `device`, logging the reason once.
 
-    auto: CUDA + Triton -> 'triton'; CPU -> 'fast' when the op has a CPU fast path; else 'reference'.
+    auto: CUDA + Triton -> 'triton'; CPU -> 'fast' when the op has a CPU fast path; else 'reference'
+    (`why_no_fast`, if given, is logged as the reason, e.g. "the C kernel is unavailable: no C compiler").
     """
     impl = requested_impl(requested)
     dev = torch.device(device).type
@@ -60,7 +62,7 @@ def choose(op: str, device: torch.device, requested: str | None = None, *, has_f
         elif has_fast_cpu:
             chosen, why = "fast", "auto: no CUDA"
         else:
-            chosen, why = "reference", "auto: no fast path for this device"
+            chosen, why = "reference", f"auto: {why_no_fast or 'no fast path for this device'}"
     else:
         chosen, why = impl, "requested"
         if impl == "triton" and not (triton_available() and (dev == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")):

@@ -308,9 +308,6 @@ class SAEHDBatches(torch.utils.data.Dataset):
                             "aligned image (border replicated), as in DFL", side, fs.label, ", ".join(small),
                             src_opts.face_type.long_name)
 
-    def __len__(self) -> int:  # the stream is endless; DataLoader only needs the sampler's plans
-        raise TypeError("SAEHDBatches is indexed by BatchPlan and has no length")
-
     def close(self) -> None:
         for c in self._caches.values():
             c.close()

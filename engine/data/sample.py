@@ -371,8 +371,11 @@ def process_fast_batch(images: np.ndarray, masks: np.ndarray, seeds: Sequence[in
 
     t_in = nchw(inputs)
     t_tg = t_in if targets is inputs else nchw(targets)
-    warped = warp_batch(t_in, params, opts.random_warp, True, True, True, "cubic", impl=warp_impl)
     target = warp_batch(t_tg, params, False, True, True, True, "cubic", impl=warp_impl)
+    if opts.random_warp or t_in is not t_tg:
+        warped = warp_batch(t_in, params, opts.random_warp, True, True, True, "cubic", impl=warp_impl)
+    else:  # no grid warp, no HSV, no random ct: the network input is the target (pretrain)
+        warped = target.clone()
     m = warp_batch(nchw(masks.astype(np.float32) / 255.0), params, False, True, True, False, "linear", impl=warp_impl)
     mask, mask_em = m[:, 0:1], m[:, 1:2]
     peak = mask_em.amax(dim=(1, 2, 3), keepdim=True)

@@ -5,11 +5,12 @@
 """
 
 from engine.dfl.convert import (MODEL_OPTION_KEYS, dfl_model_options, dfl_part_arrays, export_dfl_model,
-                                export_dfl_parts, import_model, load_dfl_parts, load_dfl_weights)
+                                export_dfl_parts, import_model, load_dfl_part_file, load_dfl_parts,
+                                load_dfl_weights)
 from engine.dfl.files import find_model_names, part_path, read_data_file, read_part_file, write_part_file
 
 __all__ = [
-    "import_model", "load_dfl_parts", "load_dfl_weights", "export_dfl_parts", "export_dfl_model", "dfl_part_arrays",
-    "dfl_model_options", "MODEL_OPTION_KEYS", "find_model_names", "part_path", "read_data_file",
+    "import_model", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file", "export_dfl_parts",
+    "export_dfl_model", "dfl_part_arrays", "dfl_model_options", "MODEL_OPTION_KEYS", "find_model_names", "part_path", "read_data_file",
     "read_part_file", "write_part_file",
 ]

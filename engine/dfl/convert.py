@@ -24,7 +24,7 @@ from engine.dfl.files import (data_path, find_model_names, part_path, read_data_
 from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array, torch_to_dfl_name
 from engine.errors import CheckpointError, TorchSAEError
 
-__all__ = ["MODEL_OPTION_KEYS", "import_model", "load_dfl_parts", "load_dfl_weights", "dfl_part_arrays", "export_dfl_parts",
+__all__ = ["MODEL_OPTION_KEYS", "import_model", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file", "dfl_part_arrays", "export_dfl_parts",
            "export_dfl_model", "dfl_model_options"]
 
 log = logging.getLogger("torchsae.dfl")
@@ -63,6 +63,15 @@ def _stage_part(module: nn.Module, part: str, arrays: dict[str, np.ndarray], sou
                               f"({len(problems)} problem{'s' if len(problems) > 1 else ''}; check the archi, "
                               "resolution and dims options):\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
     return [(p, dfl_to_torch_array(arrays[key])) for key, (p, _) in expected.items()]
+
+
+def load_dfl_part_file(module: nn.Module, path: str | Path, part: str) -> None:
+    """Load one DFL part file into any module whose parameter names mirror DFL's variable names (e.g. a
+    discriminator saved as ``GAN.npy`` with scope ``D_src``): same checks as `load_dfl_parts`."""
+    staged = _stage_part(module, part, read_part_file(path), str(path))
+    with torch.no_grad():
+        for p, a in staged:
+            p.copy_(torch.from_numpy(a))
 
 
 def load_dfl_weights(model: nn.Module, arrays: dict[str, np.ndarray], source: str,

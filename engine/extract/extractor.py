@@ -179,6 +179,8 @@ def extract(
 
     source: MediaSource = open_media(input, reader)
     out = Path(out)
+    if source.kind == "images" and out.resolve() == source.path.resolve():
+        raise DataError(f"--out {out}: must differ from the input folder (aligned faces would be read as frames next time)")
     out.mkdir(parents=True, exist_ok=True)
     fdir: Path | None = None
     if write_frames:

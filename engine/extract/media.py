@@ -29,7 +29,7 @@ __all__ = ["Frame", "MediaSource", "open_media", "VIDEO_EXTS", "IMAGE_EXTS", "vi
 log = logging.getLogger("torchsae.extract")
 
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"})
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".jp2"})
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm"})
 
 
 def video_frame_stem(index: int) -> str:

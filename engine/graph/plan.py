@@ -103,6 +103,10 @@ def _plan(recipe_or_model_spec: Any) -> tuple[GraphPlan | None, list[RecipeError
     R = int(ms.resolution)
     default_opts = _opts_of(ms)
     errs: list[RecipeError] = []
+    bad_letters = sorted(set(default_opts) - set("udtc"))
+    if bad_letters:  # the recipe loader checks archi for presets; with an explicit graph only its letters matter
+        return None, [RecipeError(file, "model.archi", f"archi = '{ms.archi}': unknown option(s) "
+                                  f"{', '.join(repr(c) for c in bad_letters)}", "opts from u, d, t, c")]
 
     def where(i: int) -> str:
         return "model.archi" if preset else f"graph.nodes[{i}]"

@@ -27,19 +27,13 @@ import torch
 
 from kernels.dispatch import KernelUnavailableError, choose, requested_impl
 
-from . import reference
+from . import cpu, op, reference
 from .reference import gaussian_1d, gaussian_window, saehd_windows, ssim_map  # noqa: F401
 
 __all__ = ["dssim", "saehd_dssim", "saehd_windows", "ssim_map", "gaussian_window", "gaussian_1d", "resolve_impl"]
 
 log = logging.getLogger("torchsae.kernels")
 _logged: set[tuple[str, str]] = set()
-
-
-def _has_fast_cpu() -> bool:
-    from . import cpu
-
-    return cpu.available()
 
 
 @torch.compiler.assume_constant_result  # torch.compile runs it at trace time instead of tracing the build/logging
@@ -56,25 +50,17 @@ def resolve_impl(device: torch.device | str, dtype: torch.dtype = torch.float32,
             _logged.add(("float64", dev))
             log.info("dssim: reference (auto: float64 inputs)")
         return "reference"
-    chosen = choose("dssim", torch.device(dev), requested, has_fast_cpu=dev != "cpu" or _has_fast_cpu())
-    if chosen == "fast" and dev == "cpu" and not _has_fast_cpu():
-        from . import cpu
-
+    fast_cpu = dev != "cpu" or cpu.available()  # builds the C kernel on first use (about a second)
+    why = None if fast_cpu else f"the C kernel is unavailable: {cpu.unavailable_reason()}"
+    chosen = choose("dssim", torch.device(dev), requested, has_fast_cpu=fast_cpu, why_no_fast=why)
+    if chosen == "fast" and not fast_cpu:
         raise KernelUnavailableError(f"dssim: the fast CPU path was requested but cannot be built: "
                                      f"{cpu.unavailable_reason()}")
-    if chosen == "reference" and dev == "cpu" and requested is None and not _has_fast_cpu():
-        from . import cpu
-
-        if ("nocc", dev) not in _logged:
-            _logged.add(("nocc", dev))
-            log.info("dssim: reference (auto: the C kernel is unavailable: %s)", cpu.unavailable_reason())
     return chosen
 
 
 def _fused(img1: torch.Tensor, img2: torch.Tensor, windows: list[int], weights: list[float], max_val: float,
            chosen: str) -> torch.Tensor:
-    from . import op
-
     fn = op.dssim_fast if (chosen == "fast" and img1.device.type == "cpu") else op.dssim_triton
     # the kernels take float32; the casts are differentiable, so bf16/fp16 leaves get bf16/fp16 grads back
     x = img1.to(torch.float32)

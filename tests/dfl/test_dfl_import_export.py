@@ -67,6 +67,21 @@ def test_export_then_import_is_identical(tmp_path, archi):
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_load_one_part_file_into_a_standalone_module(tmp_path):
+    from engine.dfl import load_dfl_part_file
+    from engine.modules import Encoder
+
+    torch.manual_seed(7)
+    model = build(ModelSpec(archi="df-ud", **TINY))
+    export_dfl_parts(model, tmp_path)
+    enc = Encoder(3, 4, "ud")
+    load_dfl_part_file(enc, tmp_path / "encoder.npy", "encoder")
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(enc(x), model.encoder(x), atol=0, rtol=0)
+    with pytest.raises(CheckpointError, match=r"inter\.npy: does not fit part 'encoder'"):
+        load_dfl_part_file(enc, tmp_path / "inter.npy", "encoder")
+
+
 def test_export_dfl_model_writes_data_dat(tmp_path):
     model = build(ModelSpec(archi="liae-ud", **TINY))
     files = export_dfl_model(model, tmp_path, "mine", iter=50)

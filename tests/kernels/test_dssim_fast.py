@@ -261,7 +261,7 @@ def test_without_a_compiler_auto_falls_back_and_explicit_raises(monkeypatch, cap
     monkeypatch.delenv("TORCHSAE_KERNELS", raising=False)
     monkeypatch.setattr(cpu, "_lib", None)
     monkeypatch.setattr(cpu, "_error", "no C compiler found (set CC, or install gcc)")
-    monkeypatch.setattr(K, "_logged", set())
+    monkeypatch.setattr(dispatch, "_logged", set())
     x = torch.rand(1, 1, 8, 8)
     with caplog.at_level(logging.INFO, logger="torchsae.kernels"):
         assert K.resolve_impl("cpu") == "reference"

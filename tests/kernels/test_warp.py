@@ -4,8 +4,10 @@ Tolerances (one table, TOL below) and why:
 - Reference vs golden: parameters bit-exact (same numpy RandomState streams, same float32 rounding of
   random_normal); images ≤ 1e-6 — the goldens were recorded with OpenCV 4.11, which we run, and the
   observed difference is 0; 1e-6 only absorbs a different SIMD dispatch of the same OpenCV.
-- Fast vs reference, no grid warp (targets, masks) and identity cases: ≤ 2e-6 — the fast path
-  reproduces cv2.warpAffine's fixed-point coordinates; what remains is float32 summation order.
+- Fast vs reference, no grid warp (targets, masks) and identity cases: ≤ 3e-5 — the fast path
+  reproduces cv2.warpAffine's fixed-point coordinates; what remains is float32 rounding: summation
+  order (~3e-7) and the normalised coordinates grid_sample takes ((2s + 1)/w − 1 is exact in binary
+  for power-of-two w, off by up to ~w·3e-8 px otherwise, e.g. 7e-6 in value at res 80 on noise).
 - Fast vs reference, grid warp: one sampling of the composed map vs DFL's remap-then-warpAffine
   differs by interpolation error (the remapped image is itself interpolated a second time). Bounded
   on a smooth image inside the region both paths sample away from zero borders (an all-ones image
@@ -38,7 +40,7 @@ from kernels.warp.reference import _coarse_grids
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "warp"
 GOLDEN_FILES = sorted(GOLDEN.glob("warp_*.npz"))
-EXACT = 2e-6  # fast vs reference where nothing is composed
+EXACT = 3e-5  # fast vs reference where nothing is composed (float32 coordinate rounding, see above)
 GOLDEN_ATOL = 1e-6
 # res -> (max |fast − reference| inside the clean region, mean over the whole image), smooth image,
 # grid warp + affine. Measured over 25 seeds: 0.019/0.0065 (≤64), 0.011/0.0031 (128), 0.0051/0.0018 (256).
@@ -119,8 +121,10 @@ def test_reference_params_match_golden(path):
     d, meta = _load(path)
     res = int(path.stem.split("_res")[1].split("_")[0])
     seed = int(path.stem.split("seed")[1].split("_")[0])
+    config = "saehd_ranges" if "saehd_ranges" in path.stem else "default_ranges"
+    assert ("0.15" in meta["gen_call"]) == (config == "saehd_ranges")
     p = gen_warp_params(res, True, rnd_state=np.random.RandomState(seed), warp_rnd_state=np.random.RandomState(seed),
-                        **_ranges(meta["gen_call"] and ("saehd_ranges" if "0.15" in meta["gen_call"] else "")))
+                        **_ranges(config))
     for k in ("mapx", "mapy", "rmat", "umat"):
         assert p[k].dtype == d[k].dtype, k
         np.testing.assert_array_equal(p[k], d[k], err_msg=k)
@@ -171,7 +175,7 @@ def test_random_normal_redraws_element_by_element():
         return np.array(out, np.float32).reshape(size)
 
     redrawn = 0
-    for seed in range(6):
+    for seed in range(20):
         probe = np.random.RandomState(seed).normal(size=49)
         redrawn += int((np.abs(probe) > 2.5).any())
         a, b = np.random.RandomState(seed), np.random.RandomState(seed)
@@ -179,7 +183,7 @@ def test_random_normal_redraws_element_by_element():
         np.testing.assert_array_equal(got, scalar_loop((7, 7), b))
         assert got.dtype == np.float32 and np.abs(got).max() <= 1.0
         assert a.randint(1 << 30) == b.randint(1 << 30)  # same number of draws consumed
-    assert redrawn >= 2  # the seeds exercise the redraw
+    assert redrawn >= 3  # several of these seeds exercise the redraw
 
 
 def test_reference_grid_aliasing_and_rng_order():
@@ -252,13 +256,13 @@ def test_fast_exact_without_grid(n, c, res, interp):
     """Targets/masks (transform + flip, no grid) and flip-only: the fast path equals DFL's."""
     rng = np.random.RandomState(res + n + c)
     imgs = rng.rand(n, res, res, c).astype(np.float32)
-    plist = [_dfl_params(res, 100 + i) for i in range(n)]
-    assert any(p["flip"] for p in plist) or n == 1
+    plist = [dict(_dfl_params(res, 100 + i), flip=i % 2 == 0) for i in range(n)]  # mirrored and not
     inter = cv2.INTER_CUBIC if interp == "cubic" else cv2.INTER_LINEAR
     x = torch.from_numpy(imgs.transpose(0, 3, 1, 2).copy())
     for t, f, b in ((True, True, True), (True, True, False), (True, False, True), (False, True, True)):
         ref = np.stack([warp_by_params(p, imgs[i], False, t, f, b, inter) for i, p in enumerate(plist)])
         out = warp_batch(x, plist, False, t, f, b, interp, impl="fast").numpy().transpose(0, 2, 3, 1)
+        # (res < 64 adds DFL's two cv2.resize passes, F.interpolate here: the same rounding, three times)
         _report(out, ref, EXACT, f"{(n, c, res)} {interp} transform={t} flip={f} border={b}")
 
 
@@ -306,7 +310,7 @@ _HALF_LIN = np.array([0.0, 0.5, 0.5, 0.0])
        cubic=st.booleans(), flip=st.booleans())
 def test_identity_warp_is_half_pixel_shift(res, channels, seed, cubic, flip):
     """Zero noise + identity affine = sampling at (x + 0.5, y + 0.5) (§12.7), for reference and fast path;
-    identity affine alone = exact copy. Interior: separable [-3/32, 19/32, 19/32, -3/32] filter (cubic) or
+    identity affine alone = a copy (to the coordinate rounding of EXACT). Interior: separable [-3/32, 19/32, 19/32, -3/32] filter (cubic) or
     the 2×2 mean (linear), computed here independently of both implementations."""
     img = np.random.RandomState(seed).rand(res, res, channels).astype(np.float32)
     ident = np.arange(res, dtype=np.float32)
@@ -322,10 +326,10 @@ def test_identity_warp_is_half_pixel_shift(res, channels, seed, cubic, flip):
     fast = _hwc(warp_batch(_nchw(img), [p], True, True, True, True, interp))
     inner = (slice(2, -3), slice(3, -3) if flip else slice(2, -3))
     _report(ref[inner], want[inner], 2e-6, "reference")
-    _report(fast[inner], want[inner], 2e-6, "fast")
+    _report(fast[inner], want[inner], EXACT, "fast")
     _report(fast, ref, EXACT, "fast vs reference (whole image)")
     copy = _hwc(warp_batch(_nchw(img), [p], False, True, False, True, interp))
-    _report(copy, img, 1e-6, "identity affine")
+    _report(copy, img, EXACT, "identity affine")  # integer coordinates, up to the normalised-grid rounding
 
 
 # ------------------------------------------------------------------------------ params, generator, API
