@@ -260,10 +260,12 @@ class FaceCache:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self._finalizer = None  # a worker's copy never removes the folder
         self._open("r+")
 
     def close(self) -> None:
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,20 +295,24 @@ class SAEHDBatches(torch.utils.data.Dataset):
         self.opts = {"src": src_opts, "dst": dst_opts}
         self.mode = mode
         self.warp_impl = warp_impl
-        self._known_bad: set[tuple[int, int]] = set()  # (id(faceset), index), "dfl" mode, per process
-        self._caches: dict[int, FaceCache] = {}
+        self._known_bad: set[tuple[str, int]] = set()  # (faceset key, index), "dfl" mode, per process
+        self._caches: dict[str, FaceCache] = {}  # by faceset key (pretrain: src and dst share one)
         if mode == "fast":
             ct = src_opts.ct_mode is not None
             for fs in (src, dst):
-                if id(fs) not in self._caches:
-                    self._caches[id(fs)] = FaceCache(len(fs), src_opts.resolution, cache_dir=cache_dir,
-                                                     with_ct=ct and fs is dst)
+                if self._key(fs) not in self._caches:
+                    self._caches[self._key(fs)] = FaceCache(len(fs), src_opts.resolution, cache_dir=cache_dir,
+                                                            with_ct=ct and fs is dst)
         for side, fs in (("src", src), ("dst", dst)):
             small = sorted(ft.long_name for ft in fs.face_types() if ft < src_opts.face_type)
             if small:
                 log.warning("%s faceset %s has %s faces, narrower than the model's %s: their crops reach past the "
                             "aligned image (border replicated), as in DFL", side, fs.label, ", ".join(small),
                             src_opts.face_type.long_name)
+
+    def _key(self, fs: Faceset) -> str:
+        # Not id(): keys must survive pickling into spawn-started workers (pickle keeps src is dst).
+        return "src" if fs is self.src else "dst"
 
     def close(self) -> None:
         for c in self._caches.values():
@@ -328,15 +334,17 @@ class SAEHDBatches(torch.utils.data.Dataset):
                         "since the scan?)")
 
     def _load_face(self, fs: Faceset, i: int, bad: list) -> tuple[int, FaceData]:
-        return self._first_usable(fs, i, bad, fs.face, lambda j: (id(fs), j) in self._known_bad,
-                                  lambda j: self._known_bad.add((id(fs), j)))
+        key = self._key(fs)
+        return self._first_usable(fs, i, bad, fs.face, lambda j: (key, j) in self._known_bad,
+                                  lambda j: self._known_bad.add((key, j)))
 
     def _load_image(self, fs: Faceset, i: int, bad: list) -> np.ndarray:
-        return self._first_usable(fs, i, bad, fs.image, lambda j: (id(fs), j) in self._known_bad,
-                                  lambda j: self._known_bad.add((id(fs), j)))[1]
+        key = self._key(fs)
+        return self._first_usable(fs, i, bad, fs.image, lambda j: (key, j) in self._known_bad,
+                                  lambda j: self._known_bad.add((key, j)))[1]
 
     def _cached(self, fs: Faceset, i: int, opts: SampleOptions, bad: list) -> int:
-        cache = self._caches[id(fs)]
+        cache = self._caches[self._key(fs)]
 
         def fill(j: int) -> None:
             if cache.status[j] == 1:
@@ -352,7 +360,7 @@ class SAEHDBatches(torch.utils.data.Dataset):
         return self._first_usable(fs, i, bad, fill, lambda j: cache.status[j] == 2, mark)[0]
 
     def _cached_ct(self, i: int, bad: list) -> int:
-        fs, cache = self.dst, self._caches[id(self.dst)]
+        fs, cache = self.dst, self._caches[self._key(self.dst)]
         r = self.opts["src"].resolution
 
         def fill(j: int) -> None:
@@ -381,13 +389,13 @@ class SAEHDBatches(torch.utils.data.Dataset):
     def _side_fast(self, side: str, idx: Sequence[int], keys: Sequence[int], ct: Sequence[int] | None,
                    bad: list) -> dict[str, torch.Tensor]:
         fs, opts = (self.src if side == "src" else self.dst), self.opts[side]
-        cache = self._caches[id(fs)]
+        cache = self._caches[self._key(fs)]
         rows = [self._cached(fs, i, opts, bad) for i in idx]
         rngs = [sample_rngs(k) for k in keys]
         ct_refs = None
         if ct is not None and opts.ct_mode:
             ct_rows = [self._cached_ct(j, bad) for j in ct]
-            ct_refs = self._caches[id(self.dst)].ct[ct_rows]
+            ct_refs = self._caches[self._key(self.dst)].ct[ct_rows]
         out = process_fast_batch(cache.image[rows], cache.masks[rows], [s for s, _ in rngs], opts, ct_refs,
                                  [g for _, g in rngs], warp_impl=self.warp_impl)
         return {k: out[name] for k, name in zip(_SIDE_KEYS[side], OUTPUT_NAMES)}

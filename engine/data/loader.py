@@ -160,7 +160,10 @@ class FaceLoader:
                         "continues from the saved position but is not the one the checkpoint saw",
                         state.get("seed"), state.get("batch_size"), self._planner.seed, self._planner.batch_size)
         probe = copy.deepcopy(self._planner)
-        probe.load_state_dict(planner_state)
+        try:
+            probe.load_state_dict(planner_state)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CheckpointError(f"loader state: malformed sampler state ({type(e).__name__}: {e})") from None
         self._state = probe.state_dict()
         self._close_iter()
 

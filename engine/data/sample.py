@@ -379,7 +379,7 @@ def process_fast_batch(images: np.ndarray, masks: np.ndarray, seeds: Sequence[in
     m = warp_batch(nchw(masks.astype(np.float32) / 255.0), params, False, True, True, False, "linear", impl=warp_impl)
     mask, mask_em = m[:, 0:1], m[:, 1:2]
     peak = mask_em.amax(dim=(1, 2, 3), keepdim=True)
-    mask_em = torch.where(peak != 0, mask_em / torch.where(peak != 0, peak, torch.ones_like(peak)), mask_em)
+    mask_em = mask_em / torch.where(peak != 0, peak, torch.ones_like(peak))  # §5.4 step 4; all-zero stays 0
     return {
         "warped": warped.clamp_(0, 1).contiguous(),
         "target": target.clamp_(0, 1).contiguous(),

@@ -11,6 +11,6 @@ from engine.dfl.files import find_model_names, part_path, read_data_file, read_p
 
 __all__ = [
     "import_model", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file", "export_dfl_parts",
-    "export_dfl_model", "dfl_part_arrays", "dfl_model_options", "MODEL_OPTION_KEYS", "find_model_names", "part_path", "read_data_file",
-    "read_part_file", "write_part_file",
+    "export_dfl_model", "dfl_part_arrays", "dfl_model_options", "MODEL_OPTION_KEYS", "find_model_names",
+    "part_path", "read_data_file", "read_part_file", "write_part_file",
 ]

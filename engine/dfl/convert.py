@@ -24,7 +24,8 @@ from engine.dfl.files import (data_path, find_model_names, part_path, read_data_
 from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array, torch_to_dfl_name
 from engine.errors import CheckpointError, TorchSAEError
 
-__all__ = ["MODEL_OPTION_KEYS", "import_model", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file", "dfl_part_arrays", "export_dfl_parts",
+__all__ = ["MODEL_OPTION_KEYS", "import_model", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
+           "dfl_part_arrays", "export_dfl_parts",
            "export_dfl_model", "dfl_model_options"]
 
 log = logging.getLogger("torchsae.dfl")

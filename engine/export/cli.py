@@ -23,7 +23,8 @@ log = logging.getLogger("torchsae.export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="TorchSAE checkpoint (.pt) or DFL SAEHD model folder")
+    p.add_argument("checkpoint", nargs="?", help="TorchSAE checkpoint (model.pt, step_* folder or run folder) or a "
+                   "DFL SAEHD model folder with its data.dat (bare part files: run `torchsae import-dfl` first)")
     p.add_argument("--latest", metavar="RECIPE", help="export the newest checkpoint of this recipe's run folder")
     p.add_argument("--format", choices=("onnx", "dfm"), help="onnx (NCHW, opset --opset) or dfm (DeepFaceLive, "
                    "opset 12); default: the recipe's [export].format")

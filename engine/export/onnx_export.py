@@ -52,6 +52,7 @@ __all__ = ["ExportReport", "export_model", "trace_onnx", "simplify", "reference_
            "DFM_OPSET", "FORMATS"]
 
 DEFAULT_OPSET = 17  # format "onnx" ([export].opset's default)
+MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, less room for the graph itself
 FORMATS = ("onnx", "dfm")
 # opsets the TorchScript exporter of torch 2.13 writes (checked by a test)
 MIN_OPSET, MAX_OPSET = 11, 20
@@ -175,11 +176,22 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str = "onnx", 
                  verify_faces: str | Path | None = None, metadata: dict | None = None) -> ExportReport:
     """Export `model` (a SwapModel: ``swap(face) -> (celeb_face, celeb_mask, face_mask)``, attribute
     ``resolution``) to `out` and verify it; see the module docstring. `opset` defaults to 17 for "onnx";
-    "dfm" is always opset 12 (DeepFaceLive's contract) and asking for another is an error."""
+    "dfm" is always opset 12 (DeepFaceLive's contract) and asking for another is an error. The model is
+    traced in eval mode; its train/eval mode is restored afterwards."""
+    was_training = model.training
+    try:
+        return _export_model(model, out, fmt=fmt, opset=opset, fp16=fp16, simplify_graph=simplify_graph,
+                             keep_unsimplified=keep_unsimplified, verify_faces=verify_faces, metadata=metadata)
+    finally:
+        model.train(was_training)
+
+
+def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimplified, verify_faces, metadata):
     import onnx
 
     t0 = time.perf_counter()
     out = Path(out)
+    where = str(out)
     if fmt not in FORMATS:
         raise TorchSAEError(f"export format {fmt!r}: valid formats are {', '.join(FORMATS)}")
     if fmt == "dfm":
@@ -191,13 +203,18 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str = "onnx", 
         opset = DEFAULT_OPSET
     R = int(model.resolution)
     model = model.eval().float()
+    # a single ONNX protobuf holds at most 2 GB (DeepFaceLive loads one file, so no external data)
+    nbytes = sum(p.numel() * (2 if fp16 and p.dim() == 4 else 4) for p in model.parameters())
+    if nbytes > MAX_BYTES:
+        raise TorchSAEError(f"{where}: the model's weights take {nbytes / 2**30:.2f} GiB"
+                            f"{' in fp16' if fp16 else ''}; an ONNX file holds at most 2 GiB"
+                            f"{'; try --fp16' if not fp16 else ''}")
     net_ref = DfmSwap(model) if fmt == "dfm" else OnnxSwap(model)
     net = (DfmSwap if fmt == "dfm" else OnnxSwap)(to_half(model, R)) if fp16 else net_ref
     in_name, out_names = (DFM_INPUT, DFM_OUTPUTS) if fmt == "dfm" else ONNX_IO
     nhwc = fmt == "dfm"
     shape = (2, R, R, 3) if nhwc else (2, 3, R, R)
     example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
-    where = str(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
@@ -239,7 +256,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str = "onnx", 
     ops = dict(sorted(verify.op_counts(final).items()))
     log.info("exported %s (%s, opset %d%s, %s, %d nodes) in %.1f s; verified against torch on %d input sets",
              out, fmt, opset, ", fp16" if fp16 else "", f"simplified with {tool}" if tool else "not simplified",
-             len(final.graph.node), secs, len({c[0] for c in checks}))
+             len(final.graph.node), secs, len({c[0] for c in checks if not c[0].startswith("simplified")}))
     return ExportReport(path=out, fmt=fmt, opset=opset, fp16=fp16, resolution=R, simplified_with=tool,
                         unsimplified_path=unsimplified_path, input_name=in_name, output_names=tuple(out_names),
                         op_types=ops, checks=tuple(checks), seconds=secs)

@@ -81,7 +81,17 @@ def export_parts(model: torch.nn.Module, folder: str | Path, *, opset: int | Non
                  metadata: dict | None = None) -> PartsReport:
     """Write one ONNX per part plus ``parts.json`` into `folder` (created; existing part files replaced),
     verify each part against torch on the real activations of verification faces, then verify that the
-    chained parts reproduce ``model.swap`` (tolerances: `verify.TOLERANCES`)."""
+    chained parts reproduce ``model.swap`` (tolerances: `verify.TOLERANCES`). The model's train/eval mode
+    is restored afterwards."""
+    was_training = model.training
+    try:
+        return _export_parts(model, folder, opset=opset, fp16=fp16, simplify_graph=simplify_graph,
+                             verify_faces=verify_faces, metadata=metadata)
+    finally:
+        model.train(was_training)
+
+
+def _export_parts(model, folder, *, opset, fp16, simplify_graph, verify_faces, metadata) -> PartsReport:
     import onnx
 
     t0 = time.perf_counter()

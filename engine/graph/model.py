@@ -131,8 +131,7 @@ class SwapModel(nn.Module):
                     out[(k, n.name)] = part
         return out
 
-    def _decode_many(self, decoder: str, codes: list[torch.Tensor], mask_only: list[bool] | None = None
-                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _decode_many(self, decoder: str, codes: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Run one decoder over several codes at once; returns [(image, mask)] in order."""
         dec = getattr(self, decoder)
         if len(codes) == 1:

@@ -6,10 +6,10 @@ Shapes are per sample (no batch), NCHW order: a flat code is ``(L,)``, a latent 
 | node | input | output |
 |---|---|---|
 | encoder (e) | image (3, R, R) | (8e * (R/16)**2,), R/32 with t; R must divide by 16 (32 with t) |
-| inter (ae, out_ch) | any (flattened to L) | (out_ch, r, r), lowest = R/32 with d else R/16, r = 2*lowest (lowest with t) |
+| inter (ae, out_ch) | any (flattened to L) | (out_ch, r, r): lowest = R/32 (d) or R/16, r = 2*lowest (t: lowest) |
 | adapter | (C, H, W) for conv1x1, any for dense | same as input |
 | concat | (C_i, H, W) with equal H, W | (sum C_i, H, W) |
-| decoder (d, dm) | the codes of the identities it renders, (C, r, r) | image (3, r*f, r*f), f = 8 (16 with t), x2 with d; must be R |
+| decoder (d, dm) | codes of the identities it renders, (C, r, r) | image (3, r*f, r*f), f = 8 (t: 16), x2 with d; = R |
 
 Every problem becomes a RecipeError whose key path names the node (``graph.nodes[3]``) or identity; for
 preset archis (no [graph]) the key path is ``model.archi``.

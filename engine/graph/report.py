@@ -15,7 +15,6 @@ Derived values (computed, never written in a recipe):
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -193,7 +192,8 @@ def render(d: dict[str, Any]) -> str:
         src = f"{ins} -> " if ins else "identity codes -> "
         lines.append(f"  {e['name']} [{e['type']}{opts}{extra}]  {src}{out}  params {_n(e['params'])}")
         for r in e["layers"]:
-            lines.append(f"    {r['name']:<{width}} {r['op']:<34} -> {fmt_shape(r['out_shape']):<14} {_n(r['params']):>12}")
+            lines.append(f"    {r['name']:<{width}} {r['op']:<34} -> {fmt_shape(r['out_shape']):<14} "
+                         f"{_n(r['params']):>12}")
     lines += ["", "identities:"]
     for i in d["identities"]:
         lines.append(f"  {i['name']}: code {i['code']} {fmt_shape(i['code_shape'])} -> {i['decoder']} -> image "

@@ -388,7 +388,8 @@ def _parse_node(raw: Any, i: int, file: str | None, errs: list[RecipeError], see
             bad = sorted(set(v) - set(OPT_LETTERS))
             if bad or len(set(v)) != len(v):
                 what = f"unknown option(s) {', '.join(repr(b) for b in bad)}" if bad else "repeated letters"
-                errs.append(RecipeError(file, kp, f"opts = {v!r}: {what}", "letters from u, d, t, c, each at most once"))
+                errs.append(RecipeError(file, kp, f"opts = {v!r}: {what}",
+                                        "letters from u, d, t, c, each at most once"))
                 continue
         elif k == "kind":
             if v not in ADAPTER_KINDS:

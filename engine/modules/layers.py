@@ -39,7 +39,8 @@ def glorot_init_(module: nn.Module) -> nn.Module:
 def conv2d(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *, device=None) -> nn.Conv2d:
     """DFL Conv2D(padding='SAME') with bias: ``nn.Conv2d(in, out, k, s, padding=dfl_same_padding(k))``.
 
-    Shapes: (N, in, H, W) -> (N, out, ceil-ish) — for stride 2, k=5 and even H the output is H/2.
+    Shapes: (N, in, H, W) -> (N, out, H', W') with H' = (H + 2p - k)//s + 1; for stride 2, k=5 and even H,
+    H' = H/2.
     """
     conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=dfl_same_padding(kernel_size),
                      bias=True, device=device)

@@ -98,6 +98,15 @@ def _check(field: attrs.Attribute, value: Any, where: str, ctx: _Ctx, table: str
     if t is str and not isinstance(value, str):
         err(f"'{key}' expected a string, got {_show(value)}")
         return _BAD
+    if t is dict:
+        if not isinstance(value, dict):
+            err(f"'{key}' expected a table ({{name = value, ...}}), got {_show(value)}")
+            return _BAD
+        bad = [k for k, v in value.items() if not isinstance(v, str)]
+        if bad:
+            err(f"'{key}.{bad[0]}' expected a string, got {_show(value[bad[0]])}")
+            return _BAD
+        return dict(value)
     if t is tuple:
         if not isinstance(value, (list, tuple)):
             err(f"'{key}' expected an array, got {_show(value)}")
@@ -114,6 +123,11 @@ def _check(field: attrs.Attribute, value: Any, where: str, ctx: _Ctx, table: str
                     err(f"'{key}[{i}]' expected a float, got {_show(item)}")
                     return _BAD
                 items.append(float(item))
+            elif item_t is str:
+                if not isinstance(item, str):
+                    err(f"'{key}[{i}]' expected a string, got {_show(item)}")
+                    return _BAD
+                items.append(item)
         value = tuple(items)
     choices = meta.get("choices")
     if choices is not None and value not in choices:
@@ -212,6 +226,16 @@ def _cross_checks(r: Recipe, raw: dict[str, Any], ctx: _Ctx) -> Recipe:
                   "set [data].pretrain_faceset")
     if r.loss.latent_distill_weight > 0 and not r.loss.latent_distill_teacher:
         ctx.error("loss", "latent_distill_weight > 0 needs latent_distill_teacher (a checkpoint path)")
+    if r.data.identities:
+        known = set(r.model.graph.identities) if r.model.graph is not None else {"src", "dst"}
+        for name in r.data.identities:
+            if name in ("src", "dst"):
+                ctx.error("data", f"identities.{name}: src and dst come from data.src / data.dst",
+                          table="data", key="identities")
+            elif name not in known:
+                ctx.error("data", f"identities.{name}: the graph has no identity '{name}'"
+                          f"{did_you_mean(name, sorted(known))}", "valid: " + ", ".join(sorted(known - {'src', 'dst'})),
+                          table="data", key="identities")
     if r.optim.name in ("adam", "adamw") and len(r.optim.betas) != 2:
         ctx.error("optim", f"betas = {list(r.optim.betas)}: expected two floats", table="optim", key="betas")
     return r
@@ -374,6 +398,8 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
             v = getattr(spec, f.name)
             if isinstance(v, tuple):
                 v = [attrs.asdict(x) if attrs.has(type(x)) else x for x in v]
+            elif isinstance(v, dict):
+                v = dict(v)
             t[f.name] = v
         out[table] = t
     if recipe.model.graph is not None:

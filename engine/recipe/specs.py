@@ -26,6 +26,8 @@ def opt(default: Any, *, type: type | tuple, help: str, choices: tuple | None = 
     """An attrs field carrying its schema: python type, allowed choices, numeric range, DFL option name."""
     meta = {"type": type, "help": help, "choices": choices, "min": min, "max": max, "even": even, "dfl": dfl,
             "list_of": list_of}
+    if isinstance(default, dict):  # frozen specs still need a fresh dict per instance
+        return attrs.field(factory=dict, metadata=meta)
     return attrs.field(default=default, metadata=meta)
 
 
@@ -55,6 +57,8 @@ class DataSpec:
     pipeline: str = opt("fast", type=str, choices=("fast", "dfl"),
                         help="fast: batched torch augmentation; dfl: DFL's per-sample numpy/cv2 path (oracle)")
     workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
+    identities: dict = opt({}, type=dict, list_of=str,
+                           help="explicit graphs: faceset of each identity beyond src/dst ({name = folder})")
 
 
 @attrs.frozen(kw_only=True)
@@ -105,6 +109,7 @@ class LossSpec:
     gan_dims: int = opt(16, type=int, min=4, max=512, help="GAN discriminator base channels", dfl="gan_dims")
     latent_distill_weight: float = opt(0.0, type=float, min=0.0, help="pull the latent towards a teacher's")
     latent_distill_teacher: str = opt("", type=str, help="teacher checkpoint for latent distillation")
+    latent_distill_mode: str = opt("mse", type=str, choices=("mse", "cosine"), help="latent distance")
 
 
 @attrs.frozen(kw_only=True)
@@ -168,6 +173,9 @@ class TrainSpec:
     log_every: int = opt(10, type=int, min=1, help="TensorBoard scalars every N steps")
     max_bad_steps: int = opt(3, type=int, min=1, help="consecutive non-finite steps before rolling back")
     lr_backoff: float = opt(0.5, type=float, min=0.0, max=1.0, help="lr factor applied on a rollback")
+    freeze: tuple = opt((), type=tuple, list_of=str, help="model parts (node names) kept frozen, e.g. ['decoder_A']")
+    init_parts: dict = opt({}, type=dict, list_of=str,
+                           help="start parts from another checkpoint: {part = 'ckpt'} or {part = 'ckpt::other_part'}")
 
 
 @attrs.frozen(kw_only=True)

@@ -28,11 +28,12 @@ from .reference import gaussian_1d
 
 def _hpass(x_ptr, y_ptr, h_ptr, g_ptr, P, H, W, Wp, fs, NRB, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     pid = tl.program_id(0)  # plane * NRB + row block
-    plane = pid // NRB
+    plane = (pid // NRB).to(tl.int64)  # int64 from here: offsets of big batches pass 2**31
+    p64 = plane * 0 + P  # P as int64 (an int argument equal to 1 is a constexpr and has no .to())
     rows = (pid % NRB) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = (rows < H)[:, None] & (cols < Wp)[None, :]
-    src = plane.to(tl.int64) * H * W + rows[:, None] * W + cols[None, :]
+    src = plane * H * W + rows[:, None] * W + cols[None, :]
     a0 = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     a1 = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     a2 = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
@@ -45,8 +46,8 @@ def _hpass(x_ptr, y_ptr, h_ptr, g_ptr, P, H, W, Wp, fs, NRB, BLOCK_H: tl.constex
         a1 += gk * yv
         a2 += gk * (xv * yv)
         a3 += gk * (xv * xv + yv * yv)
-    msz = P.to(tl.int64) * H * Wp
-    out = plane.to(tl.int64) * H * Wp + rows[:, None] * Wp + cols[None, :]
+    msz = p64 * H * Wp
+    out = plane * H * Wp + rows[:, None] * Wp + cols[None, :]
     tl.store(h_ptr + out, a0, mask=mask)
     tl.store(h_ptr + msz + out, a1, mask=mask)
     tl.store(h_ptr + 2 * msz + out, a2, mask=mask)
@@ -56,12 +57,13 @@ def _hpass(x_ptr, y_ptr, h_ptr, g_ptr, P, H, W, Wp, fs, NRB, BLOCK_H: tl.constex
 def _vpass_ssim(h_ptr, part_ptr, map_ptr, g_ptr, P, H, Hp, Wp, fs, NRB, c1, c2,
                 GRAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     pid = tl.program_id(0)  # plane * NRB + row block (rows of the H' x W' map)
-    plane = pid // NRB
+    plane = (pid // NRB).to(tl.int64)  # int64 from here: offsets of big batches pass 2**31
+    p64 = plane * 0 + P  # P as int64 (an int argument equal to 1 is a constexpr and has no .to())
     rows = (pid % NRB) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = (rows < Hp)[:, None] & (cols < Wp)[None, :]
-    msz = P.to(tl.int64) * H * Wp
-    src = plane.to(tl.int64) * H * Wp + rows[:, None] * Wp + cols[None, :]
+    msz = p64 * H * Wp
+    src = plane * H * Wp + rows[:, None] * Wp + cols[None, :]
     a = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     b = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     sxy = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
@@ -81,10 +83,10 @@ def _vpass_ssim(h_ptr, part_ptr, map_ptr, g_ptr, P, H, Hp, Wp, fs, NRB, c1, c2,
     lum = (num0 + c1) / d0
     cs = (sxy * 2.0 - num0 + c2) / q
     # The map goes to memory and torch reduces it: deterministic (no atomics).
-    pout = plane.to(tl.int64) * Hp * Wp + rows[:, None] * Wp + cols[None, :]
+    pout = plane * Hp * Wp + rows[:, None] * Wp + cols[None, :]
     tl.store(map_ptr + pout, lum * cs, mask=mask)
     if GRAD:
-        psz = P.to(tl.int64) * Hp * Wp
+        psz = p64 * Hp * Wp
         pa = cs * (2.0 * b - 2.0 * a * lum) / d0 + lum * (2.0 * a * cs - 2.0 * b) / q
         pb = cs * (2.0 * a - 2.0 * b * lum) / d0 + lum * (2.0 * b * cs - 2.0 * a) / q
         tl.store(part_ptr + pout, pa, mask=mask)
@@ -96,13 +98,14 @@ def _vpass_ssim(h_ptr, part_ptr, map_ptr, g_ptr, P, H, Hp, Wp, fs, NRB, c1, c2,
 def _vtpass(part_ptr, v_ptr, g_ptr, P, H, Hp, Wp, fs, NRB, NEED_A: tl.constexpr, NEED_B: tl.constexpr,
             BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     pid = tl.program_id(0)  # plane * NRB + row block (rows of H)
-    plane = pid // NRB
+    plane = (pid // NRB).to(tl.int64)  # int64 from here: offsets of big batches pass 2**31
+    p64 = plane * 0 + P  # P as int64 (an int argument equal to 1 is a constexpr and has no .to())
     rows = (pid % NRB) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = (rows < H)[:, None] & (cols < Wp)[None, :]
-    psz = P.to(tl.int64) * Hp * Wp
-    vsz = P.to(tl.int64) * H * Wp
-    pbase = plane.to(tl.int64) * Hp * Wp + cols[None, :]
+    psz = p64 * Hp * Wp
+    vsz = p64 * H * Wp
+    pbase = plane * Hp * Wp + cols[None, :]
     va = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     vb = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     vxy = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
@@ -118,7 +121,7 @@ def _vtpass(part_ptr, v_ptr, g_ptr, P, H, Hp, Wp, fs, NRB, NEED_A: tl.constexpr,
             vb += gk * tl.load(part_ptr + psz + off, mask=ok, other=0.0)
         vxy += gk * tl.load(part_ptr + 2 * psz + off, mask=ok, other=0.0)
         vs += gk * tl.load(part_ptr + 3 * psz + off, mask=ok, other=0.0)
-    out = plane.to(tl.int64) * H * Wp + rows[:, None] * Wp + cols[None, :]
+    out = plane * H * Wp + rows[:, None] * Wp + cols[None, :]
     if NEED_A:
         tl.store(v_ptr + out, va, mask=mask)
     if NEED_B:
@@ -130,13 +133,14 @@ def _vtpass(part_ptr, v_ptr, g_ptr, P, H, Hp, Wp, fs, NRB, NEED_A: tl.constexpr,
 def _htpass(v_ptr, x_ptr, y_ptr, j1_ptr, j2_ptr, g_ptr, P, H, W, Wp, fs, NRB, jscale,
             NEED_A: tl.constexpr, NEED_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     pid = tl.program_id(0)  # plane * NRB + row block
-    plane = pid // NRB
+    plane = (pid // NRB).to(tl.int64)  # int64 from here: offsets of big batches pass 2**31
+    p64 = plane * 0 + P  # P as int64 (an int argument equal to 1 is a constexpr and has no .to())
     rows = (pid % NRB) * BLOCK_H + tl.arange(0, BLOCK_H)
     cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     rmask = (rows < H)[:, None]
     mask = rmask & (cols < W)[None, :]
-    vsz = P.to(tl.int64) * H * Wp
-    vbase = plane.to(tl.int64) * H * Wp + rows[:, None] * Wp
+    vsz = p64 * H * Wp
+    vbase = plane * H * Wp + rows[:, None] * Wp
     ga = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     gb = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
     gxy = tl.full((BLOCK_H, BLOCK_W), 0.0, tl.float32)
@@ -152,7 +156,7 @@ def _htpass(v_ptr, x_ptr, y_ptr, j1_ptr, j2_ptr, g_ptr, P, H, W, Wp, fs, NRB, js
             gb += gk * tl.load(v_ptr + vsz + off, mask=ok, other=0.0)
         gxy += gk * tl.load(v_ptr + 2 * vsz + off, mask=ok, other=0.0)
         gs += gk * tl.load(v_ptr + 3 * vsz + off, mask=ok, other=0.0)
-    pix = plane.to(tl.int64) * H * W + rows[:, None] * W + cols[None, :]
+    pix = plane * H * W + rows[:, None] * W + cols[None, :]
     xv = tl.load(x_ptr + pix, mask=mask, other=0.0)
     yv = tl.load(y_ptr + pix, mask=mask, other=0.0)
     if NEED_B:

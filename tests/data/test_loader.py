@@ -112,5 +112,18 @@ def test_bad_state_and_options(root):
             a.load_state_dict({"planner": {}})
         with pytest.raises(CheckpointError, match="version 9"):
             a.load_state_dict({"version": 9, "planner": {}})
+        with pytest.raises(CheckpointError, match="malformed sampler state"):
+            a.load_state_dict({"version": 1, "planner": {"step": 3}})
     with pytest.raises(DataError, match=r"\[data\].pipeline = 'quick'"):
         _loader(root, workers=0, mode="quick")
+
+
+@pytest.mark.slow
+def test_spawned_workers_share_the_fast_cache(root):
+    """Spawn-started workers (macOS/Windows default) reopen the cache files; same batches as in-process."""
+    with _loader(root, workers=2) as a, _loader(root, workers=0) as b:
+        a.multiprocessing_context = "spawn"
+        for _ in range(3):
+            assert _equal(next(a), next(b))
+        cache = a.batches._caches["src"]
+        assert set(cache.status.tolist()) <= {0, 1} and cache.status.sum() > 0  # filled by the workers

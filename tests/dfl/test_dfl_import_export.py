@@ -102,7 +102,8 @@ def test_non_dfl_graph_cannot_go_to_dfl(tmp_path):
         "nodes": [{"name": "encoder", "type": "encoder"}, {"name": "inter", "type": "inter", "input": "encoder"},
                   {"name": "a", "type": "adapter", "input": "inter"}, {"name": "decoder_src", "type": "decoder"},
                   {"name": "decoder_dst", "type": "decoder"}],
-        "identities": {"src": {"code": "a", "decoder": "decoder_src"}, "dst": {"code": "inter", "decoder": "decoder_dst"}},
+        "identities": {"src": {"code": "a", "decoder": "decoder_src"},
+                       "dst": {"code": "inter", "decoder": "decoder_dst"}},
     })
     model = build(ModelSpec(archi="df-ud", graph=g, **TINY))
     with pytest.raises(TorchSAEError, match="not one of DFL's archis"):

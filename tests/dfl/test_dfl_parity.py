@@ -42,7 +42,8 @@ def assert_close(name: str, got: torch.Tensor, expected: np.ndarray) -> None:
     assert g.shape == expected.shape, f"{name}: shape {g.shape} != golden {expected.shape}"
     diff = np.abs(g - expected)
     bad = np.argwhere(diff > ATOL)
-    assert len(bad) == 0, f"{name}: {len(bad)} values off by > {ATOL} (max {diff.max():.3g}), first at {bad[0].tolist()}"
+    assert len(bad) == 0, \
+        f"{name}: {len(bad)} values off by > {ATOL} (max {diff.max():.3g}), first at {bad[0].tolist()}"
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-GOLDEN_DFM = ROOT / "tests" / "golden" / "dfm"
-GOLDEN_ARCHI = ROOT / "tests" / "golden" / "archi"
 
 
 @pytest.fixture(autouse=True, scope="module")

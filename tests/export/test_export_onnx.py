@@ -114,6 +114,22 @@ def test_bad_requests_raise(tiny_df, tmp_path):
         export_model(model, tmp_path / "x.tfl", fmt="tflite")
 
 
+def test_too_big_for_one_onnx_file(tiny_df, tmp_path, monkeypatch):
+    from engine.export import onnx_export
+
+    model = tiny_df[1]
+    n = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(onnx_export, "MAX_BYTES", 4 * n - 1)  # pretend 2 GiB is just below this model's size
+    with pytest.raises(TorchSAEError, match=r"x\.onnx: the model's weights take .* GiB; an ONNX file holds at most "
+                                            r"2 GiB; try --fp16"):
+        export_model(model, tmp_path / "x.onnx", fmt="onnx")
+    model.train()
+    with pytest.raises(TorchSAEError):
+        export_model(model, tmp_path / "x.onnx", fmt="onnx")
+    assert model.training  # the caller's mode is restored
+    model.eval()
+
+
 def test_check_graph_rejects_custom_domain_ops():
     from onnx import TensorProto, helper
 

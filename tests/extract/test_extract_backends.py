@@ -42,7 +42,7 @@ def test_dlib_model_path_finds_shipped_models():
         B.dlib_model_path("nope.dat")
 
 
-def test_auto_uses_dlib_without_fan_weights(tmp_path, monkeypatch, caplog):
+def test_auto_uses_dlib_without_fan_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     be, reason = B.resolve_backend("auto")
     assert be.name == "dlib"

@@ -304,7 +304,8 @@ decoder = "decoder"
     text = _errs(_ms("df-uz", graph=_graph(base)))
     assert "[model.archi] archi = 'df-uz': unknown option(s) 'z'" in text
     text = _errs(_ms("df-t", resolution=80))
-    assert "t.toml" not in text and "[model.archi] encoder 'encoder' (opts 't') downsamples by 32: resolution 80" in text
+    assert "t.toml" not in text
+    assert "[model.archi] encoder 'encoder' (opts 't') downsamples by 32: resolution 80" in text
 
 
 def test_graph_error_uses_recipe_file():

@@ -109,7 +109,8 @@ def test_d_heads_fill_the_2x2_cell_in_dfl_order():
     assert img.shape == (1, 3, 32, 32)
     for i in range(2):
         for j in range(2):
-            torch.testing.assert_close(img[:, :, i::2, j::2], torch.full((1, 3, 16, 16), torch.sigmoid(logits[i * 2 + j]).item()))
+            expected = torch.full((1, 3, 16, 16), torch.sigmoid(logits[i * 2 + j]).item())
+            torch.testing.assert_close(img[:, :, i::2, j::2], expected)
 
 
 def test_encoder_inter_decoder_shapes_all_opts():

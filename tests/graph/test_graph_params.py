@@ -67,7 +67,8 @@ SPEC_TABLE = [
 
 @pytest.mark.parametrize("archi,res,enc,inter,dec,total", SPEC_TABLE)
 def test_param_counts_match_spec_table(archi, res, enc, inter, dec, total):
-    parts = {k: sum(p.numel() for p in m.parameters()) for k, m in build(_ms(archi, res), device="meta").parts().items()}
+    model = build(_ms(archi, res), device="meta")
+    parts = {k: sum(p.numel() for p in m.parameters()) for k, m in model.parts().items()}
     assert parts["encoder"] == enc
     assert [v for k, v in parts.items() if k.startswith("inter")] == [inter] * (2 if archi.startswith("liae") else 1)
     assert [v for k, v in parts.items() if k.startswith("decoder")] == [dec] * (1 if archi.startswith("liae") else 2)

@@ -234,7 +234,7 @@ def test_fast_matches_golden(path):
 def test_fast_composed_bounded(res):
     img = _smooth(res)
     x = _nchw(img)
-    for seed in range(3):
+    for seed in range(3 if res < 256 else 1):
         p = _dfl_params(res, seed + 10 * res)
         for w, t, b in ((True, True, True), (True, True, False), (True, False, True)):
             ref = warp_by_params(p, img, w, t, True, b)
@@ -373,8 +373,8 @@ def test_random_params_follow_dfl_distribution():
     assert np.abs(disp).max() <= 0.48 * (w // 2) + 1e-4  # |N1 + N2ᵀ| ≤ 2 · cell · 0.24
 
     # Same law as DFL's own draws: per-node displacement spread on the finest lattice (this mixes the
-    # three cell sizes exactly as DFL does), from 1500 DFL samples vs our 3000.
-    dfl = WarpBatchParams.from_dfl([_dfl_params(w, s) for s in range(1500)])
+    # three cell sizes exactly as DFL does), from 1200 DFL samples vs our 3000.
+    dfl = WarpBatchParams.from_dfl([_dfl_params(w, s) for s in range(1200)])
     dfl_disp = ((dfl.nodes.numpy()[:, 0] + 1) * w - 1) / 2 - grid[None, None, :]
     ours_sd, dfl_sd = disp[:, 1:-1, 1:-1].std(0), dfl_disp[:, 1:-1, 1:-1].std(0)
     np.testing.assert_allclose(ours_sd, dfl_sd, rtol=0.12)
