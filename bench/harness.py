@@ -214,14 +214,25 @@ def main(argv: list[str] | None = None) -> int:
         print("\nbench: REGRESSION beyond the threshold, results NOT stored:\n  " + "\n  ".join(regressions)
               + "\nfix it, or accept the new numbers with --overwrite (OVERWRITE=1)")
         return 1
-    if out.exists():  # same day and commit: keep the other suites' rows, replace the ones re-run now
-        old = json.loads(out.read_text())
-        names = {r["name"] for r in rows}
-        doc["benchmarks"] = [r for r in old.get("benchmarks", []) if r["name"] not in names] + rows
-        doc["suites"] = sorted(set(old.get("suites", [])) | set(chosen))
     mdir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
+    # suites run in parallel merge into the same day+commit file; the lock lives outside the tracked tree
+    with open(Path(tempfile.gettempdir()) / f"torchsae-bench-{m['id']}.lock", "w") as lock:
+        _flock(lock)
+        if out.exists():  # same day and commit: keep the other suites' rows, replace the ones re-run now
+            old = json.loads(out.read_text())
+            names = {r["name"] for r in rows}
+            doc["benchmarks"] = [r for r in old.get("benchmarks", []) if r["name"] not in names] + rows
+            doc["suites"] = sorted(set(old.get("suites", [])) | set(chosen))
+        tmp = out.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, out)
     print(f"stored {os.path.relpath(out, ROOT)}")
     return 0
+
+
+def _flock(f) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no concurrent runs expected
+        return
+    fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed

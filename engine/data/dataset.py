@@ -77,6 +77,9 @@ _SIDE_KEYS = {"src": BATCH_KEYS[:4], "dst": BATCH_KEYS[4:]}
 
 # spawn_key roots of the planner's independent streams under one seed
 _KEY_SRC, _KEY_DST, _KEY_CT, _KEY_SAMPLE = 1, 2, 3, 4
+# What makes one sample unusable at load time (undecodable bytes, a mask or landmarks OpenCV or the
+# alignment cannot use): the sample is replaced and reported, the epoch goes on.
+_SAMPLE_ERRORS = (DataError, cv2.error, ValueError, ArithmeticError, np.linalg.LinAlgError)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -327,20 +330,16 @@ class SAEHDBatches(torch.utils.data.Dataset):
                 continue
             try:
                 return j, try_load(j)
-            except DataError as e:
+            except _SAMPLE_ERRORS as e:
                 mark_bad(j)
-                bad.append((fs.label, fs.samples[j].name, str(e)))
+                bad.append((fs.label, fs.samples[j].name, f"{type(e).__name__}: {e}"))
         raise DataError(f"{fs.label}: none of its {n} faces can be decoded any more (files changed or removed "
                         "since the scan?)")
 
-    def _load_face(self, fs: Faceset, i: int, bad: list) -> tuple[int, FaceData]:
+    def _first_known_good(self, fs: Faceset, i: int, bad: list, try_load):
+        """_first_usable with this process's set of known-bad samples ("dfl" mode)."""
         key = self._key(fs)
-        return self._first_usable(fs, i, bad, fs.face, lambda j: (key, j) in self._known_bad,
-                                  lambda j: self._known_bad.add((key, j)))
-
-    def _load_image(self, fs: Faceset, i: int, bad: list) -> np.ndarray:
-        key = self._key(fs)
-        return self._first_usable(fs, i, bad, fs.image, lambda j: (key, j) in self._known_bad,
+        return self._first_usable(fs, i, bad, try_load, lambda j: (key, j) in self._known_bad,
                                   lambda j: self._known_bad.add((key, j)))[1]
 
     def _cached(self, fs: Faceset, i: int, opts: SampleOptions, bad: list) -> int:
@@ -380,10 +379,15 @@ class SAEHDBatches(torch.utils.data.Dataset):
         fs, opts = (self.src if side == "src" else self.dst), self.opts[side]
         outs = []
         for n, (i, key) in enumerate(zip(idx, keys)):
-            _, face = self._load_face(fs, i, bad)
-            seed, ct_rng = sample_rngs(key)
-            ct_img = self._load_image(self.dst, ct[n], bad) if (ct is not None and opts.ct_mode) else None
-            outs.append(process_dfl(face, seed, opts, ct_img, ct_rng))
+            ct_img = None
+            if ct is not None and opts.ct_mode:
+                ct_img = self._first_known_good(self.dst, ct[n], bad, self.dst.image)
+
+            def make(j: int, key: int = key, ct_img: np.ndarray | None = ct_img):
+                seed, ct_rng = sample_rngs(key)  # fresh per attempt: a replaced sample gets the same draws
+                return process_dfl(fs.face(j), seed, opts, ct_img, ct_rng)
+
+            outs.append(self._first_known_good(fs, i, bad, make))
         return {k: _stack_nchw([getattr(o, name) for o in outs]) for k, name in zip(_SIDE_KEYS[side], OUTPUT_NAMES)}
 
     def _side_fast(self, side: str, idx: Sequence[int], keys: Sequence[int], ct: Sequence[int] | None,

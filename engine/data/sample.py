@@ -37,7 +37,12 @@ Where "fast" differs from "dfl" (bounded in tests/data/test_sample_fast.py):
    non-rounding difference; it is interpolation error, largest at sharp edges.
 3. Targets and masks (no grid warp): warp_batch reproduces cv2.warpAffine's fixed-point coordinates, so
    these differ only by float summation order (~1e-6) on top of (1).
-ct and HSV are identical numpy code in both modes, with the same RNG streams.
+ct and HSV are identical numpy code in both modes, with the same RNG streams (rct/lct/mkl use whole-image
+statistics, so (1) shifts every pixel of a converted face a little, not just the edges).
+Measured on synthetic 256² wf faces into an f-128 model with rct and HSV 0.1 (|fast − dfl|):
+target mean 0.002, 99th percentile 0.009, max 0.06 (clipped overshoot at sharp edges); warped input mean
+0.004, p99 0.06, max 0.23 (at sharp edges); masks max 2/255 (uint8 rounding); no conversion: target and
+FULL_FACE mask identical.
 """
 
 from __future__ import annotations

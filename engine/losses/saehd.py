@@ -367,3 +367,28 @@ def code_d_loss(code_d: Callable[[torch.Tensor], torch.Tensor], src_code: torch.
                 dst_code: torch.Tensor) -> torch.Tensor:
     """True-face discriminator loss (§3.4), (N,): ``0.5·(DLoss(1, D(dst_code)) + DLoss(0, D(src_code)))``."""
     return 0.5 * (dloss(1.0, code_d(dst_code)) + dloss(0.0, code_d(src_code)))
+
+
+def identity_recon_losses(model, batch: Mapping[str, torch.Tensor], identities, cfg: LossConfig
+                          ) -> dict[str, torch.Tensor]:
+    """Per-identity reconstruction for explicit graphs with identities beyond src/dst (a TorchSAE addition).
+
+    For each identity X the batch carries ``warped_X, target_X, target_Xm, target_Xm_em``; X's face goes
+    through X's own code path and decoder (``model.reconstruct``) and gets SAEHD's src/dst terms 1–4 (§3.4)
+    with the same mask preparation (§3.3). Returns ``{"X_dssim": (N,), "X_mse": …, "X_mask_mse": …,
+    ["X_em_l1"], "X_loss": sum}`` for each X; the training step adds every ``X_loss`` to G_loss.
+    """
+    out: dict[str, torch.Tensor] = {}
+    sigma = cfg.sigma_mask
+    for x in identities:
+        target, mask = batch[f"target_{x}"], batch[f"target_{x}m"]
+        pred, pred_mask = model.reconstruct(batch[f"warped_{x}"], x)
+        if cfg.masked_training:
+            blur = torch.clamp(gaussian_blur(mask, sigma), 0.0, 0.5) * 2.0
+            t_m, p_m = target * blur, pred * blur
+        else:
+            t_m, p_m = target, pred
+        terms = _recon_terms(x, t_m, p_m, target, pred, batch.get(f"target_{x}m_em"), mask, pred_mask, cfg)
+        out.update(terms)
+        out[f"{x}_loss"] = _sum_in_order(terms.values())
+    return out

@@ -66,6 +66,7 @@ class Encoder(nn.Module):
         return self.e_ch * 8
 
     def out_res(self, resolution: int) -> int:
+        """Spatial size before flattening (DFL ``Encoder.get_out_res(R)``): R/16, R/32 with t."""
         return resolution // (32 if self.use_t else 16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +101,8 @@ class Inter(nn.Module):
         if not self.use_t:
             self.upscale1 = Upscale(ae_out_ch, ae_out_ch, use_cos="c" in opts, device=device)
 
-    @property
     def out_res(self) -> int:
+        """Spatial size of the output code (DFL ``Inter.get_out_res()``): 2*lowest, lowest with t."""
         return self.lowest if self.use_t else 2 * self.lowest
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

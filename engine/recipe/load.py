@@ -227,7 +227,7 @@ def _cross_checks(r: Recipe, raw: dict[str, Any], ctx: _Ctx) -> Recipe:
     if r.loss.latent_distill_weight > 0 and not r.loss.latent_distill_teacher:
         ctx.error("loss", "latent_distill_weight > 0 needs latent_distill_teacher (a checkpoint path)")
     if r.data.identities:
-        known = set(r.model.graph.identities) if r.model.graph is not None else {"src", "dst"}
+        known = {i.name for i in r.model.graph.identities} if r.model.graph is not None else {"src", "dst"}
         for name in r.data.identities:
             if name in ("src", "dst"):
                 ctx.error("data", f"identities.{name}: src and dst come from data.src / data.dst",

@@ -19,36 +19,57 @@ class TrainLoader:
         self.recipe, self.rank, self.world, self.device = recipe, rank, world, device
         self.random_warp, self.pretrain = random_warp, pretrain
         self._loader = self._build()
+        # identities beyond src/dst (explicit graphs): one loader each, its src half renamed to the identity
+        self._extra = {name: self._build(faceset=path, seed_shift=i + 1)
+                       for i, (name, path) in enumerate(sorted(recipe.data.identities.items()))}
 
-    def _build(self):
+    def _build(self, faceset: str | None = None, seed_shift: int = 0):
         from engine.data.loader import build_loader
 
         r = self.recipe
         data = attrs.evolve(r.data, random_warp=self.random_warp)
+        if faceset is not None:
+            data = attrs.evolve(data, src=faceset, dst=faceset, ct_mode="none")
         return build_loader(data, resolution=r.model.resolution, face_type=r.model.face_type,
-                            batch_size=r.train.batch_size, seed=r.train.seed, pretrain=self.pretrain,
-                            rank=self.rank, world_size=self.world, pin_memory=self.device.type == "cuda")
+                            batch_size=r.train.batch_size, seed=r.train.seed + 7919 * seed_shift,
+                            pretrain=self.pretrain and faceset is None, rank=self.rank, world_size=self.world,
+                            pin_memory=self.device.type == "cuda")
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        return next(self._loader)
+        batch = next(self._loader)
+        for name, loader in self._extra.items():
+            b = next(loader)
+            for key in ("warped_src", "target_src", "target_srcm", "target_srcm_em"):
+                batch[key.replace("src", name)] = b[key]
+        return batch
 
     def state_dict(self) -> dict:
-        return self._loader.state_dict()
+        st = self._loader.state_dict()
+        if self._extra:
+            st = {"main": st, "identities": {n: l.state_dict() for n, l in self._extra.items()}}
+        return st
 
     def load_state_dict(self, state: dict) -> None:
-        self._loader.load_state_dict(state)
+        if self._extra:
+            self._loader.load_state_dict(state["main"])
+            for n, l in self._extra.items():
+                l.load_state_dict(state["identities"][n])
+        else:
+            self._loader.load_state_dict(state)
 
     def set_random_warp(self, on: bool) -> None:
         if on == self.random_warp:
             return
-        state = self._loader.state_dict()
-        self._loader.close()
+        state = self.state_dict()
+        self.close()
         self.random_warp = on
         self._loader = self._build()
-        self._loader.load_state_dict(state)
+        self._extra = {name: self._build(faceset=path, seed_shift=i + 1)
+                       for i, (name, path) in enumerate(sorted(self.recipe.data.identities.items()))}
+        self.load_state_dict(state)
 
     def set_pretrain(self, on: bool) -> None:
         if on == self.pretrain:
@@ -59,6 +80,8 @@ class TrainLoader:
 
     def close(self) -> None:
         self._loader.close()
+        for loader in self._extra.values():
+            loader.close()
 
 
 def make_loader(recipe: Recipe, *, rank: int, world: int, device: torch.device, random_warp: bool,

@@ -125,6 +125,74 @@ def archi_type(r: Recipe) -> str:
     return r.model.archi_type if r.model.graph is None else "graph"
 
 
+def freeze_parts(model: torch.nn.Module, parts, trainable: dict) -> dict:
+    """Drop the named parts ([train].freeze) from the trainable set; unknown names are an error."""
+    known = dict(model.parts())
+    bad = [p for p in parts if p not in known]
+    if bad:
+        from engine.errors import RecipeError, did_you_mean
+
+        raise RecipeError(None, "train.freeze", f"no model part named '{bad[0]}'{did_you_mean(bad[0], known)}",
+                          "valid: " + ", ".join(known))
+    return {n: p for n, p in trainable.items() if n.split(".", 1)[0] not in parts}
+
+
+def init_parts(model: torch.nn.Module, spec: dict[str, str]) -> None:
+    """Start parts from other checkpoints ([train].init_parts = {part = "ckpt"} or {part = "ckpt::other"}):
+    how a trained identity's decoder is reused in a new model."""
+    parts = dict(model.parts())
+    for part, ref in spec.items():
+        path, _, src_part = ref.partition("::")
+        src_part = src_part or part
+        if part not in parts:
+            raise CheckpointError(f"[train].init_parts: the model has no part '{part}' (parts: {', '.join(parts)})")
+        sd = ck.load_model_payload(path)["model"]
+        prefix = src_part + "."
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sub:
+            raise CheckpointError(f"[train].init_parts.{part}: {path} has no part '{src_part}'")
+        try:
+            parts[part].load_state_dict(sub)
+        except RuntimeError as e:
+            raise CheckpointError(f"[train].init_parts.{part}: {path}::{src_part} does not fit: "
+                                  f"{str(e).splitlines()[0]}") from None
+        log.info("part %s initialised from %s::%s", part, path, src_part)
+
+
+def extra_losses(r: Recipe, model: torch.nn.Module, device: torch.device):
+    """The step's TorchSAE terms: per-identity reconstruction for identities beyond src/dst, and latent
+    distillation towards a frozen teacher. None when the recipe uses neither."""
+    hooks = []
+    idents = tuple(r.data.identities)
+    if idents:
+        from engine.losses.saehd import identity_recon_losses
+
+        def recon(outputs, batch):
+            cfg = loss_config(r, pretrain=False)
+            terms = identity_recon_losses(model, batch, idents, cfg)
+            return {f"{x}_loss": terms[f"{x}_loss"] for x in idents}
+
+        hooks.append(recon)
+    if r.loss.latent_distill_weight > 0:
+        from engine.graph import build
+        from engine.losses import latent_distill_hook
+
+        payload = ck.load_model_payload(r.loss.latent_distill_teacher)
+        teacher = build(recipe_mod.loads(payload["recipe_toml"])).to(device)
+        teacher.load_state_dict(payload["model"])
+        hooks.append(latent_distill_hook(teacher, r.loss.latent_distill_weight, r.loss.latent_distill_mode))
+    if not hooks:
+        return None
+
+    def combined(outputs, batch):
+        out = {}
+        for h in hooks:
+            out.update(h(outputs, batch))
+        return out
+
+    return combined
+
+
 @attrs.define
 class Trainer:
     """All live training objects; built by `Trainer.create`, driven by `run`."""
@@ -186,7 +254,12 @@ class Trainer:
             trainable = saveable
         else:
             trainable, saveable = saehd_param_groups(model, at, random_warp)
+        if r.train.freeze:
+            trainable = freeze_parts(model, r.train.freeze, trainable)
         freeze_untrainable(saveable, trainable)
+        if r.train.init_parts:
+            init_parts(model, r.train.init_parts)
+            ddp.broadcast_module(model, info)
         ocfg = optim_config(r, pretrain=pretrain, seed=r.train.seed * 1000 + 17 + info.rank)
         g_opt = ddp.GuardedOptimizer(make_optimizer(list(saveable.values()), ocfg), info)
 
@@ -218,7 +291,8 @@ class Trainer:
         if r.compile.mode != "off":
             model.forward_train = torch.compile(model.forward_train, mode=r.compile.mode)
         step_fn = SAEHDStep(model=model, g_opt=g_opt, loss_cfg=loss_config(r, pretrain=pretrain), code_d=code_d,
-                            code_d_opt=code_d_opt, gan_d=gan_d, gan_d_opt=gan_d_opt, autocast=autocast, scaler=scaler)
+                            code_d_opt=code_d_opt, gan_d=gan_d, gan_d_opt=gan_d_opt, autocast=autocast, scaler=scaler,
+                            extra_losses=extra_losses(r, model, dev))
         t = cls(recipe=r, recipe_toml=recipe_mod.dumps(r), run_dir=run, device=dev, dist=info, model=model,
                 step_fn=step_fn, g_opt=g_opt, code_d=code_d, code_d_opt=code_d_opt, gan_d=gan_d, gan_d_opt=gan_d_opt,
                 scaler=scaler, random_warp=random_warp, pretrain=pretrain)

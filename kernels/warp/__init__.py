@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import dispatch
+from kernels.warp import cpu
 from kernels.warp.fast import WarpBatchParams, compose_grid, random_warp_params, sample_torch
 from kernels.warp.reference import (
     DEFAULT_RANGES,
@@ -113,14 +114,17 @@ def warp_batch(
     if bp.rw is not None:  # DFL's w < 64 path: resize to 64 with cv2_inter, warp there, resize back
         x = F.interpolate(x.float(), size=(bp.w, bp.w), mode=mode, align_corners=False)
         bp = WarpBatchParams(bp.w, None, bp.nodes, bp.rmat, bp.flip, bp._coords)
-    grid, weight, zeros = compose_grid(bp, can_warp, can_transform, can_flip and images.shape[-1] == bp.w,
-                                       border_replicate, cubic)
-    if chosen == "triton":
-        from kernels.warp.op import warp_sample
-
-        out = warp_sample(x, grid, weight, cubic, zeros)
+    fold_flip = can_flip and images.shape[-1] == bp.w  # with rw the mirror comes after the resize back
+    if chosen == "fast" and x.device.type == "cpu" and cpu.available():
+        out = cpu.warp_cpu(x.float(), bp, can_warp, can_transform, fold_flip, border_replicate, cubic)
     else:
-        out = sample_torch(x, grid, weight, cubic, zeros)
+        grid, weight, zeros = compose_grid(bp, can_warp, can_transform, fold_flip, border_replicate, cubic)
+        if chosen == "triton":
+            from kernels.warp.op import warp_sample
+
+            out = warp_sample(x, grid, weight, cubic, zeros)
+        else:
+            out = sample_torch(x, grid, weight, cubic, zeros)
     if out.shape[-1] != s:
         out = F.interpolate(out, size=(s, s), mode=mode, align_corners=False)
         out = _flip(out, bp, can_flip)  # DFL mirrors after resizing back

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -181,8 +182,6 @@ def test_faceset_skips_mark_only_and_names_empty_folders(tmp_path, caplog):
 def test_scan_skips_bad_files_with_one_warning(tmp_path, caplog):
     folder = tmp_path / "f"
     paths = write_synthetic_faceset(folder, 3, size=128, face_type="f", seed=0)
-    import cv2
-
     cv2.imwrite(str(folder / "plain.jpg"), np.zeros((32, 32, 3), np.uint8))  # no DFL data, no landmarks
     paths[0].write_bytes(paths[0].read_bytes()[:200])  # truncated
     with caplog.at_level(logging.WARNING, logger="torchsae.data"):

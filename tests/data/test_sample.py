@@ -6,7 +6,6 @@ import colorsys
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings

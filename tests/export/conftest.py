@@ -88,3 +88,58 @@ def dfl_parts_folder():
 def build_model():
     """build(recipe_name, overrides=(), seed=0) -> (Recipe, spread SwapModel)."""
     return build_tiny
+
+
+_ADAPTER_GRAPH = """
+[model]
+archi = "df-ud"
+resolution = 64
+ae_dims = 32
+e_dims = 8
+d_dims = 8
+d_mask_dims = 8
+
+[graph]
+swap_code = "source"
+
+[[graph.nodes]]
+name = "encoder"
+type = "encoder"
+
+[[graph.nodes]]
+name = "inter"
+type = "inter"
+input = "encoder"
+
+[[graph.nodes]]
+name = "adapter_src"
+type = "adapter"
+input = "inter"
+kind = "conv1x1"
+
+[[graph.nodes]]
+name = "adapter_dst"
+type = "adapter"
+input = "inter"
+kind = "dense"
+hidden = 16
+
+[[graph.nodes]]
+name = "decoder"
+type = "decoder"
+
+[graph.identities.src]
+code = "adapter_src"
+decoder = "decoder"
+
+[graph.identities.dst]
+code = "adapter_dst"
+decoder = "decoder"
+"""
+
+
+@pytest.fixture(scope="session")
+def adapter_graph_toml() -> str:
+    """An explicit [graph]: shared encoder + inter, a conv1x1 adapter for src, a dense adapter for dst, one
+    shared decoder (the modular Encoder -> Adapter_X -> Decoder idea)."""
+    return _ADAPTER_GRAPH

@@ -40,6 +40,22 @@ def test_load_for_inference_round_trip(tiny_liae, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_explicit_graph_checkpoint_round_trip(adapter_graph_toml, tmp_path):
+    from engine import graph, recipe
+
+    r = recipe.loads(adapter_graph_toml, source="adapters.toml")
+    torch.manual_seed(0)
+    model = graph.build(r).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    r2, m2 = load_for_inference(_save(tmp_path / "model.pt", model, r))
+    assert r2.model.graph == r.model.graph and r2.name == "adapters"
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(_swap(model, x), _swap(m2, x)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_load_for_inference_errors(tiny_df, tmp_path):
     from engine.recipe import dumps, load
     from engine.train.checkpoint import model_payload

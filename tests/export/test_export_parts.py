@@ -74,59 +74,13 @@ def test_liae_parts_chain_by_hand(tiny_liae, tmp_path):
         np.testing.assert_allclose(got, want, rtol=0, atol=0)
 
 
-ADAPTER_GRAPH = """
-[model]
-archi = "df-ud"
-resolution = 64
-ae_dims = 32
-e_dims = 8
-d_dims = 8
-d_mask_dims = 8
-
-[graph]
-swap_code = "source"
-
-[[graph.nodes]]
-name = "encoder"
-type = "encoder"
-
-[[graph.nodes]]
-name = "inter"
-type = "inter"
-input = "encoder"
-
-[[graph.nodes]]
-name = "adapter_src"
-type = "adapter"
-input = "inter"
-kind = "conv1x1"
-
-[[graph.nodes]]
-name = "adapter_dst"
-type = "adapter"
-input = "inter"
-kind = "dense"
-hidden = 16
-
-[[graph.nodes]]
-name = "decoder"
-type = "decoder"
-
-[graph.identities.src]
-code = "adapter_src"
-decoder = "decoder"
-
-[graph.identities.dst]
-code = "adapter_dst"
-decoder = "decoder"
-"""
 
 
-def test_explicit_graph_with_adapters(tmp_path):
+def test_explicit_graph_with_adapters(tmp_path, adapter_graph_toml):
     """The modular Encoder -> Adapter_X -> shared Decoder idea: parts of an explicit [graph] chain too."""
     from engine import graph, recipe
 
-    r = recipe.loads(ADAPTER_GRAPH, source="adapters.toml")
+    r = recipe.loads(adapter_graph_toml, source="adapters.toml")
     torch.manual_seed(3)
     model = graph.build(r).eval()
     with torch.no_grad():  # adapters start as the identity (zero last layer): make them do something

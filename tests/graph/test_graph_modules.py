@@ -124,7 +124,7 @@ def test_encoder_inter_decoder_shapes_all_opts():
         z = inter(e)
         lowest = R // (32 if "d" in opts else 16)
         r = lowest if "t" in opts else 2 * lowest
-        assert z.shape == (2, 6, r, r), opts
+        assert z.shape == (2, 6, r, r) and inter.out_res() == r and enc.out_res(R) == R // div, opts
         img, mask = Decoder(6, 4, 4, opts)(z)
         assert img.shape == (2, 3, R, R) and mask.shape == (2, 1, R, R), opts
         assert 0 <= img.min() and img.max() <= 1

@@ -21,8 +21,10 @@ RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
 
 def _load(path, facesets, run_dir, *extra):
     a, b = facesets
-    return recipe.load(path, [f"data.src='{a}'", f"data.dst='{b}'", "data.workers=0", f"train.run_dir='{run_dir}'",
-                              *extra])
+    ov = [f"data.src='{a}'", f"data.dst='{b}'", "data.workers=0", f"train.run_dir='{run_dir}'", *extra]
+    if "identities" in Path(path).read_text():  # explicit graphs: the third identity trains on A's faces
+        ov.append(f"data.identities={{alice='{a}'}}")
+    return recipe.load(path, ov)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
@@ -123,3 +125,44 @@ def test_nan_guard_skips_then_rolls_back(facesets, tmp_path):
     t.train_one(batch)
     assert t.step == 2 and t.bad_steps == 0
     t.loader.close()
+
+
+def _part(run_dir, part):
+    sd = ck.load_model_payload(run_dir)["model"]
+    return {k: v for k, v in sd.items() if k.startswith(part + ".")}
+
+
+def test_modular_graph_trains_every_identity_and_freezes_and_reuses_parts(facesets, tmp_path):
+    path = ROOT / "recipes" / "tests" / "tiny_modular.toml"
+    first = _load(path, facesets, tmp_path / "first", "train.target_iter=0")
+    s = train(first, max_steps=2, progress=False)
+    assert {"src_loss", "dst_loss", "alice_loss"} <= set(s["final_losses"])
+    t0 = Trainer.create(first, run_dir=tmp_path / "fresh")
+    init = {k: v for k, v in t0.model.state_dict().items() if k.startswith("decoder_alice.")}
+    trained = _part(tmp_path / "first", "decoder_alice")
+    assert any(not torch.equal(init[k], trained[k]) for k in init), "alice's decoder did not train"
+    # reuse alice's trained decoder in a new run and keep it frozen; the shared parts keep training
+    ckpt = ck.resolve_latest(tmp_path / "first")
+    second = _load(path, facesets, tmp_path / "second", "train.target_iter=0", "train.freeze=['decoder_alice']",
+                   f"train.init_parts={{decoder_alice='{ckpt}'}}")
+    train(second, max_steps=2, progress=False)
+    reused = _part(tmp_path / "second", "decoder_alice")
+    assert all(torch.equal(reused[k], trained[k]) for k in trained)
+    assert not all(torch.equal(a, b) for a, b in zip(_part(tmp_path / "second", "encoder").values(),
+                                                     _part(tmp_path / "first", "encoder").values()))
+    bad = _load(path, facesets, tmp_path / "third", "train.freeze=['decoder_bob']")
+    with pytest.raises(Exception, match="no model part named 'decoder_bob'"):
+        Trainer.create(bad)
+
+
+def test_latent_distillation_from_a_teacher(facesets, tmp_path):
+    path = ROOT / "recipes" / "tests" / "tiny_df.toml"
+    teacher_run = tmp_path / "teacher"
+    train(_load(path, facesets, teacher_run, "train.target_iter=0"), max_steps=1, progress=False)
+    teacher = ck.resolve_latest(teacher_run)
+    student = _load(path, facesets, tmp_path / "student", "train.target_iter=0", "loss.latent_distill_weight=1.0",
+                    f"loss.latent_distill_teacher='{teacher}'")
+    s = train(student, max_steps=1, progress=False)
+    assert s["final_losses"]["latent_distill"] > 0
+    g = s["final_losses"]
+    assert g["G_loss"] == pytest.approx(g["src_loss"] + g["dst_loss"] + g["latent_distill"], rel=1e-5)

@@ -1,0 +1,182 @@
+/* Random-warp fast CPU path (spec §5.3): DFL's remap + warpAffine + flip composed, sampled once.
+ *
+ * Built at first use by kernels/warp/cpu.py (gcc -O3 -march=native, no OpenMP: Python threads call
+ * warp_rows on disjoint row ranges; ctypes releases the GIL). Plain C, no torch headers.
+ *
+ * Per output pixel (x, y) of sample n (all sizes w x w; the caller handles DFL's rw resizes):
+ *   q = ((X0[n][d][y] + AD[n][d][x]) >> 5) / 32          cv2.warpAffine's fixed-point source
+ *                                                          coordinate (flip folded into AD), d = x, y
+ *   warp:  m = bilinear(nodes[n], (clamp(q, 0, w-1) + 0.5) / (w/8))   the DFL grid, continuous
+ *          s = m                                           (no warp: s = q, bit-exact with cv2)
+ *   out[c] = cov(q) * sum_{j,i} wy_j(s.y) wx_i(s.x) src[c][iy+j][ix+i]
+ * with Keys-cubic (a = -0.75, taps floor-1 .. floor+2) or bilinear weights, out-of-range taps either
+ * zeroed (ZEROS: cv2 BORDER_CONSTANT 0; done by zeroing the tap weight and clamping its index, so the
+ * loop has no branches) or clamped (BORDER_REPLICATE), and cov(q) the affine's zero-border coverage
+ * sum_taps k(t - q)[0 <= t < w] when the grid warp is composed with a constant-border affine (COVER).
+ *
+ * Rows are processed in blocks of XB pixels: first the coordinates, tap offsets and weights of the
+ * block (vectorisable), then per channel the 16 (or 4) gathered taps (vectorised with gathers).
+ */
+#include <stdint.h>
+#include <math.h>
+
+#define XB 256
+#define F_CUBIC 1
+#define F_ZEROS 2
+#define F_COVER 4
+#define F_WARP 8
+
+/* Ternary clamps (not fminf/fmaxf, whose NaN rules keep gcc from vectorising). */
+static inline float clampf(float v, float lo, float hi) { v = v < lo ? lo : v; return v > hi ? hi : v; }
+
+/* Source coordinates -> tap offsets and weights along one axis, for a whole block. Keys cubic
+ * (a = -0.75, taps floor-1 .. floor+2; PyTorch's / OpenCV's expressions) or linear. An out-of-range tap
+ * keeps its weight times `keep` (0: zero border, 1: replicate) and reads the clamped index. */
+static void taps_cubic(const float *restrict sv, int nb, int w, float keep, float (*restrict wt)[XB],
+                       int32_t (*restrict idx)[XB], int stride) {
+    const float A = -0.75f, lo = -4.f, hi = (float)w + 3.f, top = (float)(w - 1);
+    for (int k = 0; k < nb; ++k) {
+        const float s = clampf(sv[k], lo, hi); /* beyond: every tap out (zeros) or clamped alike */
+        const float f = floorf(s);
+        const float t = s - f;
+        const float x0 = t + 1.f, x1 = t, x2 = 1.f - t, x3 = 2.f - t;
+        const float w0 = ((A * x0 - 5.f * A) * x0 + 8.f * A) * x0 - 4.f * A;
+        const float w1 = ((A + 2.f) * x1 - (A + 3.f)) * x1 * x1 + 1.f;
+        const float w2 = ((A + 2.f) * x2 - (A + 3.f)) * x2 * x2 + 1.f;
+        const float w3 = ((A * x3 - 5.f * A) * x3 + 8.f * A) * x3 - 4.f * A;
+        const float p0 = f - 1.f, p1 = f, p2 = f + 1.f, p3 = f + 2.f;
+        wt[0][k] = (p0 >= 0.f && p0 <= top) ? w0 : w0 * keep;
+        wt[1][k] = (p1 >= 0.f && p1 <= top) ? w1 : w1 * keep;
+        wt[2][k] = (p2 >= 0.f && p2 <= top) ? w2 : w2 * keep;
+        wt[3][k] = (p3 >= 0.f && p3 <= top) ? w3 : w3 * keep;
+        idx[0][k] = (int32_t)clampf(p0, 0.f, top) * stride;
+        idx[1][k] = (int32_t)clampf(p1, 0.f, top) * stride;
+        idx[2][k] = (int32_t)clampf(p2, 0.f, top) * stride;
+        idx[3][k] = (int32_t)clampf(p3, 0.f, top) * stride;
+    }
+}
+
+static void taps_linear(const float *restrict sv, int nb, int w, float keep, float (*restrict wt)[XB],
+                        int32_t (*restrict idx)[XB], int stride) {
+    const float lo = -4.f, hi = (float)w + 3.f, top = (float)(w - 1);
+    for (int k = 0; k < nb; ++k) {
+        const float s = clampf(sv[k], lo, hi);
+        const float f = floorf(s);
+        const float t = s - f;
+        const float p0 = f, p1 = f + 1.f;
+        wt[0][k] = (p0 >= 0.f && p0 <= top) ? 1.f - t : (1.f - t) * keep;
+        wt[1][k] = (p1 >= 0.f && p1 <= top) ? t : t * keep;
+        idx[0][k] = (int32_t)clampf(p0, 0.f, top) * stride;
+        idx[1][k] = (int32_t)clampf(p1, 0.f, top) * stride;
+    }
+}
+
+/* Zero-border coverage along one axis: sum of the kernel weights whose taps fall inside [0, w). */
+static void coverage(const float *restrict qv, int nb, int w, int cubic, float *restrict out) {
+    float wt[4][XB];
+    int32_t idx[4][XB];
+    if (cubic) {
+        taps_cubic(qv, nb, w, 0.f, wt, idx, 0);
+        for (int k = 0; k < nb; ++k) out[k] = wt[0][k] + wt[1][k] + wt[2][k] + wt[3][k];
+    } else {
+        taps_linear(qv, nb, w, 0.f, wt, idx, 0);
+        for (int k = 0; k < nb; ++k) out[k] = wt[0][k] + wt[1][k];
+    }
+}
+
+/* One block of output pixels [x0, x0 + nb) of row y, sample n. */
+static void block(const float *restrict src, float *restrict dst, int C, int w, int y, int x0, int nb,
+                  const int32_t *restrict X0, const int32_t *restrict AD, const float *restrict nodes,
+                  int flags) {
+    const int cubic = flags & F_CUBIC, zeros = flags & F_ZEROS;
+    const int32_t x0q = X0[y], y0q = X0[w + y]; /* row terms for the x and y coordinates */
+    const int32_t *restrict adx = AD + x0, *restrict ady = AD + w + x0;
+
+    float qx[XB], qy[XB], sx[XB], sy[XB], cov[XB], covy[XB];
+    float wx[4][XB], wy[4][XB];
+    int32_t cx[4][XB], ry[4][XB];
+
+    /* cv2.warpAffine fixed point: arithmetic shift = floor division by 32, then 1/32 px units */
+    for (int k = 0; k < nb; ++k) {
+        qx[k] = (float)((x0q + adx[k]) >> 5) * (1.f / 32.f);
+        qy[k] = (float)((y0q + ady[k]) >> 5) * (1.f / 32.f);
+    }
+    if (flags & F_WARP) {
+        const float *restrict nx = nodes, *restrict ny = nodes + 81;
+        const float inv_c8 = 8.f / (float)w, top = (float)(w - 1);
+        for (int k = 0; k < nb; ++k) {
+            /* the remapped image's replicated edge = the map evaluated at the clamped coordinate */
+            const float ux = (clampf(qx[k], 0.f, top) + 0.5f) * inv_c8;
+            const float uy = (clampf(qy[k], 0.f, top) + 0.5f) * inv_c8;
+            const int iu = ux < 7.f ? (int)ux : 7, iv = uy < 7.f ? (int)uy : 7;
+            const float fu = ux - (float)iu, fv = uy - (float)iv;
+            const int o = iv * 9 + iu;
+            sx[k] = (nx[o] * (1.f - fu) + nx[o + 1] * fu) * (1.f - fv) + (nx[o + 9] * (1.f - fu) + nx[o + 10] * fu) * fv;
+            sy[k] = (ny[o] * (1.f - fu) + ny[o + 1] * fu) * (1.f - fv) + (ny[o + 9] * (1.f - fu) + ny[o + 10] * fu) * fv;
+        }
+    } else {
+        for (int k = 0; k < nb; ++k) {
+            sx[k] = qx[k];
+            sy[k] = qy[k];
+        }
+    }
+    if (flags & F_COVER) {
+        coverage(qx, nb, w, cubic, cov);
+        coverage(qy, nb, w, cubic, covy);
+        for (int k = 0; k < nb; ++k) cov[k] *= covy[k];
+    }
+    const float keep = zeros ? 0.f : 1.f;
+    if (cubic) {
+        taps_cubic(sx, nb, w, keep, wx, cx, 1);
+        taps_cubic(sy, nb, w, keep, wy, ry, w);
+    } else {
+        taps_linear(sx, nb, w, keep, wx, cx, 1);
+        taps_linear(sy, nb, w, keep, wy, ry, w);
+    }
+
+    const int64_t plane = (int64_t)w * w;
+    for (int c = 0; c < C; ++c) {
+        const float *restrict s = src + c * plane;
+        float *restrict d = dst + c * plane + (int64_t)y * w + x0;
+        if (cubic) {
+            for (int k = 0; k < nb; ++k) {
+                float acc = 0.f;
+                for (int j = 0; j < 4; ++j) {
+                    const float *restrict r = s + ry[j][k];
+                    const float row = wx[0][k] * r[cx[0][k]] + wx[1][k] * r[cx[1][k]] +
+                                      wx[2][k] * r[cx[2][k]] + wx[3][k] * r[cx[3][k]];
+                    acc += wy[j][k] * row;
+                }
+                d[k] = acc;
+            }
+        } else {
+            for (int k = 0; k < nb; ++k) {
+                const float *restrict r0 = s + ry[0][k], *restrict r1 = s + ry[1][k];
+                const float a = wx[0][k] * r0[cx[0][k]] + wx[1][k] * r0[cx[1][k]];
+                const float b = wx[0][k] * r1[cx[0][k]] + wx[1][k] * r1[cx[1][k]];
+                d[k] = wy[0][k] * a + wy[1][k] * b;
+            }
+        }
+        if (flags & F_COVER)
+            for (int k = 0; k < nb; ++k) d[k] *= cov[k];
+    }
+}
+
+/* Rows [y0, y1) of samples [n0, n1). src/dst: (N, C, w, w) float32; X0: (N, 2, w) int32 row terms;
+ * AD: (N, 2, w) int32 column terms; nodes: (N, 2, 9, 9) float32 map values in pixels (or NULL). */
+int warp_rows(const float *src, float *dst, int C, int w, int n0, int n1, int y0, int y1,
+              const int32_t *X0, const int32_t *AD, const float *nodes, int flags) {
+    if (w <= 0 || C <= 0) return 0;
+    if ((flags & F_WARP) && (nodes == 0 || w % 8 != 0)) return -1;
+    const int64_t plane = (int64_t)C * w * w;
+    for (int n = n0; n < n1; ++n) {
+        const float *s = src + n * plane;
+        float *d = dst + n * plane;
+        const int32_t *x0n = X0 + (int64_t)n * 2 * w, *adn = AD + (int64_t)n * 2 * w;
+        const float *nn = (flags & F_WARP) ? nodes + (int64_t)n * 2 * 81 : 0;
+        for (int y = y0; y < y1; ++y)
+            for (int x0 = 0; x0 < w; x0 += XB)
+                block(s, d, C, w, y, x0, (w - x0) < XB ? (w - x0) : XB, x0n, adn, nn, flags);
+    }
+    return 0;
+}
