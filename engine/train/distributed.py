@@ -125,8 +125,9 @@ class GuardedOptimizer:
         allreduce_grads_(params, self.info)
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
-            finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-            if not bool(finite):
+            # one fused pass: the global norm is non-finite iff some gradient element is inf/nan
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            if not bool(torch.isfinite(norm)):
                 self.skipped = True
                 return None
         self.skipped = False

@@ -32,8 +32,9 @@ Where this differs from DFL's two-pass result (and why it is bounded):
 - The remap's own zero border (taps of the source outside the image) is exact: the sampler zeroes
   out-of-range taps, as cv2.remap does.
 - OpenCV quantises remap/warpAffine coordinates to 1/32 px (INTER_BITS = 5). The affine coordinates
-  reproduce cv2.warpAffine's fixed-point arithmetic exactly; the composed map m is not quantised (it
-  is no longer any single OpenCV stage's coordinate).
+  reproduce cv2.warpAffine's fixed-point arithmetic exactly; the composed map value m is not rounded
+  (cv2.remap rounds its float map to 1/32 px; here m is no single OpenCV stage's coordinate, and
+  rounding would let 1e-6 float differences flip a 1/32-px step between the CPU, torch and Triton paths).
 - w < 64 (`rw`): as DFL, the image is resized rw→64 (cv2.resize semantics: pixel-centre aligned,
   clamped taps; F.interpolate reproduces it), warped at 64 by the composed map, resized back to rw,
   then mirrored. Only the remap+warpAffine pair is composed there.

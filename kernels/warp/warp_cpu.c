@@ -11,16 +11,21 @@
  *   out[c] = cov(q) * sum_{j,i} wy_j(s.y) wx_i(s.x) src[c][iy+j][ix+i]
  * with Keys-cubic (a = -0.75, taps floor-1 .. floor+2) or bilinear weights, out-of-range taps either
  * zeroed (ZEROS: cv2 BORDER_CONSTANT 0; done by zeroing the tap weight and clamping its index, so the
- * loop has no branches) or clamped (BORDER_REPLICATE), and cov(q) the affine's zero-border coverage
+ * loops have no branches) or clamped (BORDER_REPLICATE), and cov(q) the affine's zero-border coverage
  * sum_taps k(t - q)[0 <= t < w] when the grid warp is composed with a constant-border affine (COVER).
+ * For no-warp calls the 1/32-px coordinates are exact, so the result is cv2.warpAffine's to float
+ * rounding (OpenCV tabulates the same weights at the same 32 fractions).
  *
- * Rows are processed in blocks of XB pixels: first the coordinates, tap offsets and weights of the
- * block (vectorisable), then per channel the 16 (or 4) gathered taps (vectorised with gathers).
+ * Rows are processed in blocks of XB pixels: first the coordinates, tap indices and weights of the
+ * block (auto-vectorised; -fno-trapping-math lets floorf vectorise), then per channel the taps:
+ * cubic reads four rows of four contiguous floats (SSE) when the x taps are inside the image, bilinear
+ * gathers its 4 taps (auto-vectorised gathers). Channel-outer so one source plane is hot per block.
+ * Measured (1 thread, res 256, 8 samples x 3 channels): ~9 ms per cubic pass, cv2.warpAffine ~12 ms.
  */
 #include <stdint.h>
 #include <math.h>
 
-#define XB 256
+#define XB 128
 #define F_CUBIC 1
 #define F_ZEROS 2
 #define F_COVER 4
@@ -29,11 +34,41 @@
 /* Ternary clamps (not fminf/fmaxf, whose NaN rules keep gcc from vectorising). */
 static inline float clampf(float v, float lo, float hi) { v = v < lo ? lo : v; return v > hi ? hi : v; }
 
+/* sum_j wy_j * sum_i wx_i * r_j[i] for four rows of four contiguous floats. */
+#if defined(__SSE3__)
+#include <immintrin.h>
+static inline float row4(const float *r0, const float *r1, const float *r2, const float *r3, float wx0, float wx1,
+                         float wx2, float wx3, float wy0, float wy1, float wy2, float wy3) {
+    /* two independent partial sums, then a shuffle reduction (hadd is 3 uops) */
+    const __m128 a = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(r0), _mm_set1_ps(wy0)), _mm_mul_ps(_mm_loadu_ps(r1), _mm_set1_ps(wy1)));
+    const __m128 b = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(r2), _mm_set1_ps(wy2)), _mm_mul_ps(_mm_loadu_ps(r3), _mm_set1_ps(wy3)));
+    __m128 p = _mm_mul_ps(_mm_add_ps(a, b), _mm_set_ps(wx3, wx2, wx1, wx0));
+    p = _mm_add_ps(p, _mm_movehl_ps(p, p));
+    p = _mm_add_ss(p, _mm_shuffle_ps(p, p, 1));
+    return _mm_cvtss_f32(p);
+}
+#else
+static inline float row4(const float *r0, const float *r1, const float *r2, const float *r3, float wx0, float wx1,
+                         float wx2, float wx3, float wy0, float wy1, float wy2, float wy3) {
+    float v = 0.f;
+    const float *r[4] = {r0, r1, r2, r3};
+    const float wy[4] = {wy0, wy1, wy2, wy3};
+    for (int j = 0; j < 4; ++j) v += wy[j] * (wx0 * r[j][0] + wx1 * r[j][1] + wx2 * r[j][2] + wx3 * r[j][3]);
+    return v;
+}
+#endif
+
+/* 1 for a tap index p in [0, top], else `keep` (branch-free so the loops vectorise). */
+static inline float inside(float p, float top, float keep) {
+    const float in = (float)(p >= 0.f) * (float)(p <= top);
+    return in + (1.f - in) * keep;
+}
+
 /* Source coordinates -> tap offsets and weights along one axis, for a whole block. Keys cubic
  * (a = -0.75, taps floor-1 .. floor+2; PyTorch's / OpenCV's expressions) or linear. An out-of-range tap
  * keeps its weight times `keep` (0: zero border, 1: replicate) and reads the clamped index. */
 static void taps_cubic(const float *restrict sv, int nb, int w, float keep, float (*restrict wt)[XB],
-                       int32_t (*restrict idx)[XB], int stride) {
+                       int32_t (*restrict idx)[XB]) {
     const float A = -0.75f, lo = -4.f, hi = (float)w + 3.f, top = (float)(w - 1);
     for (int k = 0; k < nb; ++k) {
         const float s = clampf(sv[k], lo, hi); /* beyond: every tap out (zeros) or clamped alike */
@@ -45,29 +80,29 @@ static void taps_cubic(const float *restrict sv, int nb, int w, float keep, floa
         const float w2 = ((A + 2.f) * x2 - (A + 3.f)) * x2 * x2 + 1.f;
         const float w3 = ((A * x3 - 5.f * A) * x3 + 8.f * A) * x3 - 4.f * A;
         const float p0 = f - 1.f, p1 = f, p2 = f + 1.f, p3 = f + 2.f;
-        wt[0][k] = (p0 >= 0.f && p0 <= top) ? w0 : w0 * keep;
-        wt[1][k] = (p1 >= 0.f && p1 <= top) ? w1 : w1 * keep;
-        wt[2][k] = (p2 >= 0.f && p2 <= top) ? w2 : w2 * keep;
-        wt[3][k] = (p3 >= 0.f && p3 <= top) ? w3 : w3 * keep;
-        idx[0][k] = (int32_t)clampf(p0, 0.f, top) * stride;
-        idx[1][k] = (int32_t)clampf(p1, 0.f, top) * stride;
-        idx[2][k] = (int32_t)clampf(p2, 0.f, top) * stride;
-        idx[3][k] = (int32_t)clampf(p3, 0.f, top) * stride;
+        wt[0][k] = w0 * inside(p0, top, keep);
+        wt[1][k] = w1 * inside(p1, top, keep);
+        wt[2][k] = w2 * inside(p2, top, keep);
+        wt[3][k] = w3 * inside(p3, top, keep);
+        idx[0][k] = (int32_t)clampf(p0, 0.f, top);
+        idx[1][k] = (int32_t)clampf(p1, 0.f, top);
+        idx[2][k] = (int32_t)clampf(p2, 0.f, top);
+        idx[3][k] = (int32_t)clampf(p3, 0.f, top);
     }
 }
 
 static void taps_linear(const float *restrict sv, int nb, int w, float keep, float (*restrict wt)[XB],
-                        int32_t (*restrict idx)[XB], int stride) {
+                        int32_t (*restrict idx)[XB]) {
     const float lo = -4.f, hi = (float)w + 3.f, top = (float)(w - 1);
     for (int k = 0; k < nb; ++k) {
         const float s = clampf(sv[k], lo, hi);
         const float f = floorf(s);
         const float t = s - f;
         const float p0 = f, p1 = f + 1.f;
-        wt[0][k] = (p0 >= 0.f && p0 <= top) ? 1.f - t : (1.f - t) * keep;
-        wt[1][k] = (p1 >= 0.f && p1 <= top) ? t : t * keep;
-        idx[0][k] = (int32_t)clampf(p0, 0.f, top) * stride;
-        idx[1][k] = (int32_t)clampf(p1, 0.f, top) * stride;
+        wt[0][k] = (1.f - t) * inside(p0, top, keep);
+        wt[1][k] = t * inside(p1, top, keep);
+        idx[0][k] = (int32_t)clampf(p0, 0.f, top);
+        idx[1][k] = (int32_t)clampf(p1, 0.f, top);
     }
 }
 
@@ -76,10 +111,10 @@ static void coverage(const float *restrict qv, int nb, int w, int cubic, float *
     float wt[4][XB];
     int32_t idx[4][XB];
     if (cubic) {
-        taps_cubic(qv, nb, w, 0.f, wt, idx, 0);
+        taps_cubic(qv, nb, w, 0.f, wt, idx);
         for (int k = 0; k < nb; ++k) out[k] = wt[0][k] + wt[1][k] + wt[2][k] + wt[3][k];
     } else {
-        taps_linear(qv, nb, w, 0.f, wt, idx, 0);
+        taps_linear(qv, nb, w, 0.f, wt, idx);
         for (int k = 0; k < nb; ++k) out[k] = wt[0][k] + wt[1][k];
     }
 }
@@ -126,39 +161,58 @@ static void block(const float *restrict src, float *restrict dst, int C, int w, 
         for (int k = 0; k < nb; ++k) cov[k] *= covy[k];
     }
     const float keep = zeros ? 0.f : 1.f;
+    const int nt = cubic ? 4 : 2;
     if (cubic) {
-        taps_cubic(sx, nb, w, keep, wx, cx, 1);
-        taps_cubic(sy, nb, w, keep, wy, ry, w);
+        taps_cubic(sx, nb, w, keep, wx, cx);
+        taps_cubic(sy, nb, w, keep, wy, ry);
     } else {
-        taps_linear(sx, nb, w, keep, wx, cx, 1);
-        taps_linear(sy, nb, w, keep, wy, ry, w);
+        taps_linear(sx, nb, w, keep, wx, cx);
+        taps_linear(sy, nb, w, keep, wy, ry);
     }
+    for (int j = 0; j < nt; ++j)
+        for (int k = 0; k < nb; ++k) ry[j][k] *= w; /* row index -> offset (int32: w*w < 2^31) */
 
     const int64_t plane = (int64_t)w * w;
-    for (int c = 0; c < C; ++c) {
-        const float *restrict s = src + c * plane;
-        float *restrict d = dst + c * plane + (int64_t)y * w + x0;
-        if (cubic) {
+    if (cubic) {
+        /* first x tap before clamping: the 4 x taps are contiguous in memory when all are inside */
+        int32_t fx0[XB];
+        for (int k = 0; k < nb; ++k) {
+            const float f = floorf(clampf(sx[k], -4.f, (float)w + 3.f));
+            fx0[k] = (int32_t)f - 1;
+        }
+        for (int c = 0; c < C; ++c) { /* channel outer: one source plane stays in cache per block */
+            const float *restrict sp = src + c * plane;
+            float *restrict d = dst + c * plane + (int64_t)y * w + x0;
             for (int k = 0; k < nb; ++k) {
-                float acc = 0.f;
-                for (int j = 0; j < 4; ++j) {
-                    const float *restrict r = s + ry[j][k];
-                    const float row = wx[0][k] * r[cx[0][k]] + wx[1][k] * r[cx[1][k]] +
-                                      wx[2][k] * r[cx[2][k]] + wx[3][k] * r[cx[3][k]];
-                    acc += wy[j][k] * row;
+                float v;
+                if (fx0[k] >= 0 && fx0[k] + 3 <= w - 1) {
+                    v = row4(sp + ry[0][k] + fx0[k], sp + ry[1][k] + fx0[k], sp + ry[2][k] + fx0[k],
+                             sp + ry[3][k] + fx0[k], wx[0][k], wx[1][k], wx[2][k], wx[3][k],
+                             wy[0][k], wy[1][k], wy[2][k], wy[3][k]);
+                } else { /* x taps straddle the border: clamped indices, zeroed weights if ZEROS */
+                    v = 0.f;
+                    for (int j = 0; j < 4; ++j)
+                        v += wy[j][k] * (wx[0][k] * sp[ry[j][k] + cx[0][k]] + wx[1][k] * sp[ry[j][k] + cx[1][k]] +
+                                         wx[2][k] * sp[ry[j][k] + cx[2][k]] + wx[3][k] * sp[ry[j][k] + cx[3][k]]);
                 }
-                d[k] = acc;
+                d[k] = v;
             }
-        } else {
+            if (flags & F_COVER)
+                for (int k = 0; k < nb; ++k) d[k] *= cov[k];
+        }
+    } else {
+        for (int c = 0; c < C; ++c) {
+            const float *restrict sp = src + c * plane;
+            float *restrict d = dst + c * plane + (int64_t)y * w + x0;
             for (int k = 0; k < nb; ++k) {
-                const float *restrict r0 = s + ry[0][k], *restrict r1 = s + ry[1][k];
-                const float a = wx[0][k] * r0[cx[0][k]] + wx[1][k] * r0[cx[1][k]];
-                const float b = wx[0][k] * r1[cx[0][k]] + wx[1][k] * r1[cx[1][k]];
+                const int32_t o0 = ry[0][k], o1 = ry[1][k], c0 = cx[0][k], c1 = cx[1][k];
+                const float a = wx[0][k] * sp[o0 + c0] + wx[1][k] * sp[o0 + c1];
+                const float b = wx[0][k] * sp[o1 + c0] + wx[1][k] * sp[o1 + c1];
                 d[k] = wy[0][k] * a + wy[1][k] * b;
             }
+            if (flags & F_COVER)
+                for (int k = 0; k < nb; ++k) d[k] *= cov[k];
         }
-        if (flags & F_COVER)
-            for (int k = 0; k < nb; ++k) d[k] *= cov[k];
     }
 }
 

@@ -85,8 +85,11 @@ def test_every_shipped_recipe_has_a_dump():
     assert len(RECIPES) >= 7  # df128, df256, liae256, liae-udt224, quickstart + recipes/tests/*
     expected = {_dump_name(p) for p in RECIPES + EXTRA}
     if os.environ.get("UPDATE_GRAPH_DUMPS"):
+        DUMPS.mkdir(parents=True, exist_ok=True)
         for stale in set(p.name for p in DUMPS.glob("*.txt")) - expected:
             (DUMPS / stale).unlink()
+        for recipe in RECIPES + EXTRA:
+            (DUMPS / _dump_name(recipe)).write_text(render(describe(load(recipe))))
     assert {p.name for p in DUMPS.glob("*.txt")} == expected, \
         "graph dumps out of date: run UPDATE_GRAPH_DUMPS=1 pytest tests/graph/test_graph_describe.py"
 
@@ -96,7 +99,6 @@ def test_graph_dump_is_unchanged(recipe):
     text = render(describe(load(recipe)))
     path = DUMPS / _dump_name(recipe)
     if os.environ.get("UPDATE_GRAPH_DUMPS"):
-        DUMPS.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     assert path.is_file(), f"no dump for {recipe}: run UPDATE_GRAPH_DUMPS=1"
     expected = path.read_text()

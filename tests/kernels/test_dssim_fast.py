@@ -364,7 +364,7 @@ def test_triton_cuda_matches_reference(shape, dtype):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_triton_cuda_opcheck_and_compile():
-    t, p = (x.cuda() for x in _pair((2, 3, 64, 64, None), torch.float32, 8))
+    t, p = (x.detach().cuda().requires_grad_() for x in _pair((2, 3, 64, 64, None), torch.float32, 8))
     torch.library.opcheck(op.dssim_triton, (t, p, [22, 11], [5.0, 5.0], 1.0, True, True))
     f = torch.compile(lambda pred, tgt: K.saehd_dssim(pred, tgt, 64), fullgraph=True)
     got = f(p, t.detach())

@@ -1,0 +1,17 @@
+"""The merger: swapped faces back into the frames, then a video (DFL's merger, spec §10).
+
+- config.py   MergeConfig: DFL's MergerConfigMasked settings (from the recipe's [merge] table + flags)
+- face.py     MergeMaskedFace / MergeMasked: masks, colour transfer, warps, blends, post-processing
+- model.py    the model as a batch predictor (checkpoint, DFL folder, .onnx/.dfm, parts) + its face type
+- sources.py  frames (folder or video), aligned faces grouped by source frame, motion vectors
+- runner.py   the resumable, multi-process driver writing merged frames
+- video.py    merged frames -> H.264 mp4 with the source's audio (imageio-ffmpeg's ffmpeg)
+- cli.py      `torchsae merge`
+XSeg (mask modes 6-9) lives in engine.modules.xseg.
+"""
+
+from engine.merge.config import MergeConfig, config_from_spec
+from engine.merge.face import Prediction, composite_faces, merge_face, merge_frame, predict_face
+
+__all__ = ["MergeConfig", "config_from_spec", "Prediction", "merge_face", "merge_frame", "composite_faces",
+           "predict_face"]

@@ -1,0 +1,201 @@
+"""`torchsae merge`: put the swapped faces back into the frames and write the video (DFL's merger, §10).
+
+    torchsae merge --recipe recipes/quickstart.toml                       # everything from the recipe
+    torchsae merge --model runs/x/checkpoints/latest --aligned ws/data_dst/aligned --frames ws/data_dst \\
+                   --out ws/merged --video ws/result.mp4 --mode seamless --erode 20 --blur 40
+    torchsae merge --model model.dfm --aligned A --frames clip.mp4 --out M --video out.mp4 --face-type wf
+    torchsae merge --recipe R --mask-mode XSeg-dst --xseg-model models/xseg   # folder with XSeg_256.npy
+
+Defaults (each overridable by its flag):
+- recipe: --recipe, else the recipe stored in the model checkpoint (none for .onnx/.dfm);
+- --model: the newest checkpoint of the recipe's run folder ([train].run_dir, else runs/<recipe name>);
+- --aligned: the recipe's [data].dst (e.g. workspace/demo/data_dst/aligned);
+- --frames: the aligned folder's parent (data_dst/, where `torchsae extract` writes the frames);
+- --out: <workspace>/merged, with <workspace> = the frames folder's parent;
+- --video: <workspace>/result.mp4 when the folders came from the recipe; otherwise no video unless given
+  (--no-video skips it);
+- merge settings: the recipe's [merge] table (DFL's MergerConfig defaults, §10.3), then the flags;
+- face type: --face-type, else the model's (checkpoint recipe or export metadata), else the aligned faces';
+- frame rate: --fps, else the source video's (--frames VIDEO, or the video recorded in
+  <aligned>/extract_summary.json), else 25; audio from that same source video unless --no-audio.
+Frames already in --out are skipped (resume). No prompts: everything DFL asks interactively is a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine.errors import TorchSAEError
+
+__all__ = ["add_arguments", "run", "resolve_paths"]
+
+log = logging.getLogger("torchsae.merge")
+
+DEFAULT_FPS = 25.0
+
+# flag dest -> [merge] key
+_SETTING_FLAGS = {
+    "mode": "mode",
+    "mask_mode": "mask_mode",
+    "erode": "erode",
+    "blur": "blur",
+    "motion_blur_power": "motion_blur_power",
+    "output_face_scale": "output_face_scale",
+    "color_transfer": "color_transfer",
+    "sharpen_mode": "sharpen_mode",
+    "blursharpen_amount": "blursharpen_amount",
+    "super_resolution_power": "super_resolution_power",
+    "image_denoise_power": "image_denoise_power",
+    "bicubic_degrade_power": "bicubic_degrade_power",
+    "color_degrade_power": "color_degrade_power",
+    "masked_hist_match": "masked_hist_match",
+    "hist_match_threshold": "hist_match_threshold",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from engine.merge.config import CT_MODES, MASK_MODES, MODES, SHARPEN_MODES
+
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--recipe", help="recipe whose run folder, faceset and [merge] table give the defaults")
+    io.add_argument("--model", help="checkpoint (model.pt, step_* folder, run folder), DFL model folder, .onnx/.dfm "
+                    "or parts folder; default: the recipe's newest checkpoint")
+    io.add_argument("--aligned", help="aligned dst faces (DFLJPG with source_filename/source_landmarks); default: "
+                    "the recipe's [data].dst")
+    io.add_argument("--frames", help="folder of frames or a video; default: the aligned folder's parent")
+    io.add_argument("--out", help="folder for the merged frames; default: <workspace>/merged")
+    v = io.add_mutually_exclusive_group()
+    v.add_argument("--video", help="also encode the merged frames into this video (mp4, H.264)")
+    v.add_argument("--no-video", action="store_true", help="write frames only")
+    io.add_argument("--xseg-model", metavar="DIR", help="DFL XSeg model folder (XSeg_256.npy) for mask modes 6-9")
+    io.add_argument("--face-type", help="crop face type (default: the model's)")
+    io.add_argument("--format", choices=("png", "jpg"), default="png", help="merged frame format (default png; jpg "
+                    "at quality 100 as DFL)")
+    io.add_argument("--mask-dir", help="also write each frame's merge mask as PNG here (DFL's merged_mask)")
+    io.add_argument("--fps", type=float, help="video frame rate (default: the source video's, else 25)")
+    io.add_argument("--audio-from", help="media file whose audio goes into the video (default: the source video)")
+    io.add_argument("--no-audio", action="store_true", help="no audio in the video")
+    io.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
+    io.add_argument("--workers", type=int, help="merge worker processes (default [merge].workers; 0 = this process)")
+    io.add_argument("--seed", type=int, default=0, help="seed of the randomised colour transfers (idt, sot, mix)")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = p.add_argument_group("merge settings (override the recipe's [merge] table; DFL MergerConfig)")
+    s.add_argument("--mode", help=f"one of {', '.join(MODES)}")
+    s.add_argument("--mask-mode", help=f"name or DFL id: {', '.join(f'{i} {n}' for i, n in enumerate(MASK_MODES))}")
+    s.add_argument("--erode", type=int, help="erode (+) / dilate (-) the mask, -400..400 px at 4x model resolution")
+    s.add_argument("--blur", type=int, help="mask blur, 0..400 px at 4x model resolution")
+    s.add_argument("--motion-blur-power", type=int, help="0..100")
+    s.add_argument("--output-face-scale", type=int, help="-50..50 (%%)")
+    s.add_argument("--color-transfer", help=f"one of {', '.join(CT_MODES)}")
+    s.add_argument("--sharpen-mode", help=f"one of {', '.join(SHARPEN_MODES)}")
+    s.add_argument("--blursharpen-amount", type=int, help="-100..100 (blur < 0 < sharpen)")
+    s.add_argument("--super-resolution-power", type=int, help="only 0: DFL's FaceEnhancer weights are not available")
+    s.add_argument("--image-denoise-power", type=int, help="0..500")
+    s.add_argument("--bicubic-degrade-power", type=int, help="0..100")
+    s.add_argument("--color-degrade-power", type=int, help="0..100")
+    s.add_argument("--masked-hist-match", dest="masked_hist_match", action="store_true", default=None,
+                   help="hist-match inside the mask only (DFL default)")
+    s.add_argument("--no-masked-hist-match", dest="masked_hist_match", action="store_false", default=None)
+    s.add_argument("--hist-match-threshold", type=int, help="0..255 (default 238)")
+
+
+def _recipe_of(args) -> tuple[Any, str | None]:
+    from engine import recipe as recipe_mod
+
+    if args.recipe:
+        return recipe_mod.load(args.recipe), args.recipe
+    return None, None
+
+
+def resolve_paths(args, recipe: Any, recipe_path: str | None) -> dict[str, Any]:
+    """The model/aligned/frames/out/video paths after applying the defaults in the module doc."""
+    paths: dict[str, Any] = {}
+    if args.model:
+        paths["model"] = Path(args.model)
+    elif recipe_path:
+        from engine.export.checkpoint import latest_checkpoint
+
+        paths["model"] = latest_checkpoint(recipe_path)
+    else:
+        raise TorchSAEError("merge: give --model (a checkpoint, DFL model folder, .onnx or .dfm) or --recipe")
+    from_recipe = False
+    if args.aligned:
+        aligned = Path(args.aligned)
+    elif recipe is not None:
+        aligned, from_recipe = Path(recipe.data.dst), True
+    else:
+        raise TorchSAEError("merge: give --aligned DIR (the dst faces, e.g. data_dst/aligned) or --recipe")
+    frames = Path(args.frames) if args.frames else aligned.parent
+    workspace = frames.parent  # data_dst/ -> workspace/; a video file -> its folder
+    out = Path(args.out) if args.out else workspace / "merged"
+    if args.no_video:
+        video = None
+    elif args.video:
+        video = Path(args.video)
+    else:
+        video = workspace / "result.mp4" if from_recipe else None
+    paths.update(aligned=aligned, frames=frames, out=out, video=video, workspace=workspace)
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.data.facetypes import FaceType
+    from engine.merge.config import config_from_spec
+    from engine.merge.model import open_merge_model
+    from engine.merge.runner import merge_frames
+    from engine.merge.sources import index_aligned, open_frames, source_video_of, video_fps
+    from engine.recipe.specs import MergeSpec
+
+    recipe, recipe_path = _recipe_of(args)
+    paths = resolve_paths(args, recipe, recipe_path)
+    frames = open_frames(paths["frames"])
+    aligned = index_aligned(paths["aligned"])
+    model = open_merge_model(paths["model"])
+    spec = (recipe or model.recipe).merge if (recipe or model.recipe) is not None else MergeSpec()
+
+    if args.face_type:
+        face_type = FaceType.parse(args.face_type, "--face-type")
+    elif model.face_type is not None:
+        face_type = model.face_type
+    else:
+        types = aligned.face_types
+        if not types:
+            raise TorchSAEError(f"{paths['model']}: the model does not say which face type it was trained on and the "
+                                "aligned faces carry none; give --face-type (h, mf, f, wf, head)")
+        face_type = FaceType.parse(max(types, key=types.get), f"{paths['aligned']}: face_type")
+        log.info("merge: face type %s taken from the aligned faces (the model does not record one)", face_type.long_name)
+
+    overrides = {key: getattr(args, dest) for dest, key in _SETTING_FLAGS.items()}
+    cfg = config_from_spec(spec, face_type, overrides)
+
+    xseg = None
+    if args.xseg_model:
+        from engine.modules.xseg import open_xseg
+
+        xseg = open_xseg(args.xseg_model)
+    elif cfg.needs_xseg:
+        raise TorchSAEError(f"mask mode {cfg.mask_mode_name} runs DFL's XSeg network: give --xseg-model DIR (a folder "
+                            "holding XSeg_256.npy, as DFL's XSeg trainer writes it)")
+
+    workers = spec.workers if args.workers is None else args.workers
+    summary = merge_frames(model, frames, aligned, paths["out"], cfg, xseg=xseg, workers=workers, fmt=args.format,
+                           mask_dir=args.mask_dir, seed=args.seed, progress=not args.no_progress)
+    result = summary.to_dict()
+
+    if paths["video"] is not None:
+        from engine.merge.runner import output_path
+        from engine.merge.video import write_video
+
+        source = frames.path if frames.kind == "video" else source_video_of(paths["aligned"])
+        fps = args.fps or (video_fps(source) if source is not None else None) or DEFAULT_FPS
+        audio = None if args.no_audio else (Path(args.audio_from) if args.audio_from else source)
+        files = [output_path(Path(paths["out"]), s, args.format) for s in summary.frames]
+        write_video(files, paths["video"], fps, audio_from=audio, crf=args.crf)
+        result.update(video=str(paths["video"]), fps=fps, audio_from=str(audio) if audio else None)
+    print(json.dumps(result, indent=2))
+    return 0
