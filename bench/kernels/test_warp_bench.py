@@ -11,6 +11,9 @@ Figures (benchmark.group) and providers (extra_info["provider"]):
   "warp res256 b8 dfl-params" reference  same as above
                               fast       DFL-compatible draws (gen_warp_params once per sample, numpy)
                                          + WarpBatchParams.from_dfl + three warp_batch calls
+  "warp res256 b8 t1"         both providers as in the first figure with one thread each
+                                         (torch.set_num_threads(1), cv2.setNumThreads(1)): the per-core
+                                         figure, much less sensitive to other processes on a shared box
 Colour transfer, HSV shift and clipping are not part of either side. On CUDA the fast provider runs
 the Triton sampler (impl auto); the reference is numpy/cv2 either way.
 """
@@ -82,9 +85,22 @@ def _fast(imgs, masks, dfl_params: bool, rng):
     return step
 
 
+@pytest.fixture
+def one_thread(request):
+    """torch and OpenCV limited to one thread for the duration of a test (restored afterwards)."""
+    t, c = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    yield
+    torch.set_num_threads(t)
+    cv2.setNumThreads(c)
+
+
 @pytest.mark.parametrize("provider", ["reference", "fast"])
-@pytest.mark.parametrize("figure", ["warp res256 b8", "warp res256 b8 dfl-params"])
-def test_warp_samples(benchmark, tag, figure, provider):
+@pytest.mark.parametrize("figure", ["warp res256 b8", "warp res256 b8 dfl-params", "warp res256 b8 t1"])
+def test_warp_samples(benchmark, tag, request, figure, provider):
+    if figure.endswith("t1"):
+        request.getfixturevalue("one_thread")
     tag(figure, provider, items=BATCH, device=DEVICE if provider == "fast" else "cpu",
         threads=torch.get_num_threads(), cv2_threads=cv2.getNumThreads())
     rng, imgs, masks = _data()

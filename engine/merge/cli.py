@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
 
     recipe, recipe_path = _recipe_of(args)
     paths = resolve_paths(args, recipe, recipe_path)
-    frames = open_frames(paths["frames"])
     aligned = index_aligned(paths["aligned"])
+    frames = open_frames(paths["frames"])
     model = open_merge_model(paths["model"])
     spec = (recipe or model.recipe).merge if (recipe or model.recipe) is not None else MergeSpec()
 
@@ -175,9 +175,12 @@ def run(args: argparse.Namespace) -> int:
 
     xseg = None
     if args.xseg_model:
+        import torch
+
         from engine.modules.xseg import open_xseg
 
-        xseg = open_xseg(args.xseg_model)
+        # DFL runs XSeg on the CPU; a GPU is simply faster and gives the same mask within float tolerance
+        xseg = open_xseg(args.xseg_model, device="cuda" if torch.cuda.is_available() else "cpu")
     elif cfg.needs_xseg:
         raise TorchSAEError(f"mask mode {cfg.mask_mode_name} runs DFL's XSeg network: give --xseg-model DIR (a folder "
                             "holding XSeg_256.npy, as DFL's XSeg trainer writes it)")

@@ -426,7 +426,8 @@ def merge_face(
             x0, y0, bw, bh = cv2.boundingRect(m8)
             center = (int(x0 + bw / 2), int(y0 + bh / 2))  # DFL computes the centre itself (stable, no jitter)
             src8 = (out * 255).astype(np.uint8)
-            t["seamless_args"] = (src8, u8, m8, center)
+            # OpenCV's seamlessClone writes into its mask argument: the trace keeps the mask as passed
+            t["seamless_args"] = (src8, u8, m8.copy(), center)
             try:
                 out = cv2.seamlessClone(src8, u8, m8, center, cv2.NORMAL_CLONE).astype(np.float32) / 255.0
             except cv2.error as e:  # DFL also carries on with the plain overlay when seamlessClone fails

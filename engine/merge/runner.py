@@ -233,7 +233,8 @@ def merge_frames(
     missing = len(stems) + len(extra) - len(written)
     if missing and frames.kind == "video":
         log.warning("merge: the video delivered fewer frames than its container announced; %d missing", missing)
-    summary = MergeSummary(out=str(out_dir), frames_total=len(stems) + len(extra), frames_merged=n_merged, frames_skipped=len(done),
+    summary = MergeSummary(out=str(out_dir), frames_total=len(stems) + len(extra), frames_merged=n_merged,
+                           frames_skipped=len(done),
                            frames_without_faces=n_noface, faces=n_faces, seconds=round(secs, 3), frames=written)
     log.info("merge: %d frames merged (%d faces, %d frames without a face) in %.1f s, %d skipped (already done) -> %s",
              n_merged, n_faces, n_noface, secs, len(done), out_dir)

@@ -3,7 +3,7 @@
 With the ffmpeg binary shipped by imageio-ffmpeg (`imageio_ffmpeg.get_ffmpeg_exe()`): H.264 (libx264,
 yuv420p, CRF `crf`, odd sizes padded by one pixel to even, as yuv420p needs), at the given frame rate, and
 when `audio_from` names a media file, its first audio stream (AAC) is muxed in (`-map 1:a:0?`: a source
-without audio is fine) and the output ends with the shorter stream. Frames are piped as raw BGR, so
+without audio is fine), cut to the video's length. Frames are piped as raw BGR, so
 their file names need not be a contiguous number sequence.
 Without ffmpeg: OpenCV's VideoWriter ('mp4v', no audio), logged.
 
@@ -89,7 +89,8 @@ def write_video(frames: Sequence[str | Path], out: str | Path, fps: float, *, au
     cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
            "-framerate", f"{fps:.6g}", "-i", "-"]
     if audio_from is not None:
-        cmd += ["-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-shortest"]
+        # -t (not -shortest, which can drop the last video frames) ends the audio with the last frame
+        cmd += ["-i", str(audio_from), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-t", f"{len(frames) / fps:.6f}"]
     cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-preset", "medium", "-crf", str(int(crf)),
             "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
     log.debug("merge: %s", " ".join(cmd))

@@ -292,14 +292,16 @@ def load_dfl_xseg_arrays(net: XSeg, arrays: dict[str, np.ndarray], source: str =
         want = tuple(params[tk].shape)
         t = _to_torch_layout(arr)
         if tuple(t.shape) != want:
+            dfl_shape = tuple(_to_dfl_layout(np.zeros(want)).shape)
             raise CheckpointError(f"{source}: '{key}' has shape {tuple(arr.shape)}, which does not fit this XSeg "
-                                  f"(base_ch {net.base_ch}; expected DFL shape {tuple(_to_dfl_layout(np.zeros(want)).shape)})")
+                                  f"(base_ch {net.base_ch}; expected DFL shape {dfl_shape})")
         staged[tk] = torch.from_numpy(t)
     missing = sorted(set(params) - set(staged))
     if unknown or missing:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} weight(s), e.g. {[_DFL_SCOPE + '/' + m.replace('.', '/') + ':0' for m in missing[:3]]}")
+            names = [_DFL_SCOPE + "/" + m.replace(".", "/") + ":0" for m in missing[:3]]
+            parts.append(f"missing {len(missing)} weight(s), e.g. {names}")
         if unknown:
             parts.append(f"{len(unknown)} unknown key(s), e.g. {unknown[:3]}")
         raise CheckpointError(f"{source}: not the weights of DFL's XSeg (base_ch {net.base_ch}): " + "; ".join(parts))
@@ -374,9 +376,20 @@ class XSegExtractor:
 
 
 def open_xseg(path: str | Path, device: str | torch.device | None = None) -> XSegExtractor:
-    """Build the full-size XSeg (base 32, 256), load DFL's XSeg_256.npy from `path` (file or folder) and
-    wrap it as an extractor (CPU unless `device` says otherwise, as DFL's merger places it)."""
-    net = XSeg()
-    f = load_dfl_xseg(net, path)
-    log.info("XSeg: loaded %s", f)
+    """Load DFL's XSeg_256.npy from `path` (file or folder) into an XSeg at 256 and wrap it as an extractor
+    (CPU unless `device` says otherwise, as DFL's merger places it).
+
+    The base width is read from the file (conv01's kernel has base_ch outputs): DFL always trains 32; any
+    other width (e.g. a small test model) loads the same way.
+    """
+    from engine.dfl.files import read_part_file
+
+    f = xseg_weights_path(path)
+    arrays = read_part_file(f)
+    first = next((v for k, v in arrays.items() if _torch_key(k) == "conv01.conv.weight"), None)
+    if first is None or np.ndim(first) != 4:
+        raise CheckpointError(f"{f}: not DFL XSeg weights (no 4-D 'conv01/conv/weight:0'; found e.g. {list(arrays)[:3]})")
+    net = XSeg(base_ch=int(np.shape(first)[3]))
+    load_dfl_xseg_arrays(net, arrays, source=str(f))
+    log.info("XSeg: loaded %s (base_ch %d)", f, net.base_ch)
     return XSegExtractor(net, device=device or "cpu")

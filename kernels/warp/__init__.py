@@ -18,8 +18,11 @@ Fast path (torch, batched, CPU or CUDA; one sampling per pixel instead of DFL's 
                target image   warp_batch(img, p, False, True, True, True,  "cubic")
                masks          warp_batch(msk, p, False, True, True, False, "linear")
         impl: "auto" | "reference" | "fast" | "triton" (kernels.dispatch.choose; TORCHSAE_KERNELS
-        overrides "auto"). "reference" runs warp_by_params per sample (the oracle; params are
-        converted with WarpBatchParams.to_dfl when needed).
+        overrides "auto"). "fast": on CPU the fused C kernel (kernels/warp/cpu.py, built with the
+        system C compiler on first use; torch.grid_sample when no compiler works), on CUDA
+        torch.grid_sample; "triton": the Triton sampler (CUDA, or TRITON_INTERPRET=1 in tests);
+        "reference" runs warp_by_params per sample (the oracle; WarpBatchParams are converted with
+        to_dfl). auto = triton on CUDA, fast on CPU.
     random_warp_params(n, w, flip, *, rotation_range, scale_range, tx_range, ty_range, generator,
                        device) -> WarpBatchParams
         DFL's distribution drawn on the device from a torch.Generator (not DFL's numpy stream).

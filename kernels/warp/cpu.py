@@ -27,9 +27,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from kernels.warp.fast import _AB_BITS, _INTER_BITS, WarpBatchParams, _invert_affine
+from kernels.warp.fast import _AB_BITS, _INTER_BITS, WarpBatchParams
 
 log = logging.getLogger("torchsae.kernels")
 
@@ -116,23 +117,36 @@ def unavailable_reason() -> str:
     return _error or ""
 
 
-def _fixed_point_terms(bp: WarpBatchParams, can_transform: bool, can_flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _invert_affine_np(m: np.ndarray) -> np.ndarray:
+    """cv2.invertAffineTransform for (N, 2, 3) float64, the same operation order as fast._invert_affine."""
+    d = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    d = np.where(d != 0, 1.0 / np.where(d != 0, d, 1.0), 0.0)
+    a11, a22, a12, a21 = m[:, 1, 1] * d, m[:, 0, 0] * d, -m[:, 0, 1] * d, -m[:, 1, 0] * d
+    b1 = -a11 * m[:, 0, 2] - a12 * m[:, 1, 2]
+    b2 = -a21 * m[:, 0, 2] - a22 * m[:, 1, 2]
+    return np.stack([np.stack([a11, a12, b1], -1), np.stack([a21, a22, b2], -1)], 1)
+
+
+def _fixed_point_terms(bp: WarpBatchParams, can_transform: bool, can_flip: bool) -> tuple[np.ndarray, np.ndarray]:
     """cv2.warpAffine's separable fixed-point terms: X0 (N, 2, w) = round((M1·y + M2)·1024) + 16 and
-    AD (N, 2, w) = round(M0·x·1024) with the flipped x, for the x and y source coordinates (int32)."""
+    AD (N, 2, w) = round(M0·x·1024) with the flipped x, for the x and y source coordinates (int32).
+
+    numpy, not torch: these are small arrays, and a torch op here can leave torch's OpenMP workers
+    spinning on the cores the kernel's threads are about to use (measured 3x slower on 2 cores)."""
     w, n = bp.w, bp.n
     if can_transform:
-        minv = _invert_affine(bp.rmat).cpu()
+        minv = _invert_affine_np(bp.rmat.detach().cpu().numpy().astype(np.float64))
     else:
-        minv = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64).expand(n, 2, 3)
+        minv = np.broadcast_to(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (n, 2, 3))
     scale = float(1 << _AB_BITS)
     delta = float(1 << (_AB_BITS - _INTER_BITS - 1))
-    idx = torch.arange(w, dtype=torch.float64)
-    xo = idx.expand(n, w)
+    idx = np.arange(w, dtype=np.float64)
+    xo = np.broadcast_to(idx, (n, w))
     if can_flip:
-        xo = torch.where(bp.flip.cpu()[:, None], (w - 1) - idx[None, :], xo)
-    x0 = torch.round((minv[:, :, 1, None] * idx + minv[:, :, 2, None]) * scale) + delta  # (N, 2, w)
-    ad = torch.round(minv[:, :, 0, None] * xo[:, None, :] * scale)  # (N, 2, w)
-    return x0.to(torch.int32).contiguous(), ad.to(torch.int32).contiguous()
+        xo = np.where(bp.flip.cpu().numpy()[:, None], (w - 1) - idx[None, :], xo)
+    x0 = np.rint((minv[:, :, 1, None] * idx + minv[:, :, 2, None]) * scale) + delta  # (N, 2, w), half to even
+    ad = np.rint(minv[:, :, 0, None] * xo[:, None, :] * scale)  # (N, 2, w)
+    return np.ascontiguousarray(x0, dtype=np.int32), np.ascontiguousarray(ad, dtype=np.int32)
 
 
 def warp_cpu(images: torch.Tensor, bp: WarpBatchParams, can_warp: bool, can_transform: bool, can_flip: bool,
@@ -157,13 +171,14 @@ def warp_cpu(images: torch.Tensor, bp: WarpBatchParams, can_warp: bool, can_tran
         flags |= F_WARP | F_ZEROS  # the remap's zero border is the last stage before the source
         if can_transform and not border_replicate:
             flags |= F_COVER
-        nodes = (((bp.nodes.cpu().double() + 1) * w - 1) / 2).float().contiguous()  # (N, 2, 9, 9) pixels
+        nodes_n = bp.nodes.detach().cpu().numpy().astype(np.float64)  # normalised
+        nodes = np.ascontiguousarray(((nodes_n + 1) * w - 1) / 2, dtype=np.float32)  # (N, 2, 9, 9) pixels
     elif not border_replicate:
         flags |= F_ZEROS
 
     def run(y0: int, y1: int) -> int:
-        return lib.warp_rows(src.data_ptr(), out.data_ptr(), c, w, 0, n, y0, y1, x0.data_ptr(), ad.data_ptr(),
-                             nodes.data_ptr() if nodes is not None else None, flags)
+        return lib.warp_rows(src.data_ptr(), out.data_ptr(), c, w, 0, n, y0, y1, x0.ctypes.data, ad.ctypes.data,
+                             nodes.ctypes.data if nodes is not None else None, flags)
 
     threads = max(1, min(torch.get_num_threads(), w))
     if threads == 1:
@@ -177,5 +192,6 @@ def warp_cpu(images: torch.Tensor, bp: WarpBatchParams, can_warp: bool, can_tran
         bounds = [round(i * w / chunks) for i in range(chunks + 1)]
         rcs = list(_pool.map(lambda i: run(bounds[i], bounds[i + 1]), range(chunks)))
     if any(rc != 0 for rc in rcs):
-        raise RuntimeError(f"warp: C kernel returned {rcs}")
+        raise RuntimeError(f"warp: the C kernel refused the call (codes {sorted(set(rcs))}: -1 grid warp needs "
+                           f"w % 8 == 0, -2 w > 16384); w = {w}")
     return out

@@ -19,8 +19,10 @@ All three of DFL's cell sizes (w/2, w/4, w/8) are represented exactly on the fin
 Where this differs from DFL's two-pass result (and why it is bounded):
 - Interior: two-pass interpolates the *remapped image* at q (cubic), one-pass samples the source at
   the *continuous map* m(q). Both approximate the same continuous warp; the difference is
-  interpolation error of the remapped image (largest where the source has high-frequency content),
-  not a systematic shift. Measured and bounded in tests/kernels/test_warp.py.
+  interpolation error of the remapped image (largest where the source has high-frequency content and
+  at the grid's cell boundaries, where the remapped image has kinks), not a systematic shift.
+  Measured on a smooth image away from zero borders (25 seeds): max 0.019 at res ≤ 64, 0.011 at 128,
+  0.005 at 256 (values in [0, 1]); whole-image mean ≤ 0.0065. Bounded in tests/kernels/test_warp.py.
 - Replicate border (images): two-pass replicates the edge pixels of the remapped image; one-pass
   clamps q to [0, w-1] before evaluating the map, i.e. replicates the map's edge *coordinates*. Same
   value for q far outside; within ~2 px of the edge the cubic taps differ (two-pass mixes clamped
@@ -43,6 +45,10 @@ Exact cases (no composition): no grid warp (targets and masks, §12.8: transform
 reproduce cv2.warpAffine's coordinates bit for bit and its border semantics (tap clamp for
 replicate, tap zero for constant), so they match DFL to float rounding of the interpolation sums;
 no warp and no transform is a pure copy (plus flip).
+
+Implementations of the same contract: compose_grid + sample_torch here (torch, any device; the
+oracle for the others), kernels/warp/cpu.py (the composition and sampling fused in C, the CPU fast
+path) and kernels/warp/op.py (the Triton sampler, CUDA).
 
 Coordinates are carried in grid_sample's normalised convention (align_corners=False): a source pixel
 coordinate s in a w-wide image is ``(2s + 1)/w − 1``; bilinear interpolation of normalised node
@@ -141,11 +147,12 @@ class WarpBatchParams:
         k = np.arange(G_NODES)
         a = np.minimum(k * c, w - 1)
         b = np.where(k * c + 1 > w - 1, w - 2, k * c + 1)
-        maps = np.stack([np.stack([p["mapx"], p["mapy"]]) for p in params_list]).astype(np.float64)  # (N, 2, w, w)
-        f_aa = maps[:, :, a[:, None], a[None, :]]
-        f_ab = maps[:, :, a[:, None], b[None, :]]
-        f_ba = maps[:, :, b[:, None], a[None, :]]
-        f_bb = maps[:, :, b[:, None], b[None, :]]
+        rows = np.concatenate([a, b])  # only these 18 rows/columns of each map are read
+        sub = np.stack([np.stack([np.asarray(p[k])[rows[:, None], rows[None, :]] for k in ("mapx", "mapy")])
+                        for p in params_list]).astype(np.float64)  # (N, 2, 18, 18)
+        g = G_NODES
+        f_aa, f_ab = sub[:, :, :g, :g], sub[:, :, :g, g:]
+        f_ba, f_bb = sub[:, :, g:, :g], sub[:, :, g:, g:]
         nodes = 2.25 * f_aa - 0.75 * f_ab - 0.75 * f_ba + 0.25 * f_bb  # (N, 2, 9, 9) pixel units
         nodes = (2.0 * nodes + 1.0) / w - 1.0
         rmat = np.stack([np.asarray(p["rmat"], dtype=np.float64) for p in params_list])

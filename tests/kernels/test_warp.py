@@ -442,7 +442,7 @@ def test_errors_name_the_problem():
                 warp_batch(x, plist, True, True, True, True, impl="triton")
 
 
-@pytest.mark.parametrize("res,n,c", [(64, 3, 3), (80, 2, 1), (256, 1, 3), (128, 2, 3)])
+@pytest.mark.parametrize("res,n,c", [(64, 3, 3), (80, 2, 1), (160, 1, 3), (128, 2, 1)])
 def test_cpu_kernel_matches_torch_path(res, n, c):
     """The C kernel (impl="fast" on CPU) against fast.compose_grid + sample_torch, every flag combination."""
     from kernels.warp import cpu
