@@ -5,7 +5,7 @@ Images are BGR float32 in [0, 1], (H, W, 3); masks (H, W, 1). R is the model res
 
 merge_face(img_bgr, landmarks, cfg, prediction):
  1. hull = landmark hull of the frame (§6.5).
- 2. face_mat = get_transform_mat(lm, R, face_type); face_output_mat the same with scale
+ 2-3. face_mat = get_transform_mat(lm, R, face_type); face_output_mat the same with scale
     1 + output_face_scale/100; face_mask_output_mat the latter at 4R (mask_subres_size).
  4. dst_face = clip(warpAffine(frame, face_mat, R, CUBIC)); the hull is warped the same way.
  5. The predictor saw resize(dst_face, R) (`predictor_input`); its three outputs are clipped to [0, 1].
@@ -32,7 +32,11 @@ MergeMasked: each face is merged into the ORIGINAL frame; results are composited
 Checked against DFL's recorded MergeMaskedFace (golden merge/: overlay, overlay with defaults, hist-match,
 seamless, raw-rgb, raw-predict): bit-identical outputs and inner calls when fed DFL's transforms. Details
 that golden pinned down: inverse warps have a zero constant border; the binary area mask keeps the cubic
-resize's negative ringing; hist-match's second image is not clipped.
+resize's negative ringing; hist-match's second image is not clipped; cv2.seamlessClone writes into its
+mask argument. Not covered by the golden (no recorded case): mask modes 0/1/3/5-9, output_face_scale,
+the colour transfers other than rct (each is golden-tested alone in tests/data), seamless-hist-match and
+the post-processing filters (motion blur, blur/sharpen, denoise, bicubic and colour degrade), which follow
+spec §10.2 steps 10.7-10.8.
 
 Deviations:
 - DFL's idt / sot draw from numpy's global RNG; here `rng` (per frame, seeded) makes merges reproducible.

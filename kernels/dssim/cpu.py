@@ -23,18 +23,15 @@ compiler `available()` is False and dispatch falls back to the reference (auto) 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
+from kernels import cbuild
 
 from .reference import gaussian_1d
 
@@ -50,54 +47,8 @@ _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("TORCHSAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchsae")
-    return Path(root) / "kernels"
-
-
-def _cpu_id() -> str:
-    # -march=native: the library is only valid for this CPU model and its feature flags.
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip()
-                if key in ("model name", "flags") and key not in found:
-                    found[key] = line.strip()
-                if len(found) == 2:
-                    break
-    except OSError:
-        pass
-    return "|".join(found.values()) or platform.processor() or platform.machine()
-
-
-def _compiler() -> str | None:
-    cc = os.environ.get("CC") or "cc"
-    return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
-
-
 def _build() -> ctypes.CDLL:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(CFLAGS).encode(), "".join(version).encode(),
-                                     _cpu_id().encode(), platform.machine().encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"dssim_cpu_{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Build to a private temp file then rename: concurrent processes (pytest-xdist, DDP ranks) never
-        # load a half-written library.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        proc = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"building {SOURCE.name} with {cc} failed:\n{proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, out)
-        log.info("dssim: built the CPU kernel %s", out)
-    lib = ctypes.CDLL(str(out))
+    lib = cbuild.build(SOURCE, CFLAGS, op="dssim")
     f = lib.dssim_planes
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,

@@ -16,13 +16,8 @@ uses the torch path (grid_sample).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kernels import cbuild
 from kernels.warp.fast import _AB_BITS, _INTER_BITS, WarpBatchParams
 
 log = logging.getLogger("torchsae.kernels")
@@ -45,47 +41,8 @@ _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("TORCHSAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchsae")
-    return Path(root) / "kernels"
-
-
-def _cpu_id() -> str:
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip()
-                if key in ("model name", "flags") and key not in found:
-                    found[key] = line.strip()
-                if len(found) == 2:
-                    break
-    except OSError:
-        pass
-    return "|".join(found.values()) or platform.processor() or platform.machine()
-
-
 def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or "cc"
-    cc = shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(CFLAGS).encode(), "".join(version).encode(),
-                                     _cpu_id().encode(), platform.machine().encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"warp_cpu_{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # private temp file then rename: concurrent processes never load a half-written library
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        proc = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            os.unlink(tmp)
-            raise RuntimeError(f"building {SOURCE.name} with {cc} failed:\n{proc.stderr.strip()[-2000:]}")
-        os.replace(tmp, out)
-        log.info("warp: built the CPU kernel %s", out)
-    lib = ctypes.CDLL(str(out))
+    lib = cbuild.build(SOURCE, CFLAGS, ldflags=("-lm",), op="warp")
     f = lib.warp_rows
     f.restype = ctypes.c_int
     f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,

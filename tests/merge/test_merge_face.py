@@ -248,3 +248,18 @@ def test_config_validation_and_recipe_defaults():
         config_from_spec(MergeSpec(), "f", {"blurr": 3})
     with pytest.raises(TorchSAEError, match="mark_only"):
         MergeConfig.make(face_type="mark_only")
+
+
+def test_motion_vectors_from_neighbouring_frames():
+    from engine.merge.sources import motion_vectors
+
+    right = [[landmarks_at(80 + 5 * i, 80, 0.5)] for i in range(4)]  # 5 px/frame to the right
+    mv = motion_vectors(right)
+    # central difference next - prev (the first/last frame use themselves as prev/next), angle -atan2(dy, dx)
+    np.testing.assert_allclose([p for p, _ in mv], [5, 10, 10, 5], atol=0.05)
+    np.testing.assert_allclose([d for _, d in mv], 0, atol=0.5)
+    down = motion_vectors([[landmarks_at(100, 60 + 4 * i, 0.5)] for i in range(3)])
+    assert down[1][0] == pytest.approx(8, abs=0.05) and down[1][1] == pytest.approx(-90, abs=0.5)
+    gap = motion_vectors([right[0], [], right[2], right[3]])
+    assert gap[0] == gap[1] == gap[2] == (0.0, 0.0) and gap[3][0] == pytest.approx(5, abs=0.05)
+    assert motion_vectors([right[0], right[1] * 2, right[2]]) == [(0.0, 0.0)] * 3  # several faces: off, as DFL

@@ -1,0 +1,71 @@
+"""Build a kernel's plain-C source into a cached shared library (shared by kernels/*/cpu.py).
+
+Plain C with no torch headers builds in a fraction of a second with gcc (a torch C++ extension took 80 s
+here). The library is cached under $TORCHSAE_CACHE (default ~/.cache/torchsae)/kernels/, keyed by the
+source, the flags, the compiler version and the CPU (kernels are built with -march=native). Builds go to a
+private temp file and are renamed into place, so concurrent processes (pytest-xdist, DDP ranks, loader
+workers) never load a half-written library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("torchsae.kernels")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TORCHSAE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchsae")
+    return Path(root) / "kernels"
+
+
+def cpu_id() -> str:
+    """Model name + feature flags: a -march=native library is only valid for this CPU."""
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags") and key not in found:
+                    found[key] = line.strip()
+                if len(found) == 2:
+                    break
+    except OSError:
+        pass
+    return "|".join(found.values()) or platform.processor() or platform.machine()
+
+
+def compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
+
+
+def build(source: Path, cflags: list[str], *, ldflags: tuple[str, ...] = (), op: str) -> ctypes.CDLL:
+    """Compile `source` (once per key) and load it; RuntimeError with the compiler's output on failure."""
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(cflags).encode(), "".join(version).encode(),
+                                     cpu_id().encode(), platform.machine().encode()])).hexdigest()[:16]
+    out = cache_dir() / f"{source.stem}_{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        proc = subprocess.run([cc, *cflags, str(source), "-o", tmp, *ldflags], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"building {source.name} with {cc} failed:\n{proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+        log.info("%s: built the CPU kernel %s", op, out)
+    return ctypes.CDLL(str(out))
