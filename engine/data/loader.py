@@ -65,7 +65,8 @@ def _identity(x: Any) -> Any:
 
 
 def _worker_init(_worker_id: int) -> None:
-    # One OpenCV thread per worker: the workers already use the cores (torch is set to 1 by DataLoader).
+    # Spawned workers (fresh processes): one OpenCV thread each, the workers already use the cores (torch
+    # is set to 1 thread by DataLoader). Never called in forked workers, see FaceLoader._start.
     cv2.setNumThreads(1)
 
 
@@ -104,13 +105,28 @@ class FaceLoader:
         planner = copy.deepcopy(self._planner)
         planner.load_state_dict(self._state)
         self._stream = _PlanStream(planner, self.rank, self.world_size)
+        method = self.multiprocessing_context or torch.multiprocessing.get_start_method()
+        forked = self.workers > 0 and method == "fork"
         dl = torch.utils.data.DataLoader(
             self.batches, batch_size=None, sampler=self._stream, num_workers=self.workers,
-            collate_fn=_identity, pin_memory=self.pin_memory, worker_init_fn=_worker_init if self.workers else None,
+            collate_fn=_identity, pin_memory=self.pin_memory,
+            worker_init_fn=_worker_init if self.workers and not forked else None,
             prefetch_factor=self.prefetch_factor if self.workers else None,
             multiprocessing_context=self.multiprocessing_context if self.workers else None,
         )
-        self._it = iter(dl)
+        if not forked:
+            self._it = iter(dl)
+            return
+        # OpenCV's thread pool is not fork-safe: a forked child that touches it (cv2.setNumThreads, or any
+        # parallel cv2 call) can wait forever on a condition variable whose waiters were the parent's
+        # pool threads. Workers forked while OpenCV is single-threaded inherit numThreads = 1 and run
+        # every cv2 call inline, never touching the pool; the parent gets its setting back right after.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            self._it = iter(dl)  # forks the workers
+        finally:
+            cv2.setNumThreads(threads)
 
     def __iter__(self) -> FaceLoader:
         return self

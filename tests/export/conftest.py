@@ -15,17 +15,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """torch with one intra-op thread while these tests run (restored after each module): on the shared
-    2-core machine OpenMP's spinning threads make tiny convs ~100x slower under load, and the tests
-    compare numbers, not speed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def spread(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
