@@ -33,9 +33,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from engine.graph import describe, render
 
+    from engine.train.cli import FLAG_KEYS
+
     d = describe(recipe)
+    # the original TorchSAE CLI's train flags and the resolved recipe values they set
+    d["train_flags"] = {f"--{flag.replace('_', '-')}": {"key": key, "value": _value(recipe, key)}
+                        for flag, key in FLAG_KEYS.items()}
     if args.json:
         print(json.dumps(d, indent=1))
     else:
+        flags = d.pop("train_flags")
         print(render(d), end="")
+        print("\ntrain flags (torchsae train ... --flag VALUE sets the recipe key):")
+        for flag, kv in flags.items():
+            print(f"  {flag:<16} {kv['key']:<22} = {kv['value']!r}")
     return 0
+
+
+def _value(recipe, key: str):
+    table, field = key.split(".")
+    return getattr(getattr(recipe, table), field)
