@@ -114,8 +114,9 @@ def step_flops(trainer, batch: Mapping[str, torch.Tensor]) -> int:
     """FLOPs of one generator step's forward + backward (torch.utils.flop_counter.FlopCounterMode).
 
     Counts what FlopCounterMode has formulas for: convolutions (forward, grad input where the input
-    requires grad, grad weight) and matmuls (dense layers); elementwise ops, DSSIM and the optimizer add
-    none. The same sequence as SAEHDStep's generator part (forward_train → saehd_losses → G_loss.sum()
+    requires grad, grad weight) and matmuls (dense layers) of the model, plus the loss's two depthwise
+    mask blurs (no grad); elementwise ops, the fast DSSIM kernel (an opaque custom op) and the optimizer
+    add none. The same sequence as SAEHDStep's generator part (forward_train → saehd_losses → G_loss.sum()
     .backward()), run eagerly in fp32 (the count does not depend on amp or compile) through the class's
     forward_train, so a compiled trainer is counted too. Gradients are cleared afterwards; weights are
     untouched.

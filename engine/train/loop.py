@@ -417,9 +417,15 @@ class Trainer:
     # ------------------------------------------------------------------ one step with the guard
     def train_one(self, batch: dict) -> dict[str, float]:
         t0 = time.perf_counter()
+        scale = self.scaler.get_scale() if self.scaler is not None else None
         res = self.step_fn(batch)
         losses = dict(res.losses)
         losses["grad_norm"] = res.grad_norm
+        if scale is not None and self.scaler.get_scale() < scale:
+            # fp16: the grad scaler found inf/nan in the scaled gradients, skipped the update and lowered its
+            # scale (calibration, not divergence): retry with the next batch without counting a bad step
+            log.debug("step %d: fp16 gradient overflow, loss scale %g -> %g", self.step, scale, self.scaler.get_scale())
+            return losses
         bad = self.g_opt.skipped or not all(math.isfinite(v) for v in losses.values())
         if bad:
             self.bad_steps += 1

@@ -166,3 +166,44 @@ def test_latent_distillation_from_a_teacher(facesets, tmp_path):
     assert s["final_losses"]["latent_distill"] > 0
     g = s["final_losses"]
     assert g["G_loss"] == pytest.approx(g["src_loss"] + g["dst_loss"] + g["latent_distill"], rel=1e-5)
+
+
+def test_ctrl_c_saves_and_stops(facesets, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    a, b = facesets
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "engine", "train", str(ROOT / "recipes" / "tests" / "tiny_df.toml"), f"data.src='{a}'",
+           f"data.dst='{b}'", "data.workers=0", f"train.run_dir='{run}'", "train.target_iter=0",
+           "train.save_every_steps=0", "train.preview_every=1000", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "latest").exists():  # DFL's first save after step 1
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Ctrl-C" in out
+    step = ck.load_model_payload(run)["step"]
+    assert step >= 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == step and summary["checkpoint"].endswith(f"step_{step:08d}")
+
+
+@pytest.mark.parametrize("amp,compile_mode", [("bf16", "off"), ("fp16", "off"), ("off", "default")])
+def test_amp_and_compile_train(amp, compile_mode, facesets, tmp_path):
+    # bf16/fp16 autocast (DSSIM accumulates in fp32; fp16 uses a grad scaler) and torch.compile run the real loop
+    r = _load(ROOT / "recipes" / "tests" / "tiny_df.toml", facesets, tmp_path / "run", f"train.amp='{amp}'",
+              f"compile.mode='{compile_mode}'", "train.target_iter=2")
+    s = train(r, progress=False)  # fp16: the grad scaler's overflow steps (scale calibration) are retried
+    assert s["step"] == 2 and s["skipped_steps"] == 0
+    assert np.isfinite(s["final_losses"]["G_loss"])
+    if amp == "fp16":
+        assert "scaler" in _state(tmp_path / "run")
