@@ -240,6 +240,10 @@ class Trainer:
             raise TorchSAEError(f"[train].batch_size = {r.train.batch_size} is not divisible by the {info.world} "
                                 "DDP ranks (the global batch is split evenly)")
         seed_everything(r.train.seed, r.train.deterministic)
+        # Flush denormals to zero, as TensorFlow does on its CPU threads (so DFL did too): AdaBelief's and
+        # RMSprop's second moments of small gradients fall into the denormal range, where x86 arithmetic is
+        # ~10x slower (measured: AdaBelief step on the quickstart model 1.9-2.2 s -> 0.2-0.3 s).
+        torch.set_flush_denormal(True)
         run = Path(run_dir or r.train.run_dir or Path("runs") / r.name)
         pretrain = schedules.pretrain_at(r.train.pretrain, r.schedule, 0)
         random_warp = schedules.random_warp_at(r.data.random_warp, r.schedule, 0) and not pretrain

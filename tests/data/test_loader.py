@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
+import cv2
 import pytest
 import torch
 
-from engine.data.dataset import BATCH_KEYS, write_synthetic_faceset
+from engine.data.dataset import BATCH_KEYS, SAEHDBatches, write_synthetic_faceset
 from engine.data.loader import build_loader
 from engine.errors import CheckpointError, DataError
 from engine.recipe.specs import DataSpec
@@ -67,6 +69,35 @@ def test_dfl_mode_is_deterministic_and_resumable(root):
         assert all(_equal(x, next(b)) for x in first)
     with _loader(root, kw, workers=0, seed=8) as c:
         assert not _equal(next(c), first[0])
+
+
+class _ThreadProbe(SAEHDBatches):
+    def __getitem__(self, plan):
+        out = super().__getitem__(plan)
+        out["_cv2_threads"] = cv2.getNumThreads()
+        return out
+
+
+def test_forked_workers_never_touch_opencvs_thread_pool(root, tmp_path, monkeypatch):
+    """OpenCV's pool is not fork-safe: a forked worker that called cv2.setNumThreads hung for ever on a
+    condition variable of the parent's pool threads. Workers are forked while OpenCV is single-threaded
+    (they run cv2 inline), no worker changes OpenCV's threads, and the parent gets its setting back."""
+    calls = tmp_path / "calls"
+    real = cv2.setNumThreads
+
+    def recording(n):
+        with open(calls, "a") as f:
+            f.write(f"{os.getpid()} {n}\n")
+        real(n)
+
+    before = cv2.getNumThreads()
+    monkeypatch.setattr(cv2, "setNumThreads", recording)
+    with _loader(root, workers=2) as a:
+        a.batches.__class__ = _ThreadProbe
+        assert next(a)["_cv2_threads"] == 1
+        next(a)
+    assert {line.split()[0] for line in calls.read_text().splitlines()} == {str(os.getpid())}
+    assert cv2.getNumThreads() == before
 
 
 def test_ddp_shards_make_up_the_global_batch(root):
