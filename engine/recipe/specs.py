@@ -53,7 +53,8 @@ class DataSpec:
                                   dfl="random_hsv_power")
     ct_mode: str = opt("none", type=str, choices=CT_MODES, help="colour transfer of src samples to random dst",
                        dfl="ct_mode")
-    uniform_yaw: bool = opt(False, type=bool, help="sample src faces uniformly over yaw", dfl="uniform_yaw")
+    uniform_yaw: bool = opt(False, type=bool, help="sample faces uniformly over yaw (both sides, as DFL)",
+                            dfl="uniform_yaw")
     pipeline: str = opt("fast", type=str, choices=("fast", "dfl"),
                         help="fast: batched torch augmentation; dfl: DFL's per-sample numpy/cv2 path (oracle)")
     workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
