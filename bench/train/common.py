@@ -142,20 +142,44 @@ def conv_flops(n: int, c_in: int, c_out: int, h_out: int, w_out: int, k: int) ->
     return 2 * n * c_out * h_out * w_out * c_in * k * k
 
 
+def busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: user + nice + system + irq +
+    softirq + steal, all cores); None where /proc/stat is unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
 class CallTimer:
-    """Wraps `fn`; every call appends its wall time (perf_counter) and the process CPU time (all threads,
-    time.process_time) to `wall` / `cpu`."""
+    """Wraps `fn`; every call appends its wall time (perf_counter), this process's CPU time (all threads,
+    time.process_time) and the CPU time *other* processes used meanwhile (machine busy time from
+    /proc/stat minus ours; NaN without /proc) to `wall` / `cpu` / `others`.
+
+    A call is *quiet* when the others used less than 10% of its wall time — DFL's own criterion for its
+    recorded "quiet" iterations (golden/perf), so quiet medians compare like for like."""
+
+    QUIET_FRACTION = 0.1
 
     def __init__(self, fn: Callable[[], Any]):
         self.fn = fn
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.others: list[float] = []
 
     def __call__(self) -> Any:
-        c0, t0 = time.process_time(), time.perf_counter()
+        b0, c0, t0 = busy_cpu_s(), time.process_time(), time.perf_counter()
         out = self.fn()
-        self.wall.append(time.perf_counter() - t0)
-        self.cpu.append(time.process_time() - c0)
+        wall, cpu, b1 = time.perf_counter() - t0, time.process_time() - c0, busy_cpu_s()
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+        # /proc/stat ticks at 1/CLK_TCK (10 ms): clamp the rounding below zero
+        self.others.append(max(0.0, b1 - b0 - cpu) if b0 is not None and b1 is not None else float("nan"))
         return out
 
     def medians(self, last: int | None = None) -> tuple[float, float]:
@@ -165,6 +189,16 @@ class CallTimer:
         if not w:
             raise ValueError("CallTimer: no calls recorded")
         return statistics.median(w), statistics.median(c)
+
+    def quiet(self, last: int | None = None) -> tuple[int, float | None, float]:
+        """(number of quiet calls, their median wall time or None, median others' CPU s per call) over the
+        last `last` calls."""
+        w = self.wall[-last:] if last else self.wall
+        o = self.others[-last:] if last else self.others
+        if not w:
+            raise ValueError("CallTimer: no calls recorded")
+        q = [wi for wi, oi in zip(w, o) if oi < self.QUIET_FRACTION * wi]
+        return len(q), (statistics.median(q) if q else None), statistics.median(o)
 
 
 def load_avg() -> tuple[float, float, float] | None:
@@ -181,10 +215,15 @@ def conv_row(provider: str, *, flops: int, wall_s: float, cpu_s: float, threads:
 
 
 def result_row(cfg: BenchConfig, variant: str, *, wall_s: float, cpu_s: float, flops: int,
-               load_before, load_after, threads: int) -> dict[str, Any]:
-    """One row of the ours-vs-DFL table. vs_dfl_* > 1 means faster than DFL (DFL time / our time)."""
+               load_before, load_after, threads: int, others_s: float = float("nan"), quiet_n: int = 0,
+               quiet_s: float | None = None, rounds: int = 0) -> dict[str, Any]:
+    """One row of the ours-vs-DFL table. vs_dfl_* > 1 means faster than DFL (DFL time / our time).
+    others_s: median CPU s other processes used per step; quiet_n of `rounds` steps were quiet, with
+    median wall quiet_s (None if none was)."""
     d = cfg.dfl
     return {
+        "others_s": others_s, "quiet_n": quiet_n, "quiet_s": quiet_s, "rounds": rounds,
+        "vs_dfl_quiet": d["median_s"] / quiet_s if quiet_s else None,
         "config": cfg.key, "group": cfg.group, "variant": variant, "median_s": wall_s, "cpu_s": cpu_s,
         "steps_per_s": 1.0 / wall_s, "gflop": flops / 1e9, "gflops": flops / 1e9 / wall_s,
         "gflops_cpu_threads": flops / 1e9 * threads / cpu_s if cpu_s > 0 else float("nan"),
@@ -200,21 +239,27 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     lines = ["train suite: ours vs DFL's recorded step (DFL: same CPU, quiet, load ~0.7; ratios > 1 = we are faster)",
-             f"  {'config':<9}{'variant':<14}{'s/step':>8}{'steps/s':>9}{'vs DFL':>8}{'CPU s':>8}{'vs DFL':>8}"
-             f"{'GFLOP/s':>9}{'thr':>5}  load 1-min before→after"]
+             f"  {'config':<9}{'variant':<14}{'s/step':>8}{'vs DFL':>8}{'quiet s':>9}{'vs DFL':>8}{'CPU s':>7}"
+             f"{'vs DFL':>8}{'GFLOP/s':>9}{'thr':>4}{'others':>8}  load 1-min"]
     seen = set()
     for r in rows:
         if r["config"] not in seen:
             seen.add(r["config"])
-            lines.append(f"  {r['config']:<9}{'DFL (TF)':<14}{r['dfl_median_s']:8.3f}{1 / r['dfl_median_s']:9.3f}"
-                         f"{1.0:7.2f}x{r['dfl_cpu_s']:8.2f}{1.0:7.2f}x{r['dfl_gflops']:9.1f}{2:5d}  (recorded)")
+            lines.append(f"  {r['config']:<9}{'DFL (TF)':<14}{r['dfl_median_s']:8.3f}{1.0:7.2f}x{r['dfl_median_s']:9.3f}"
+                         f"{1.0:7.2f}x{r['dfl_cpu_s']:7.2f}{1.0:7.2f}x{r['dfl_gflops']:9.1f}{2:4d}{'~0':>8}  (recorded)")
         lb = r["load_before"][0] if r["load_before"] else float("nan")
         la = r["load_after"][0] if r["load_after"] else float("nan")
-        lines.append(f"  {r['config']:<9}{r['variant']:<14}{r['median_s']:8.3f}{r['steps_per_s']:9.3f}"
-                     f"{r['vs_dfl_wall']:7.2f}x{r['cpu_s']:8.2f}{r['vs_dfl_cpu']:7.2f}x{r['gflops']:9.1f}"
-                     f"{r['threads']:5d}  {lb:.2f}→{la:.2f}")
-    lines.append("  s/step, GFLOP/s: wall-clock medians; CPU s: process CPU time per step (all threads), the "
-                 "figure to compare on a loaded machine. GFLOP/s counts convolutions + matmuls (FlopCounterMode).")
+        if r["quiet_s"]:
+            quiet = f"{r['quiet_s']:9.3f}{r['vs_dfl_quiet']:7.2f}x"
+        else:
+            quiet = f"{'-':>9}{'-':>8}"
+        lines.append(f"  {r['config']:<9}{r['variant']:<14}{r['median_s']:8.3f}{r['vs_dfl_wall']:7.2f}x{quiet}"
+                     f"{r['cpu_s']:7.2f}{r['vs_dfl_cpu']:7.2f}x{r['gflops']:9.1f}{r['threads']:4d}"
+                     f"{r['others_s']:8.2f}  {lb:.2f}→{la:.2f}")
+    lines.append("  s/step, GFLOP/s: wall-clock medians. quiet s: median over the steps during which other processes "
+                 "used < 10% of the wall time (DFL's criterion; '-': none was quiet). CPU s: this process's CPU time "
+                 "per step (all threads). others: CPU s per step used by other processes meanwhile. GFLOP/s counts "
+                 "convolutions + matmuls (FlopCounterMode).")
     return "\n".join(lines)
 
 

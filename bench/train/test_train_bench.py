@@ -13,9 +13,11 @@ Providers:
 One item = one training step (items/s = steps/s). Every step is the real `Trainer.train_one` (SAEHDStep:
 forward_train → saehd_losses with the fast DSSIM path → backward → NaN guard → DFL RMSprop/AdaBelief)
 on a fixed synthetic batch (the loader is suite "data"), after checking that the model has exactly
-DFL's trainable parameter count. extra_info also carries the process CPU time per step, the FLOPs of
-one forward+backward (FlopCounterMode: convs + matmuls) and GFLOP/s, the thread count, OMP_WAIT_POLICY
-and the load average before/after; the run ends with an ours-vs-DFL table of all of it.
+DFL's trainable parameter count. extra_info also carries the process CPU time per step, the CPU time
+other processes used meanwhile and the median of the "quiet" steps (others < 10% of the wall time, DFL's
+criterion for its recording), the FLOPs of one forward+backward (FlopCounterMode: convs + matmuls) and
+GFLOP/s, the thread count, OMP_WAIT_POLICY and the load average before/after; the run ends with an
+ours-vs-DFL table of all of it (bench/train/conftest.py).
 
 Plus "conv2d fwd 256→256 3x3 32x32 b8": one plain convolution, fp32 (reference) / bf16, NCHW /
 channels_last — the machine's practical convolution peak, for context.
@@ -71,13 +73,16 @@ def test_train_step(benchmark, tag, tmp_path, config, variant):
     bm.pedantic(timer, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP[mode])
     assert t.skipped == 0 and t.step == ROUNDS + WARMUP[mode], "a benchmarked step was skipped (non-finite)"
     wall, cpu = timer.medians(ROUNDS)
+    quiet_n, quiet_s, others = timer.quiet(ROUNDS)
     row = result_row(cfg, variant, wall_s=wall, cpu_s=cpu, flops=flops, load_before=load_before,
-                     load_after=load_avg(), threads=torch.get_num_threads())
+                     load_after=load_avg(), threads=torch.get_num_threads(), others_s=others, quiet_n=quiet_n,
+                     quiet_s=quiet_s, rounds=ROUNDS)
     RESULTS.append(row)
     bm.extra_info.update(
         amp=amp, compile=mode, cpu_s=cpu, gflop=row["gflop"], gflops=row["gflops"], vs_dfl_wall=row["vs_dfl_wall"],
         vs_dfl_cpu=row["vs_dfl_cpu"], threads=row["threads"], omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-        load_before=load_before, load_after=row["load_after"], trainable_params=n_train,
+        load_before=load_before, load_after=row["load_after"], trainable_params=n_train, others_cpu_s=others,
+        quiet_steps=quiet_n, quiet_median_s=quiet_s,
         first_call_s=timer.wall[0])
     del t, timer
     if mode != "off":

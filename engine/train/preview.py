@@ -54,6 +54,18 @@ def loss_graph(history: np.ndarray, width: int, height: int = GRAPH_H) -> np.nda
     return img
 
 
+def _fit_label(name: str, width: int) -> tuple[list[str], float]:
+    """The column label as 1–3 lines (split at '_') and the largest font scale (0.3..0.45) that fits."""
+    parts = name.split("_")
+    for n_lines in (1, 2, 3):
+        per = -(-len(parts) // n_lines)
+        lines = ["_".join(parts[i:i + per]) for i in range(0, len(parts), per)]
+        for scale in (0.45, 0.4, 0.35, 0.3):
+            if all(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= width - 4 for t in lines):
+                return lines, scale
+    return lines, 0.3
+
+
 def compose(columns: dict[str, np.ndarray], *, step: int, history: np.ndarray | None = None,
             loss_names: tuple[str, ...] = ()) -> np.ndarray:
     """columns: name -> (n, H, W, 3) float BGR in [0,1]. Returns a uint8 BGR image with labels on top,
@@ -63,10 +75,15 @@ def compose(columns: dict[str, np.ndarray], *, step: int, history: np.ndarray | 
     grid = np.concatenate([np.concatenate([np.clip(columns[c][i], 0, 1) for c in names], axis=1) for i in range(n)],
                           axis=0)
     width = grid.shape[1]
-    label = np.full((24, width, 3), 0.15, np.float32)
-    scale = max(0.3, min(0.5, ww / 200))
-    for j, name in enumerate(names):
-        cv2.putText(label, name, (j * ww + 3, 16), cv2.FONT_HERSHEY_SIMPLEX, scale, (1, 1, 1), 1, cv2.LINE_AA)
+    lines = [_fit_label(name, ww) for name in names]
+    common = min(sc for _, sc in lines)  # one font size for every column
+    lines = [(ls, common) for ls, _ in lines]
+    rows = max(len(ls) for ls, _ in lines)
+    label = np.full((8 + 12 * rows + 4, width, 3), 0.15, np.float32)
+    for j, (ls, sc) in enumerate(lines):
+        for k, text in enumerate(ls):
+            cv2.putText(label, text, (j * ww + 2, 14 + 12 * k), cv2.FONT_HERSHEY_SIMPLEX, sc, (1, 1, 1), 1,
+                        cv2.LINE_AA)
     graph = loss_graph(history, width)
     text = f"Iter: {step}" + ("  " + "  ".join(loss_names) if loss_names else "")
     cv2.putText(graph, text, (4, GRAPH_H - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (1, 1, 1), 1, cv2.LINE_AA)

@@ -82,8 +82,22 @@ def test_tiny_trainer_step_flops_and_timer(tmp_path, monkeypatch):
     assert t.step == 2 and t.skipped == 0
     assert any(not torch.equal(a, p) for a, p in zip(before, (p for p in t.model.parameters() if p.requires_grad)))
     wall, cpu = timer.medians()
-    assert len(timer.wall) == len(timer.cpu) == 2 and wall > 0 and cpu > 0
+    assert len(timer.wall) == len(timer.cpu) == len(timer.others) == 2 and wall > 0 and cpu > 0
+    assert all(o >= 0 for o in timer.others)
     assert common.trainable_params(t.model) == sum(p.numel() for p in t.model.parameters() if p.requires_grad)
+
+
+def test_call_timer_quiet_uses_dfls_ten_percent_criterion():
+    timer = common.CallTimer(lambda: None)
+    # (wall, others' CPU): quiet when others < 0.1 * wall -> calls 1 and 3 (0.05 < 0.1, 0.0 < 0.3)
+    timer.wall, timer.cpu, timer.others = [1.0, 2.0, 3.0, 4.0], [1.0] * 4, [0.05, 0.5, 0.0, 0.4]
+    assert timer.quiet() == (2, 2.0, 0.225)
+    assert timer.quiet(last=2) == (1, 3.0, 0.2)
+    assert timer.medians(last=3) == (3.0, 1.0)
+    timer.others = [1.0] * 4
+    assert timer.quiet()[:2] == (0, None)
+    with pytest.raises(ValueError, match="no calls"):
+        common.CallTimer(lambda: None).medians()
 
 
 def test_bench_configs_match_dfl_recordings(tmp_path):
@@ -106,13 +120,19 @@ def test_result_row_ratios_and_table():
     d = cfg.dfl
     # half DFL's time and CPU, 2 GFLOP per step: ratios 2.0, GFLOP/s = 2 / t
     row = common.result_row(cfg, "eager-bf16", wall_s=d["median_s"] / 2, cpu_s=d["median_process_cpu_s"] / 2,
-                            flops=2_000_000_000, load_before=(1.0, 1.0, 1.0), load_after=(1.5, 1.0, 1.0), threads=2)
+                            flops=2_000_000_000, load_before=(1.0, 1.0, 1.0), load_after=(1.5, 1.0, 1.0), threads=2,
+                            others_s=0.01, quiet_n=2, quiet_s=d["median_s"] / 4, rounds=3)
     assert row["vs_dfl_wall"] == pytest.approx(2.0) and row["vs_dfl_cpu"] == pytest.approx(2.0)
+    assert row["vs_dfl_quiet"] == pytest.approx(4.0)
     assert row["gflops"] == pytest.approx(2.0 / (d["median_s"] / 2))
     assert row["gflops_cpu_threads"] == pytest.approx(2.0 * 2 / (d["median_process_cpu_s"] / 2))
     text = common.format_table([row])
     line = next(ln for ln in text.splitlines() if "eager-bf16" in ln)
-    assert re.search(r"\s2\.00x.*\s2\.00x", line) and "1.00→1.50" in line
+    assert re.search(r"\s2\.00x.*\s4\.00x.*\s2\.00x", line) and "1.00→1.50" in line
+    noisy = common.result_row(cfg, "eager-fp32", wall_s=1.0, cpu_s=1.0, flops=1, load_before=None,
+                              load_after=None, threads=1, others_s=0.9, quiet_n=0, quiet_s=None, rounds=3)
+    assert noisy["vs_dfl_quiet"] is None
+    assert re.search(r"eager-fp32.*x\s+-\s+-\s", common.format_table([noisy]))
     assert any("DFL (TF)" in ln and f"{d['median_s']:.3f}" in ln for ln in text.splitlines())
     conv = common.conv_row("bf16", flops=4_000_000_000, wall_s=0.5, cpu_s=1.0, threads=2, load=(3.0, 2.0, 1.0))
     assert conv["gflops"] == pytest.approx(8.0) and conv["gflops_cpu_threads"] == pytest.approx(8.0)
