@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 log = logging.getLogger("torchsae.kernels")
@@ -69,3 +70,28 @@ def build(source: Path, cflags: list[str], *, ldflags: tuple[str, ...] = (), op:
         os.replace(tmp, out)
         log.info("%s: built the CPU kernel %s", op, out)
     return ctypes.CDLL(str(out))
+
+
+class LazyLibrary:
+    """A kernel library built and loaded on first use, once per process (thread-safe). A build or load
+    failure is remembered: `get()` then returns None and `reason` says why (callers fall back or raise)."""
+
+    def __init__(self, build_fn, op: str, fallback: str):
+        self._build_fn, self._op, self._fallback = build_fn, op, fallback
+        self._lib: ctypes.CDLL | None = None
+        self.reason: str = ""
+        self._lock = threading.Lock()
+        self._tried = False
+
+    def get(self) -> ctypes.CDLL | None:
+        if self._tried:
+            return self._lib
+        with self._lock:
+            if not self._tried:
+                try:
+                    self._lib = self._build_fn()
+                except Exception as e:  # noqa: BLE001 - any build/load failure means "no C kernel"
+                    self.reason = str(e)
+                    log.info("%s: C kernel unavailable (%s); %s", self._op, self.reason, self._fallback)
+                self._tried = True
+        return self._lib

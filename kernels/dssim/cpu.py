@@ -41,8 +41,6 @@ SOURCE = Path(__file__).with_name("dssim_cpu.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
 
@@ -57,17 +55,11 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+_LIB = cbuild.LazyLibrary(_build, "dssim", "auto dispatch uses the reference")
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _error
-    if _lib is not None or _error is not None:
-        return _lib
-    with _lock:
-        if _lib is None and _error is None:
-            try:
-                _lib = _build()
-            except Exception as e:  # noqa: BLE001 - any build/load failure means "no fast CPU path"
-                _error = str(e)
-    return _lib
+    return _LIB.get()
 
 
 def available() -> bool:
@@ -77,7 +69,7 @@ def available() -> bool:
 
 def unavailable_reason() -> str:
     _load()
-    return _error or ""
+    return _LIB.reason
 
 
 def _threads(nplanes: int) -> int:
@@ -94,7 +86,7 @@ def dssim_fused(img1: torch.Tensor, img2: torch.Tensor, filter_sizes: list[int],
     global _pool, _pool_pid
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"dssim: the fast CPU kernel is unavailable: {_error}")
+        raise RuntimeError(f"dssim: the fast CPU kernel is unavailable: {_LIB.reason}")
     x = img1.contiguous()
     y = img2.contiguous()
     n, c, h, w = x.shape

@@ -35,8 +35,6 @@ CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-math-err
 F_CUBIC, F_ZEROS, F_COVER, F_WARP = 1, 2, 4, 8
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
 
@@ -50,18 +48,11 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+_LIB = cbuild.LazyLibrary(_build, "warp", "using torch.grid_sample")
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _error
-    if _lib is not None or _error is not None:
-        return _lib
-    with _lock:
-        if _lib is None and _error is None:
-            try:
-                _lib = _build()
-            except Exception as e:  # noqa: BLE001 - any build/load failure means "no C kernel"
-                _error = str(e)
-                log.info("warp: C kernel unavailable (%s); using torch.grid_sample", _error)
-    return _lib
+    return _LIB.get()
 
 
 def available() -> bool:
@@ -71,7 +62,7 @@ def available() -> bool:
 
 def unavailable_reason() -> str:
     _load()
-    return _error or ""
+    return _LIB.reason
 
 
 def _invert_affine_np(m: np.ndarray) -> np.ndarray:
@@ -113,7 +104,7 @@ def warp_cpu(images: torch.Tensor, bp: WarpBatchParams, can_warp: bool, can_tran
     global _pool, _pool_pid
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"warp: the C kernel is unavailable: {_error}")
+        raise RuntimeError(f"warp: the C kernel is unavailable: {_LIB.reason}")
     if bp.rw is not None:
         raise ValueError("warp_cpu: params with rw set must be handled at w (resize first)")
     n, c, h, w = images.shape

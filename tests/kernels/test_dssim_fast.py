@@ -15,6 +15,7 @@ import torch
 
 import kernels.dispatch as dispatch
 import kernels.dssim as K
+from kernels import cbuild
 from kernels.dispatch import KernelChoiceError, KernelUnavailableError
 from kernels.dssim import cpu, op, reference as R
 
@@ -183,8 +184,7 @@ def test_opcheck_fast():
 def test_compile_fullgraph_traces_the_custom_op(monkeypatch):
     # Even when the first DSSIM call of the process happens while tracing (the C library not loaded yet):
     # the dispatch decision runs at trace time (assume_constant_result) instead of being traced.
-    monkeypatch.setattr(cpu, "_lib", None)
-    monkeypatch.setattr(cpu, "_error", None)
+    monkeypatch.setattr(cpu, "_LIB", cbuild.LazyLibrary(cpu._build, "dssim", "reference"))  # not loaded yet
     graphs = []
 
     def backend(gm, example_inputs):  # records what dynamo captured, runs it eagerly
@@ -259,8 +259,10 @@ def test_triton_requested_without_cuda_raises(monkeypatch):
 
 def test_without_a_compiler_auto_falls_back_and_explicit_raises(monkeypatch, caplog):
     monkeypatch.delenv("TORCHSAE_KERNELS", raising=False)
-    monkeypatch.setattr(cpu, "_lib", None)
-    monkeypatch.setattr(cpu, "_error", "no C compiler found (set CC, or install gcc)")
+    def no_compiler():
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+
+    monkeypatch.setattr(cpu, "_LIB", cbuild.LazyLibrary(no_compiler, "dssim", "reference"))
     monkeypatch.setattr(dispatch, "_logged", set())
     x = torch.rand(1, 1, 8, 8)
     with caplog.at_level(logging.INFO, logger="torchsae.kernels"):
