@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +33,6 @@ SOURCE = Path(__file__).with_name("warp_cpu.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-math-errno", "-fno-trapping-math"]
 F_CUBIC, F_ZEROS, F_COVER, F_WARP = 1, 2, 4, 8
 
-_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
 
