@@ -13,7 +13,8 @@ autocast dtype: convolutions, matmuls and activations in bf16; DSSIM, the loss s
 optimizer in fp32 (engine.train.step). Per step it records src_loss, dst_loss, G_loss, grad_norm and the
 step time of each run, and writes:
   <out>/compare_amp.json   the config, both loss curves, final-loss figures and ratios, timings, machine
-  <out>/compare_amp.png    src and dst loss of both runs (raw: thin; moving average: thick), cv2-drawn
+  <out>/compare_amp.png    src and dst loss of both runs (per step and moving average) and the relative
+                           gap of the moving averages, cv2-drawn (`--replot <json>` redraws it)
 Final loss is compared as the mean over the last `--tail` steps (single steps are noisy: every batch is
 different), as bf16 / fp32 ratios.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import machine  # noqa: E402
 from engine import recipe as recipe_mod  # noqa: E402
 from engine.errors import DataError  # noqa: E402
 from engine.train.loop import Trainer  # noqa: E402
@@ -52,28 +53,30 @@ def model_overrides(a: argparse.Namespace) -> list[str]:
             "train.target_iter=0", f"data.workers={a.workers}"]
 
 
-def facesets(kind: str, tmp: Path) -> tuple[Path, Path, str]:
-    """(src, dst, description). kind: demo | synthetic | auto (demo if present)."""
+def facesets(kind: str, tmp: Path, n_synthetic: int = 48) -> tuple[Path, Path, str]:
+    """(src, dst, description). kind: demo | synthetic | auto (demo if present); synthetic: n faces each."""
     src, dst = DEMO / "data_src" / "aligned", DEMO / "data_dst" / "aligned"
     have_demo = src.is_dir() and dst.is_dir() and any(src.glob("*.jpg")) and any(dst.glob("*.jpg"))
     if kind == "demo" and not have_demo:
         raise DataError(f"--data demo: no aligned faces in {src} and {dst} (run `make data`, or use "
                         "--data synthetic / auto)")
     if kind in ("demo", "auto") and have_demo:
-        return src, dst, f"demo workspace ({len(list(src.glob('*.jpg')))} src / {len(list(dst.glob('*.jpg')))} dst faces)"
+        n_src, n_dst = len(list(src.glob("*.jpg"))), len(list(dst.glob("*.jpg")))
+        return src, dst, f"demo workspace ({n_src} src / {n_dst} dst faces)"
     from engine.data.dataset import write_synthetic_faceset
 
-    write_synthetic_faceset(tmp / "src", 48, size=256, face_type="wf", seed=1, xseg_every=4)
-    write_synthetic_faceset(tmp / "dst", 48, size=256, face_type="wf", seed=2)
-    return tmp / "src", tmp / "dst", "synthetic faceset (48 src / 48 dst, 256 px, engine.data.dataset)"
+    write_synthetic_faceset(tmp / "src", n_synthetic, size=256, face_type="wf", seed=1, xseg_every=4)
+    write_synthetic_faceset(tmp / "dst", n_synthetic, size=256, face_type="wf", seed=2)
+    return (tmp / "src", tmp / "dst",
+            f"synthetic faceset ({n_synthetic} src / {n_synthetic} dst, 256 px, engine.data.dataset)")
 
 
 def build(a: argparse.Namespace, src: Path, dst: Path, amp: str, run_dir: Path) -> Trainer:
-    base = ROOT / "recipes" / "quickstart.toml"
+    # df128.toml is DFL's default SAEHD configuration (loss, data options); the model is resized here
+    base = ROOT / "recipes" / "df128.toml"
     r = recipe_mod.load(base, [*model_overrides(a), f"data.src='{src}'", f"data.dst='{dst}'", f"train.amp='{amp}'",
                                f"train.run_dir='{run_dir}'"])
-    t = Trainer.create(r)
-    return t
+    return Trainer.create(r)
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
@@ -84,54 +87,76 @@ def moving_average(x: np.ndarray, k: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def draw(curves: dict[str, dict[str, list[float]]], path: Path, title: str, smooth: int) -> None:
-    """Two panels (src_loss, dst_loss), both runs in each, with axes ticks and a legend; cv2 only."""
+def _panel(img, x0, y0, w, h, series: dict[str, np.ndarray], title: str, fmt: str, widths: dict[str, int],
+           zero_line: bool = False) -> None:
+    """One plot: a frame, 5 y ticks, 6 x ticks (1-based steps), each series as a polyline."""
     import cv2
 
-    pw, ph, ml, mr, mt, mb = 620, 380, 70, 20, 50, 45
-    img = np.full((ph + 60, 2 * pw, 3), 255, np.uint8)
-    cv2.putText(img, title, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    allv = np.concatenate(list(series.values()))
+    lo, hi = float(np.percentile(allv, 0.5)), float(np.percentile(allv, 99.5))
+    if zero_line:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi <= lo:
+        hi = lo + 1e-6
+    n = max(len(v) for v in series.values())
+
+    def pt(i, v):
+        return (int(x0 + w * i / max(1, n - 1)), int(y0 + h - h * (min(max(v, lo), hi) - lo) / (hi - lo)))
+
+    cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), (0, 0, 0), 1)
+    for k in range(5):
+        v = lo + (hi - lo) * k / 4
+        y = pt(0, v)[1]
+        cv2.line(img, (x0 - 4, y), (x0 + w, y), (225, 225, 225), 1)
+        cv2.putText(img, fmt.format(v), (x0 - 66, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
+    if zero_line:
+        cv2.line(img, pt(0, 0.0), pt(n - 1, 0.0), (120, 120, 120), 1)
+    for k in range(6):
+        i = int(round((n - 1) * k / 5))
+        cv2.putText(img, str(i + 1), (pt(i, lo)[0] - 10, y0 + h + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60),
+                    1, cv2.LINE_AA)
+    cv2.putText(img, title, (x0, y0 - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for name, v in series.items():
+        color = COLORS.get(name.split()[0], (0, 0, 0))
+        if name.endswith("raw"):
+            color = tuple(int(c + (255 - c) * 0.7) for c in color)
+        pts = np.array([pt(i, x) for i, x in enumerate(v)], np.int32)
+        cv2.polylines(img, [pts], False, color, widths.get(name, 1), cv2.LINE_AA)
+
+
+def draw(curves: dict[str, dict[str, list[float]]], path: Path, title: str, smooth: int) -> None:
+    """2×2 panels, cv2 only. Top: src_loss / dst_loss of both runs (per step: pale; `smooth`-step trailing
+    mean: bold; bf16 drawn wide under a thin fp32 line so both stay visible where they coincide). Bottom:
+    the relative gap of the trailing means, (bf16 / fp32 − 1) in %."""
+    import cv2
+
+    pw, ph, ml, mr, mt, mb = 640, 330, 76, 20, 34, 36
+    img = np.full((60 + 2 * ph, 2 * pw, 3), 255, np.uint8)
+    cv2.putText(img, title, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     for col, key in enumerate(("src_loss", "dst_loss")):
-        x0, y0 = col * pw + ml, 60 + mt - 20
-        w, h = pw - ml - mr, ph - mt - mb
-        series = {run: np.asarray(c[key], np.float64) for run, c in curves.items()}
-        allv = np.concatenate(list(series.values()))
-        lo, hi = float(np.percentile(allv, 0.5)), float(np.percentile(allv, 99.5))
-        if hi <= lo:
-            hi = lo + 1e-6
-        n = max(len(v) for v in series.values())
-
-        def pt(i, v):
-            return (int(x0 + w * i / max(1, n - 1)), int(y0 + h - h * (min(max(v, lo), hi) - lo) / (hi - lo)))
-
-        cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), (0, 0, 0), 1)
-        for k in range(5):  # y ticks
-            v = lo + (hi - lo) * k / 4
-            y = pt(0, v)[1]
-            cv2.line(img, (x0 - 4, y), (x0 + w, y), (225, 225, 225), 1)
-            cv2.putText(img, f"{v:.3f}", (x0 - 62, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1, cv2.LINE_AA)
-        for k in range(6):  # x ticks
-            i = int(round((n - 1) * k / 5))
-            x = pt(i, lo)[0]
-            cv2.putText(img, str(i + 1), (x - 10, y0 + h + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (60, 60, 60), 1,
-                        cv2.LINE_AA)
-        cv2.putText(img, f"{key} (thin: per step, thick: {smooth}-step mean)", (x0, y0 - 8),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        for run, v in series.items():
-            color = COLORS[run]
-            light = tuple(int(c + (255 - c) * 0.65) for c in color)
-            cv2.polylines(img, [np.array([pt(i, x) for i, x in enumerate(v)], np.int32)], False, light, 1, cv2.LINE_AA)
-            sm = moving_average(v, smooth)
-            cv2.polylines(img, [np.array([pt(i, x) for i, x in enumerate(sm)], np.int32)], False, color, 2, cv2.LINE_AA)
-        for j, run in enumerate(series):
-            ly = y0 + 15 + 18 * j
-            cv2.line(img, (x0 + w - 120, ly - 4), (x0 + w - 95, ly - 4), COLORS[run], 2)
-            cv2.putText(img, run, (x0 + w - 88, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, "step", (x0 + w // 2 - 15, y0 + h + 36), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        x0, w, h = col * pw + ml, pw - ml - mr, ph - mt - mb
+        raw = {run: np.asarray(c[key], np.float64) for run, c in curves.items()}
+        sm = {run: moving_average(v, smooth) for run, v in raw.items()}
+        top = {"bf16 raw": raw["bf16"], "fp32 raw": raw["fp32"], "bf16": sm["bf16"], "fp32": sm["fp32"]}
+        _panel(img, x0, 40 + mt, w, h, top, f"{key}: per step (pale), {smooth}-step mean (bold)", "{:.3f}",
+               {"bf16": 4, "fp32": 1})
+        for j, run in enumerate(("fp32", "bf16")):
+            ly = 40 + mt + 16 + 18 * j
+            cv2.line(img, (x0 + w - 110, ly - 4), (x0 + w - 85, ly - 4), COLORS[run], 3)
+            cv2.putText(img, run, (x0 + w - 78, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        gap = {"bf16": 100.0 * (sm["bf16"] / sm["fp32"] - 1.0)}
+        _panel(img, x0, 40 + ph + mt, w, h, gap, f"{key}: bf16 / fp32 - 1 of the {smooth}-step means, %", "{:+.2f}%",
+               {"bf16": 2}, zero_line=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
+    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise OSError(f"compare_amp: could not write {path}")
+
+
+def _title(doc: dict) -> str:
+    m, r = doc["model"], doc["final_ratio_bf16_over_fp32"]
+    return (f"df-ud res{m['resolution']} {m['ae_dims']}/{m['e_dims']}/{m['d_dims']}/{m['d_mask_dims']} b{m['batch']} "
+            f"rmsprop, {doc['steps']} steps, same seed + batches | final ({doc['tail']}-step mean) bf16/fp32: "
+            f"src {r['src_loss']:.4f}, dst {r['dst_loss']:.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "compare_amp")
     ap.add_argument("--data", choices=("auto", "demo", "synthetic"), default="auto")
+    ap.add_argument("--faces", type=int, default=48, help="faces per side of the synthetic faceset")
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--ae", type=int, default=64)
     ap.add_argument("--e", type=int, default=16)
@@ -150,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--tail", type=int, default=50, help="steps averaged for the final-loss comparison")
     ap.add_argument("--smooth", type=int, default=20, help="moving-average window of the plot")
+    ap.add_argument("--replot", type=Path, help="only redraw the PNG beside this compare_amp.json (no training)")
     a = ap.parse_args(argv)
+    if a.replot is not None:
+        doc = json.loads(a.replot.read_text())
+        out = a.replot.with_suffix(".png")
+        draw(doc["curves"], out, _title(doc), a.smooth)
+        print(f"wrote {out}")
+        return 0
     if a.steps < 2 or a.tail < 1:
         ap.error(f"--steps must be >= 2 and --tail >= 1, got {a.steps} and {a.tail}")
     tail = min(a.tail, a.steps)
@@ -159,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        src, dst, data_desc = facesets(a.data, tmp)
+        src, dst, data_desc = facesets(a.data, tmp, a.faces)
         runs = {"fp32": build(a, src, dst, "off", tmp / "fp32"), "bf16": build(a, src, dst, "bf16", tmp / "bf16")}
         sd32, sd16 = runs["fp32"].model.state_dict(), runs["bf16"].model.state_dict()
         if not all(torch.equal(sd32[k], sd16[k]) for k in sd32):
@@ -179,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                     losses = t.train_one(batch)
                     times[run].append(time.perf_counter() - t0)
                     for k in CURVES:
-                        curves[run][k].append(float(losses[k]))
+                        curves[run][k].append(round(float(losses[k]), 7))  # 7 decimals: ~1e-7 of a loss ~1
                 if (step + 1) % 50 == 0 or step + 1 == a.steps:
                     print(f"step {step + 1}/{a.steps}: " + "  ".join(
                         f"{run} src {curves[run]['src_loss'][-1]:.4f} dst {curves[run]['dst_loss'][-1]:.4f}"
@@ -205,15 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         "last_step_ratio_bf16_over_fp32": last_ratio, "mean_rel_abs_gap_per_step": gap, "skipped_steps": skipped,
         "median_step_s": {run: statistics.median(v[min(3, len(v) - 1):]) for run, v in times.items()},
         "curves": curves,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": {"cpu": machine()["cpu"], "cores": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
                     "load_avg_end": os.getloadavg() if hasattr(os, "getloadavg") else None},
     }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "compare_amp.json").write_text(json.dumps(doc, indent=1) + "\n")
-    title = (f"df-ud res{a.res} {a.ae}/{a.e}/{a.d}/{a.dm} b{a.batch} rmsprop, {a.steps} steps, same seed + batches | "
-             f"final ({tail}-step mean) bf16/fp32: src {ratio['src_loss']:.3f}, dst {ratio['dst_loss']:.3f}")
-    draw(curves, a.out / "compare_amp.png", title, a.smooth)
+    draw(curves, a.out / "compare_amp.png", _title(doc), a.smooth)
     print(json.dumps({k: doc[k] for k in ("final_tail_mean", "final_ratio_bf16_over_fp32",
                                           "last_step_ratio_bf16_over_fp32", "mean_rel_abs_gap_per_step",
                                           "median_step_s", "skipped_steps")}, indent=1))

@@ -30,12 +30,35 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 DFL_RECORDED: dict[str, Any] = json.loads((Path(__file__).with_name("dfl_recorded.json")).read_text())
 
-# variant name -> ([train].amp, [compile].mode); eager first so a module-level FLOP cache fills cheaply
-VARIANTS: dict[str, tuple[str, str]] = {
-    "eager-fp32": ("off", "off"),
-    "eager-bf16": ("bf16", "off"),
-    "compile-fp32": ("off", "default"),
-    "compile-bf16": ("bf16", "default"),
+
+@attrs.frozen
+class Variant:
+    """How a benchmarked trainer runs: [train].amp, [compile].mode, [compile].channels_last."""
+
+    amp: str
+    compile: str
+    channels_last: bool = False
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        return (f"train.amp='{self.amp}'", f"compile.mode='{self.compile}'",
+                f"compile.channels_last={'true' if self.channels_last else 'false'}")
+
+    @property
+    def warmup(self) -> int:
+        """Steps before timing: eager 1 (oneDNN primitive caches, optimizer state allocation); compiled 2
+        (the first call compiles forward and backward, the second still pays one-off allocations)."""
+        return 1 if self.compile == "off" else 2
+
+
+VARIANTS: dict[str, Variant] = {
+    "eager-fp32": Variant("off", "off"),
+    "eager-bf16": Variant("bf16", "off"),
+    # channels_last model weights (the recipe option): tracks the NHWC path, which oneDNN's AMX bf16 convs
+    # prefer (see docs/train_perf.md: it pays off once depth_to_space keeps the format)
+    "eager-bf16-cl": Variant("bf16", "off", channels_last=True),
+    "compile-fp32": Variant("off", "default"),
+    "compile-bf16": Variant("bf16", "default"),
 }
 
 # Results of this process's benchmarks, printed as the ours-vs-DFL and conv-peak tables at the end of the pytest run
@@ -73,15 +96,14 @@ CONFIGS: dict[str, BenchConfig] = {
 
 
 def load_recipe(cfg: BenchConfig, variant: str, *, run_dir: str | Path, extra: tuple[str, ...] = ()):
-    """The recipe of `cfg` with `variant`'s amp/compile settings, on CPU, run folder `run_dir` (never written
-    by the benchmark: nothing is saved)."""
+    """The recipe of `cfg` with `variant`'s amp/compile/channels_last settings, on CPU, run folder `run_dir`
+    (never written by the benchmark: nothing is saved)."""
     from engine import recipe
 
     if variant not in VARIANTS:
         raise KeyError(f"unknown variant {variant!r} (valid: {', '.join(VARIANTS)})")
-    amp, mode = VARIANTS[variant]
-    return recipe.load(ROOT / cfg.recipe, [*cfg.overrides, f"train.amp='{amp}'", f"compile.mode='{mode}'",
-                                           "train.device='cpu'", f"train.run_dir='{run_dir}'", *extra])
+    return recipe.load(ROOT / cfg.recipe, [*cfg.overrides, *VARIANTS[variant].overrides, "train.device='cpu'",
+                                           f"train.run_dir='{run_dir}'", *extra])
 
 
 def make_trainer(r):
@@ -245,8 +267,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["config"] not in seen:
             seen.add(r["config"])
-            lines.append(f"  {r['config']:<9}{'DFL (TF)':<14}{r['dfl_median_s']:8.3f}{1.0:7.2f}x{r['dfl_median_s']:9.3f}"
-                         f"{1.0:7.2f}x{r['dfl_cpu_s']:7.2f}{1.0:7.2f}x{r['dfl_gflops']:9.1f}{2:4d}{'~0':>8}  (recorded)")
+            lines.append(f"  {r['config']:<9}{'DFL (TF)':<14}{r['dfl_median_s']:8.3f}{1.0:7.2f}x"
+                         f"{r['dfl_median_s']:9.3f}{1.0:7.2f}x{r['dfl_cpu_s']:7.2f}{1.0:7.2f}x{r['dfl_gflops']:9.1f}"
+                         f"{2:4d}{'~0':>8}  (recorded)")
         lb = r["load_before"][0] if r["load_before"] else float("nan")
         la = r["load_after"][0] if r["load_after"] else float("nan")
         if r["quiet_s"]:

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave torch's default)")
     ap.add_argument("--steps", type=int, default=1, help="profiled steps")
     ap.add_argument("--warmup", type=int, default=0, help="steps before profiling (default: 1 eager, 2 compiled)")
-    ap.add_argument("--override", action="append", default=[], help="extra recipe override, e.g. compile.channels_last=true")
+    ap.add_argument("--override", action="append", default=[],
+                    help="extra recipe override, e.g. compile.channels_last=true")
     ap.add_argument("--top", type=int, default=0, help="also print the profiler's top-N ops by self time")
     args = ap.parse_args(argv)
     if args.threads:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         t = make_trainer(r)
         batch = synthetic_batch(r.train.batch_size, r.model.resolution)
         timer = CallTimer(lambda: t.train_one(batch))
-        for _ in range(args.warmup or (2 if VARIANTS[args.variant][1] != "off" else 1)):
+        for _ in range(args.warmup or VARIANTS[args.variant].warmup):
             timer()
         from torch.profiler import ProfilerActivity, profile
 

@@ -8,6 +8,7 @@ Providers:
                  the recorded median), so the harness's "vs reference" column reads "ours vs DFL"
   eager-fp32     Trainer with [train].amp = "off", [compile].mode = "off"
   eager-bf16     amp = "bf16" (autocast; DSSIM and the optimizer stay fp32)
+  eager-bf16-cl  amp = "bf16", [compile].channels_last = true (NHWC weights and activations)
   compile-fp32   [compile].mode = "default" (torch.compile of model.forward_train, as the trainer does)
   compile-bf16   both
 One item = one training step (items/s = steps/s). Every step is the real `Trainer.train_one` (SAEHDStep:
@@ -24,7 +25,8 @@ channels_last — the machine's practical convolution peak, for context.
 
 Knobs (environment): TORCHSAE_BENCH_TRAIN_ROUNDS (timed steps per figure, default 3),
 TORCHSAE_BENCH_TRAIN_THREADS (torch.set_num_threads, default torch's choice). Runtime on the 2-core dev
-box: about 4-6 min quiet (the four torch.compile builds dominate; inductor's cache makes reruns faster).
+box: about 5 min quiet with inductor's cache warm; cold, each of the four compiled figures adds 1-3 min.
+Results and analysis: docs/train_perf.md.
 """
 
 from __future__ import annotations
@@ -40,9 +42,6 @@ from bench.train.common import (CONFIGS, CONV_RESULTS, RESULTS, VARIANTS, CallTi
                                 load_recipe, make_trainer, result_row, step_flops, synthetic_batch, trainable_params)
 
 ROUNDS = int(os.environ.get("TORCHSAE_BENCH_TRAIN_ROUNDS", "3"))
-# warm-up steps before timing: eager 1 (oneDNN primitive caches, optimizer state allocation); compiled 2
-# (the first call compiles forward and backward, the second still pays one-off allocations)
-WARMUP = {"off": 1, "default": 2}
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -58,7 +57,7 @@ def test_dfl_recorded_step(benchmark, tag, config):
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_train_step(benchmark, tag, tmp_path, config, variant):
     cfg = CONFIGS[config]
-    amp, mode = VARIANTS[variant]
+    v = VARIANTS[variant]
     load_before = load_avg()
     r = load_recipe(cfg, variant, run_dir=tmp_path / "run")
     t = make_trainer(r)
@@ -70,8 +69,8 @@ def test_train_step(benchmark, tag, tmp_path, config, variant):
     flops = step_flops(t, batch)
     timer = CallTimer(lambda: t.train_one(batch))
     bm = tag(cfg.group, variant, items=1)
-    bm.pedantic(timer, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP[mode])
-    assert t.skipped == 0 and t.step == ROUNDS + WARMUP[mode], "a benchmarked step was skipped (non-finite)"
+    bm.pedantic(timer, rounds=ROUNDS, iterations=1, warmup_rounds=v.warmup)
+    assert t.skipped == 0 and t.step == ROUNDS + v.warmup, "a benchmarked step was skipped (non-finite)"
     wall, cpu = timer.medians(ROUNDS)
     quiet_n, quiet_s, others = timer.quiet(ROUNDS)
     row = result_row(cfg, variant, wall_s=wall, cpu_s=cpu, flops=flops, load_before=load_before,
@@ -79,13 +78,13 @@ def test_train_step(benchmark, tag, tmp_path, config, variant):
                      quiet_s=quiet_s, rounds=ROUNDS)
     RESULTS.append(row)
     bm.extra_info.update(
-        amp=amp, compile=mode, cpu_s=cpu, gflop=row["gflop"], gflops=row["gflops"], vs_dfl_wall=row["vs_dfl_wall"],
-        vs_dfl_cpu=row["vs_dfl_cpu"], threads=row["threads"], omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-        load_before=load_before, load_after=row["load_after"], trainable_params=n_train, others_cpu_s=others,
-        quiet_steps=quiet_n, quiet_median_s=quiet_s,
+        amp=v.amp, compile=v.compile, channels_last=v.channels_last, cpu_s=cpu, gflop=row["gflop"],
+        gflops=row["gflops"], vs_dfl_wall=row["vs_dfl_wall"], vs_dfl_cpu=row["vs_dfl_cpu"], threads=row["threads"],
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), load_before=load_before, load_after=row["load_after"],
+        trainable_params=n_train, others_cpu_s=others, quiet_steps=quiet_n, quiet_median_s=quiet_s,
         first_call_s=timer.wall[0])
     del t, timer
-    if mode != "off":
+    if v.compile != "off":
         torch._dynamo.reset()  # drop this model's compiled graphs before the next figure
     gc.collect()
 

@@ -169,3 +169,16 @@ def test_adapter_starts_as_identity_and_keeps_shape():
     torch.testing.assert_close(Adapter((40,), "dense")(flat), flat)
     with pytest.raises(ValueError, match="needs a \\(C, H, W\\)"):
         Adapter((40,), "conv1x1")
+
+
+def test_depth_to_space_keeps_channels_last_with_identical_values():
+    import torch
+
+    from engine.modules.layers import depth_to_space
+
+    x = torch.randn(2, 4 * 3, 5, 7)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    out, out_c = depth_to_space(x), depth_to_space(xc)
+    assert torch.equal(out, out_c) and out_c.is_contiguous(memory_format=torch.channels_last)
+    # DCR: out[n, c, 2h+i, 2w+j] = x[n, (2i+j)*C + c, h, w]
+    assert out[1, 2, 2 * 3 + 1, 2 * 4 + 0] == x[1, (2 * 1 + 0) * 3 + 2, 3, 4]

@@ -62,7 +62,10 @@ def _analytic_step_flops(model: nn.Module, batch) -> int:
 def test_tiny_trainer_step_flops_and_timer(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHSAE_KERNELS", "fast")  # DSSIM as an opaque kernel (no convs to count)
     r = common.load_recipe(TINY, "eager-bf16", run_dir=tmp_path / "run")
-    assert (r.train.amp, r.compile.mode, r.train.device) == ("bf16", "off", "cpu")
+    assert (r.train.amp, r.compile.mode, r.compile.channels_last, r.train.device) == ("bf16", "off", False, "cpu")
+    cl = common.load_recipe(TINY, "eager-bf16-cl", run_dir=tmp_path / "run")
+    assert (cl.train.amp, cl.compile.mode, cl.compile.channels_last) == ("bf16", "off", True)
+    assert [v.warmup for v in common.VARIANTS.values()] == [1, 1, 1, 2, 2]
     t = common.make_trainer(r)
     batch = common.synthetic_batch(r.train.batch_size, r.model.resolution)
     flops = common.step_flops(t, batch)
@@ -152,3 +155,31 @@ def test_profile_categories_follow_the_enclosing_region():
     assert categorize(_ev("aten::copy_", _ev("aten::clone", _ev("aten::contiguous", bwd)))) == "layout"
     assert categorize(_ev("aten::mkldnn_convolution", _ev("aten::convolution"))) == "conv forward"
     assert categorize(_ev("aten::copy_", _ev("aten::_to_copy", _ev("aten::to")))) == "casts"
+
+
+def test_compare_amp_script_writes_curves_and_plot(tmp_path):
+    import importlib.util
+    import json
+
+    import cv2
+
+    path = common.ROOT / "scripts" / "compare_amp.py"
+    spec = importlib.util.spec_from_file_location("compare_amp", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "out"
+    rc = mod.main(["--steps", "3", "--tail", "2", "--data", "synthetic", "--faces", "4", "--ae", "32", "--e", "8",
+                   "--d", "8", "--dm", "8", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "compare_amp.json").read_text())
+    assert doc["steps"] == 3 and doc["skipped_steps"] == {"fp32": 0, "bf16": 0}
+    for run in ("fp32", "bf16"):
+        assert all(len(doc["curves"][run][k]) == 3 for k in mod.CURVES)
+    # identical start (same seed, same batch): the first step's losses differ only by bf16 rounding
+    s32, s16 = doc["curves"]["fp32"]["src_loss"][0], doc["curves"]["bf16"]["src_loss"][0]
+    assert s32 > 0 and abs(s16 / s32 - 1) < 0.02
+    tail = doc["final_tail_mean"]
+    assert doc["final_ratio_bf16_over_fp32"]["dst_loss"] == pytest.approx(
+        tail["bf16"]["dst_loss"] / tail["fp32"]["dst_loss"])
+    img = cv2.imread(str(out / "compare_amp.png"))
+    assert img is not None and img.shape[1] == 1280
