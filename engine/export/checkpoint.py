@@ -19,17 +19,13 @@ from pathlib import Path
 import attrs
 
 from engine.errors import CheckpointError, TorchSAEError
+from engine.train.checkpoint import run_dir_of
 
 log = logging.getLogger("torchsae.export")
 
 __all__ = ["load_for_inference", "latest_checkpoint", "run_dir_of", "default_export_path"]
 
 _NAME_RE = re.compile(r"^#\s*resolved recipe '([^']+)'", re.MULTILINE)
-
-
-def run_dir_of(recipe) -> Path:
-    """A recipe's run folder: ``[train].run_dir`` when set, else ``runs/<recipe name>`` (relative to the cwd)."""
-    return Path(recipe.train.run_dir) if recipe.train.run_dir else Path("runs") / recipe.name
 
 
 def latest_checkpoint(recipe_path: str | Path) -> Path:

@@ -39,9 +39,9 @@ RECIPE_FILE = "recipe.toml"
 LATEST = "latest"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def run_dir_of(recipe) -> Path:
+    """A recipe's run folder: ``[train].run_dir`` when set, else ``runs/<recipe name>`` (relative to the cwd)."""
+    return Path(recipe.train.run_dir) if recipe.train.run_dir else Path("runs") / recipe.name
 
 
 def _fsync_dir(path: Path) -> None:

@@ -248,7 +248,7 @@ class Trainer:
             # OpenMP's spin-waiting makes every parallel region wait for a descheduled thread when another
             # process holds a core (measured: df-ud res 128 fp32 9-11 s/step on 2 threads vs 4.5 s on 1)
             torch.set_num_threads(r.train.threads)
-        run = Path(run_dir or r.train.run_dir or Path("runs") / r.name)
+        run = Path(run_dir) if run_dir else ck.run_dir_of(r)
         pretrain = schedules.pretrain_at(r.train.pretrain, r.schedule, 0)
         random_warp = schedules.random_warp_at(r.data.random_warp, r.schedule, 0) and not pretrain
 
