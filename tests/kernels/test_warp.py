@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
 import cv2
@@ -468,3 +469,38 @@ def test_cpu_kernel_matches_torch_path(res, n, c):
                         # grid: map evaluated in pixels (C) vs normalised coordinates (torch), ~1e-5 px apart
                         _report(got.numpy(), want.numpy(), 2e-4 if w else EXACT,
                                 f"res {res} warp={w} transform={t} flip={f} border={b} cubic={cubic}")
+
+
+class _Built:
+    """Stands in for cpu._LIB with an already built library."""
+
+    def __init__(self, lib):
+        self.lib, self.reason = lib, ""
+
+    def get(self):
+        return self.lib
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_cpu_kernel_portable_build_matches_native(monkeypatch):
+    """warp_cpu.c built for baseline x86-64 (SSE2: no SSE3/FMA, so the scalar row4 and the one-pixel
+    cubic path run everywhere) against the -march=native build (4-pixel SIMD blocks): the same sums in
+    another order, so within float32 rounding."""
+    from kernels.warp import cpu
+
+    if not cpu.available():
+        pytest.skip(f"C kernel unavailable: {cpu.unavailable_reason()}")
+    portable = cpu._build([f for f in cpu.CFLAGS if f != "-march=native"] + ["-march=x86-64"])
+    cases = []
+    for res in (64, 160):
+        cases.append((res, random_warp_params(2, res, True, generator=torch.Generator().manual_seed(res))))
+    for res, bp in cases:
+        x = torch.rand(2, 3, res, res, generator=torch.Generator().manual_seed(res))
+        for w, t, b, cubic in [(True, True, True, True), (True, True, False, True), (False, True, True, True),
+                               (False, True, False, True), (False, True, False, False), (True, True, True, False)]:
+            native = cpu.warp_cpu(x, bp, w, t, True, b, cubic)
+            with monkeypatch.context() as m:
+                m.setattr(cpu, "_LIB", _Built(portable))
+                base = cpu.warp_cpu(x, bp, w, t, True, b, cubic)
+            assert float(native.abs().max()) > 0.1
+            _report(native.numpy(), base.numpy(), 1e-5, f"res {res} warp={w} transform={t} border={b} cubic={cubic}")
