@@ -2,7 +2,11 @@
 
 Reads a DFL SAEHD model (``<name>_SAEHD_data.dat`` + part files, or bare ``<part>.npy`` files with the
 network options given on the command line), checks every weight, and writes a single-file TorchSAE
-checkpoint (``engine.train.checkpoint.save_model_file``: model weights + the resolved recipe, step 0).
+checkpoint (``engine.train.checkpoint.save_model_file``: model weights + the resolved recipe, at DFL's
+iteration). When the folder has DFL's optimizer file (``<name>_SAEHD_src_dst_opt.npy``) its state is
+checked and stored too. The resolved recipe is written beside the checkpoint (``<out stem>.toml``, kept if
+it exists) so that, with its [data] paths set, `torchsae train <stem>.toml --resume <out>` continues where
+DFL stopped.
 """
 
 from __future__ import annotations
@@ -29,14 +33,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.dfl.convert import import_model
+    from engine.dfl.convert import import_dfl_training_state, import_model
     from engine.recipe import dumps
-    from engine.train.checkpoint import save_model_file
+    from engine.train.checkpoint import save_model_file, write_file_atomic
 
     options = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
     recipe, model = import_model(args.model_dir, name=args.name, options=options or None)
-    path = save_model_file(args.out, model, dumps(recipe), step=0)
+    it, opt = import_dfl_training_state(args.model_dir, model, recipe.optim.name, name=args.name)
+    path = save_model_file(args.out, model, dumps(recipe), step=it, extra={"dfl_optimizer": opt} if opt else None)
     total = sum(p.numel() for p in model.parameters())
+    state = f"{opt['name']} state, iters {opt['iterations']}" if opt else "no optimizer state"
     print(f"{path}: imported DFL {recipe.model.archi} @ {recipe.model.resolution} "
-          f"({', '.join(model.parts())}; {total:,} parameters)")
+          f"({', '.join(model.parts())}; {total:,} parameters; iter {it}; {state})")
+    rpath = path.with_suffix(".toml")
+    if rpath.exists():
+        print(f"{rpath}: exists, kept (the imported recipe is also inside {path.name})")
+    else:
+        write_file_atomic(rpath, dumps(recipe).encode("utf-8"))
+        print(f"{rpath}: the model's recipe; set [data] src/dst, then: torchsae train {rpath} --resume {path}")
     return 0

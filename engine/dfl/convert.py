@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.dfl.files import (data_path, find_model_names, part_path, read_data_file, read_part_file,
-                              write_data_file, write_part_file)
+from engine.dfl.files import (data_path, find_model_names, part_path, read_data_file, read_optimizer_file,
+                              read_part_file, write_data_file, write_part_file)
 from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array, torch_to_dfl_name
 from engine.errors import CheckpointError, TorchSAEError
 
-__all__ = ["MODEL_OPTION_KEYS", "import_model", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
+__all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_dfl_training_state", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
            "dfl_part_arrays", "export_dfl_parts",
            "export_dfl_model", "dfl_model_options"]
 
@@ -191,6 +191,63 @@ def import_model(path: str | Path, *, name: str | None = None, options: dict[str
     model = build(recipe, device=device)
     load_dfl_parts(model, folder, name)
     return recipe, model
+
+
+OPTIMIZER_PART = "src_dst_opt"  # DFL's generator optimizer file (<name>_SAEHD_src_dst_opt.npy)
+
+
+def _saveable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{torch name: parameter} of DFL's saveable set (spec §3.6): every parameter of the DFL parts."""
+    parts = tuple(model.parts())
+    return {n: p for n, p in model.named_parameters() if n.split(".", 1)[0] in parts}
+
+
+def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module, optimizer: str
+                         ) -> dict[str, Any] | None:
+    """DFL's generator optimizer state (``<name>_SAEHD_src_dst_opt.npy``, spec §8.2) for ``model``.
+
+    Returns ``{"name": "adabelief" | "rmsprop", "iterations": DFL's iters, "state": {torch parameter
+    name: {slot: tensor in torch layout}}}`` (AdaBelief slots ms/vs, RMSprop acc), or None when the
+    folder has no optimizer file. ``optimizer`` is the recipe's optimizer name (from data.dat's
+    ``adabelief`` option); the file must hold that optimizer's slots for every saveable weight, in the
+    weights' shapes, else CheckpointError names the file and the key. The state is checked by loading it
+    into a scratch optimizer of that class (`engine.optim.optimizer_from_dfl`); `Trainer.load` puts it
+    into the real one when training starts from the imported checkpoint.
+    """
+    from engine.optim import AdaBelief, RMSprop, optimizer_from_dfl
+
+    path = part_path(folder, OPTIMIZER_PART, name)
+    if not path.is_file():
+        log.info("%s: no DFL optimizer file; training from this import starts with fresh optimizer state", path)
+        return None
+    classes = {"adabelief": AdaBelief, "rmsprop": RMSprop}
+    if optimizer not in classes:
+        raise CheckpointError(f"{path}: DFL optimizer state is for adabelief or rmsprop, not {optimizer!r}")
+    data = read_optimizer_file(path)
+    saveable = _saveable(model)
+    # the other optimizer's slots in the file: the options and the file disagree (say so, not "missing key")
+    wanted, other = ("acc_", "ms_") if optimizer == "rmsprop" else ("ms_", "acc_")
+    if not any(k.startswith(wanted) for k in data) and any(k.startswith(other) for k in data):
+        raise CheckpointError(f"{path}: holds {'AdaBelief' if other == 'ms_' else 'RMSprop'} state, but the model's "
+                              f"options say optimizer {optimizer!r} (data.dat 'adabelief' option); pass the matching "
+                              "option or remove the optimizer file to start with fresh state")
+    scratch = classes[optimizer]([p for p in saveable.values()])
+    by_dfl = {torch_to_dfl_name(n, strip_part=False): p for n, p in saveable.items()}
+    optimizer_from_dfl(scratch, data, by_dfl, lambda _v, a: dfl_to_torch_array(a), source=str(path))
+    names = {id(p): n for n, p in saveable.items()}
+    state = {names[id(p)]: {k: v.detach().cpu().clone() for k, v in st.items()} for p, st in scratch.state.items()}
+    log.info("%s: DFL optimizer state (%s, iters %d) for %d weights", path, optimizer, scratch.iterations, len(state))
+    return {"name": optimizer, "iterations": int(scratch.iterations), "state": state}
+
+
+def import_dfl_training_state(path: str | Path, model: nn.Module, optimizer: str, *, name: str | None = None
+                              ) -> tuple[int, dict[str, Any] | None]:
+    """(DFL's iteration counter from data.dat or 0, `import_dfl_optimizer`'s state or None) for the model
+    folder ``path`` that `import_model` read into ``model``: what training needs to continue where DFL
+    stopped (lr_cos and the schedules count from it)."""
+    folder, name, data = _resolve_folder(path, name)
+    it = int(data.get("iter", 0) or 0) if data else 0
+    return it, import_dfl_optimizer(folder, name, model, optimizer)
 
 
 # ---------------------------------------------------------------------------------------------------------

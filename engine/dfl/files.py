@@ -21,7 +21,7 @@ from engine.errors import CheckpointError
 from engine.safe_pickle import safe_load_file
 
 __all__ = ["MODEL_CLASS", "part_path", "data_path", "find_model_names", "read_part_file", "write_part_file",
-           "read_data_file", "write_data_file"]
+           "read_optimizer_file", "read_data_file", "write_data_file"]
 
 MODEL_CLASS = "SAEHD"
 
@@ -54,6 +54,20 @@ def read_part_file(path: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a DFL weight file (expected a pickled dict of name -> array, got "
                               f"{type(d).__name__})")
     return d
+
+
+def read_optimizer_file(path: str | Path) -> dict[str, np.ndarray]:
+    """A DFL optimizer file (``src_dst_opt.npy`` ...; spec §8.2) -> {key: array}, restricted unpickle.
+
+    Like a weight file, except that ``'iters:0'`` is the value TF returned for a scalar variable: a numpy
+    int64 scalar rather than an array (made a 0-d array here)."""
+    path = Path(path)
+    d = safe_load_file(path, corrupt_error=CheckpointError)
+    if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, (np.ndarray, np.generic))
+                                          for k, v in d.items()):
+        raise CheckpointError(f"{path}: not a DFL optimizer file (expected a pickled dict of name -> array, got "
+                              f"{type(d).__name__})")
+    return {k: np.asarray(v) for k, v in d.items()}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -86,10 +86,12 @@ def model_payload(model: torch.nn.Module, recipe_toml: str, step: int, extra: di
     return out
 
 
-def save_model_file(path: str | Path, model: torch.nn.Module, recipe_toml: str, step: int = 0) -> Path:
-    """A single-file inference checkpoint (model + resolved recipe), written atomically."""
+def save_model_file(path: str | Path, model: torch.nn.Module, recipe_toml: str, step: int = 0,
+                    extra: dict | None = None) -> Path:
+    """A single-file inference checkpoint (model + resolved recipe), written atomically. ``extra`` adds
+    entries, e.g. ``dfl_optimizer`` (imported DFL optimizer state, read by `Trainer.load`)."""
     path = Path(path)
-    write_file_atomic(path, _torch_bytes(model_payload(model, recipe_toml, step)))
+    write_file_atomic(path, _torch_bytes(model_payload(model, recipe_toml, step, extra)))
     return path
 
 

@@ -343,7 +343,11 @@ class Trainer:
         state = None if weights_only_model else ck.load_train_state(path)
         if state is None:
             self.step = int(payload.get("step", 0))
-            log.info("loaded weights from %s (step %d); optimizer state starts fresh", path, self.step)
+            dfl_opt = payload.get("dfl_optimizer")
+            if dfl_opt is not None and self._load_dfl_optimizer(dfl_opt, path):
+                log.info("loaded weights and DFL's optimizer state from %s (step %d)", path, self.step)
+            else:
+                log.info("loaded weights from %s (step %d); optimizer state starts fresh", path, self.step)
             return
         self.g_opt.load_state_dict(state["g_opt"])
         self.step = int(state["step"])
@@ -365,6 +369,28 @@ class Trainer:
             self.loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _load_dfl_optimizer(self, dfl_opt: dict, path) -> bool:
+        """Put optimizer state imported from DFL (`engine.dfl.import_dfl_optimizer`: slots per parameter
+        name, torch layout) into the generator optimizer. False (state stays fresh, with a warning) when
+        the recipe now names another optimizer; CheckpointError when a parameter is unknown."""
+        opt = self.g_opt.opt
+        if dfl_opt.get("name") != self.recipe.optim.name:
+            log.warning("%s: holds DFL %s optimizer state but the recipe uses optim.name = %r; starting with "
+                        "fresh optimizer state", path, dfl_opt.get("name"), self.recipe.optim.name)
+            return False
+        params = dict(self.model.named_parameters())
+        owned = {p for g in opt.param_groups for p in g["params"]}
+        unknown = [n for n in dfl_opt["state"] if n not in params or params[n] not in owned]
+        if unknown:
+            raise CheckpointError(f"{path}: DFL optimizer state for parameters this training does not optimize: "
+                                  + ", ".join(unknown[:8]))
+        for n, slots in dfl_opt["state"].items():
+            p = params[n]
+            # empty_like keeps the parameter's memory format (channels_last), as fresh state would have
+            opt.state[p] = {k: torch.empty_like(p).copy_(v) for k, v in slots.items()}
+        opt.iterations = int(dfl_opt["iterations"])
+        return True
 
     def save(self) -> Path | None:
         if not self.dist.is_main:

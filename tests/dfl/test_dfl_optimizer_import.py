@@ -1,0 +1,169 @@
+"""DFL's optimizer state (``<name>_SAEHD_src_dst_opt.npy``, spec §8.2) travels through `import-dfl` into
+training: the moments land on the right parameters in torch layout, the iteration counter continues, and
+the first step after the import uses them."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from engine import recipe as recipe_mod
+from engine.dfl import export_dfl_model, part_path, read_part_file
+from engine.dfl.keymap import dfl_to_torch_array, dfl_to_torch_name
+from engine.errors import CheckpointError
+from engine.graph import build
+from engine.recipe.specs import ModelSpec
+from engine.train.checkpoint import load_model_payload
+from engine.train.loop import Trainer
+
+TINY = dict(resolution=64, ae_dims=16, e_dims=4, d_dims=4, d_mask_dims=4)
+ITERS = 1234
+
+
+def _dfl_model(folder, archi, adabelief, *, iters=ITERS, drop_key=False):
+    """A DFL model folder with an optimizer file built from the part files' own keys (not from our
+    exporter): slot arrays of random values in TF layout, 'iters:0' as the numpy scalar TF returns.
+    Returns {(torch name, slot): expected torch-layout array}."""
+    torch.manual_seed(0)
+    model = build(ModelSpec(archi=archi, **TINY))
+    export_dfl_model(model, folder, "m", options={"archi": archi, **TINY, "adabelief": adabelief}, iter=iters)
+    rng = np.random.default_rng(1)
+    data = {"iters:0": np.int64(iters)}
+    expected = {}
+    for part in model.parts():
+        for key, arr in read_part_file(part_path(folder, part, "m")).items():
+            for slot in (("ms", "vs") if adabelief else ("acc",)):
+                v = rng.random(arr.shape, dtype=np.float32) + 0.5
+                data[f"{slot}_{part}/{key.replace(':', '_')}:0"] = v
+                expected[(dfl_to_torch_name(part, key), slot)] = dfl_to_torch_array(v)
+    if drop_key:
+        data.pop(sorted(k for k in data if k.startswith(("ms_", "acc_")))[0])
+    part_path(folder, "src_dst_opt", "m").write_bytes(pickle.dumps(data, protocol=4))
+    return expected
+
+
+def _import(tmp_path, capsys, *args):
+    from engine.__main__ import main
+
+    out = tmp_path / "ck" / "model.pt"
+    rc = main(["import-dfl", str(tmp_path / "dfl"), "--out", str(out), *args])
+    return rc, out, capsys.readouterr()
+
+
+@pytest.mark.parametrize("archi,adabelief", [("df-ud", True), ("liae-ud", False)])
+def test_import_carries_optimizer_state_and_iteration(tmp_path, capsys, archi, adabelief):
+    expected = _dfl_model(tmp_path / "dfl", archi, adabelief)
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0, io.err
+    assert f"iter {ITERS}; {'adabelief' if adabelief else 'rmsprop'} state, iters {ITERS}" in io.out
+    payload = load_model_payload(out)
+    assert payload["step"] == ITERS
+    opt = payload["dfl_optimizer"]
+    assert opt["name"] == ("adabelief" if adabelief else "rmsprop") and opt["iterations"] == ITERS
+    got = {(n, s): t for n, slots in opt["state"].items() for s, t in slots.items()}
+    assert set(got) == set(expected)
+    for k, want in expected.items():
+        assert torch.equal(got[k], torch.from_numpy(want)), k
+
+
+def _trainer(out, tmp_path, run, *overrides):
+    payload = load_model_payload(out)
+    r = recipe_mod.loads(payload["recipe_toml"], source="imported",
+                         overrides=[f"train.run_dir='{tmp_path / run}'", "train.batch_size=2", "compile.mode='off'",
+                                    "train.amp='off'", *overrides])
+    return Trainer.create(r)
+
+
+def test_training_continues_with_dfl_moments(tmp_path, capsys):
+    """Same weights, same batch: the step after loading DFL's state differs from a fresh-state step by
+    exactly β1·ms_dfl in the first moment (ms ← β1·ms + (1−β1)·g), and the counter goes on from DFL's."""
+    from bench.train.common import synthetic_batch
+
+    expected = _dfl_model(tmp_path / "dfl", "df-ud", True)
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0, io.err
+    loaded, fresh = _trainer(out, tmp_path, "a"), _trainer(out, tmp_path, "b")
+    loaded.load(out)
+    fresh.load(out)
+    fresh.g_opt.opt.state.clear()  # what an import without the optimizer file gives
+    fresh.g_opt.opt.iterations = 0
+    assert loaded.step == ITERS and loaded.g_opt.opt.iterations == ITERS
+    name = "encoder.down1.downs_0.conv1.weight"
+    p = dict(loaded.model.named_parameters())[name]
+    assert torch.equal(loaded.g_opt.opt.state[p]["ms"], torch.from_numpy(expected[(name, "ms")]))
+    batch = synthetic_batch(2, 64)
+    loaded.train_one(batch)
+    fresh.train_one(batch)
+    assert loaded.step == ITERS + 1 and loaded.g_opt.opt.iterations == ITERS + 1
+    pf = dict(fresh.model.named_parameters())[name]
+    diff = loaded.g_opt.opt.state[p]["ms"] - fresh.g_opt.opt.state[pf]["ms"]
+    torch.testing.assert_close(diff, 0.9 * torch.from_numpy(expected[(name, "ms")]), rtol=1e-5, atol=1e-6)
+
+
+def test_recipe_with_another_optimizer_starts_fresh(tmp_path, capsys, caplog):
+    _dfl_model(tmp_path / "dfl", "df-ud", True)
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0, io.err
+    t = _trainer(out, tmp_path, "c", "optim.name='rmsprop'")
+    with caplog.at_level("WARNING", logger="torchsae.train"):
+        t.load(out)
+    assert "holds DFL adabelief optimizer state but the recipe uses optim.name = 'rmsprop'" in caplog.text
+    assert len(t.g_opt.opt.state) == 0 and t.step == ITERS
+
+
+def test_bad_optimizer_files_are_refused_by_name(tmp_path, capsys):
+    _dfl_model(tmp_path / "dfl", "df-ud", True, drop_key=True)
+    rc, _, io = _import(tmp_path, capsys)
+    assert rc == 2 and "m_SAEHD_src_dst_opt.npy: missing key 'ms_decoder_dst/" in io.err
+    # the options say rmsprop (adabelief off) but the file holds AdaBelief slots
+    _dfl_model(tmp_path / "dfl", "df-ud", True)
+    data = pickle.loads((tmp_path / "dfl" / "m_SAEHD_data.dat").read_bytes())
+    data["options"]["adabelief"] = False
+    (tmp_path / "dfl" / "m_SAEHD_data.dat").write_bytes(pickle.dumps(data))
+    rc, _, io = _import(tmp_path, capsys)
+    assert rc == 2 and "holds AdaBelief state, but the model's options say optimizer 'rmsprop'" in io.err
+    # an optimizer file is a pickle like the others: no code runs
+    (tmp_path / "dfl" / "m_SAEHD_src_dst_opt.npy").write_bytes(
+        b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
+    rc, _, io = _import(tmp_path, capsys)
+    assert rc == 2 and "m_SAEHD_src_dst_opt.npy" in io.err and "pwned" not in io.out
+
+
+def test_import_without_optimizer_file_keeps_fresh_state(tmp_path, capsys):
+    _dfl_model(tmp_path / "dfl", "df-ud", True)
+    (tmp_path / "dfl" / "m_SAEHD_src_dst_opt.npy").unlink()
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0 and "no optimizer state" in io.out
+    payload = load_model_payload(out)
+    assert payload["step"] == ITERS and "dfl_optimizer" not in payload
+
+
+def test_cli_import_then_train_resume_continues_dfl_run(tmp_path, capsys):
+    """The user's path: import-dfl writes model.pt + model.toml; `train model.toml --resume model.pt`
+    runs from DFL's iteration with DFL's moments and saves a checkpoint that carries them on."""
+    from engine.__main__ import main
+    from engine.data.dataset import write_synthetic_faceset
+    from engine.train import checkpoint as ck
+
+    _dfl_model(tmp_path / "dfl", "df-ud", True)
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0, io.err
+    toml = out.with_suffix(".toml")
+    assert f"torchsae train {toml} --resume {out}" in io.out
+    for side, seed in (("A", 1), ("B", 2)):
+        write_synthetic_faceset(tmp_path / side, 4, size=128, face_type="wf", seed=seed)
+    run = tmp_path / "run"
+    rc = main(["train", str(toml), f"data.src='{tmp_path / 'A'}'", f"data.dst='{tmp_path / 'B'}'", "data.workers=0",
+               "train.batch_size=2", f"train.run_dir='{run}'", "--resume", str(out), "--max-steps", "1",
+               "--no-progress"])
+    assert rc == 0
+    latest = ck.resolve_latest(run)
+    assert latest.name == f"step_{ITERS + 1:08d}"
+    state = ck.load_train_state(latest)
+    assert state["step"] == ITERS + 1 and state["g_opt"]["dfl"]["iterations"] == ITERS + 1
+    # a second import into the same place keeps the (possibly edited) recipe
+    rc, _, io = _import(tmp_path, capsys)
+    assert rc == 0 and f"{toml}: exists, kept" in io.out
