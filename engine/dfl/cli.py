@@ -4,7 +4,8 @@ Reads a DFL SAEHD model (``<name>_SAEHD_data.dat`` + part files, or bare ``<part
 network options given on the command line), checks every weight, and writes a single-file TorchSAE
 checkpoint (``engine.train.checkpoint.save_model_file``: model weights + the resolved recipe, at DFL's
 iteration). When the folder has DFL's optimizer file (``<name>_SAEHD_src_dst_opt.npy``) its state is
-checked and stored too. The resolved recipe is written beside the checkpoint (``<out stem>.toml``, kept if
+checked and stored too, and so are the code / GAN discriminators (``code_discriminator.npy``, ``GAN.npy``
+and their ``D_code_opt.npy`` / ``GAN_opt.npy``) where present. The resolved recipe is written beside the checkpoint (``<out stem>.toml``, kept if
 it exists) so that, with its [data] paths set, `torchsae train <stem>.toml --resume <out>` continues where
 DFL stopped.
 """
@@ -39,10 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
     options = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
     recipe, model = import_model(args.model_dir, name=args.name, options=options or None)
-    it, opt = import_dfl_training_state(args.model_dir, model, recipe.optim.name, name=args.name)
-    path = save_model_file(args.out, model, dumps(recipe), step=it, extra={"dfl_optimizer": opt} if opt else None)
+    st = import_dfl_training_state(args.model_dir, model, recipe, name=args.name)
+    it, opt = st.pop("iter"), st["dfl_optimizer"]
+    path = save_model_file(args.out, model, dumps(recipe), step=it, extra={k: v for k, v in st.items() if v})
     total = sum(p.numel() for p in model.parameters())
     state = f"{opt['name']} state, iters {opt['iterations']}" if opt else "no optimizer state"
+    for attr, label in (("dfl_code_d", "code discriminator"), ("dfl_gan_d", "GAN discriminator")):
+        if attr in st:
+            state += f"; {label}{' + optimizer state' if st[attr]['optimizer'] else ''}"
     print(f"{path}: imported DFL {recipe.model.archi} @ {recipe.model.resolution} "
           f"({', '.join(model.parts())}; {total:,} parameters; iter {it}; {state})")
     rpath = path.with_suffix(".toml")

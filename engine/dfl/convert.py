@@ -24,7 +24,8 @@ from engine.dfl.files import (data_path, find_model_names, part_path, read_data_
 from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array, torch_to_dfl_name
 from engine.errors import CheckpointError, TorchSAEError
 
-__all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_dfl_training_state", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
+__all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_dfl_discriminators",
+           "import_dfl_training_state", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
            "dfl_part_arrays", "export_dfl_parts",
            "export_dfl_model", "dfl_model_options"]
 
@@ -202,6 +203,32 @@ def _saveable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if n.split(".", 1)[0] in parts}
 
 
+def _optimizer_state(path: Path, optimizer: str, params: dict[str, tuple[str, nn.Parameter]],
+                     to_torch) -> dict[str, Any]:
+    """Read a DFL optimizer file for ``params`` ({torch name: (DFL variable name, parameter)}) and return
+    ``{"name", "iterations", "state": {torch name: {slot: tensor}}}``; checked by loading it into a scratch
+    optimizer of the recipe's class (`engine.optim.optimizer_from_dfl`: every slot key, every shape)."""
+    from engine.optim import AdaBelief, RMSprop, optimizer_from_dfl
+
+    classes = {"adabelief": AdaBelief, "rmsprop": RMSprop}
+    if optimizer not in classes:
+        raise CheckpointError(f"{path}: DFL optimizer state is for adabelief or rmsprop, not {optimizer!r}")
+    data = read_optimizer_file(path)
+    # the other optimizer's slots in the file: the options and the file disagree (say so, not "missing key")
+    wanted, other = ("acc_", "ms_") if optimizer == "rmsprop" else ("ms_", "acc_")
+    if not any(k.startswith(wanted) for k in data) and any(k.startswith(other) for k in data):
+        raise CheckpointError(f"{path}: holds {'AdaBelief' if other == 'ms_' else 'RMSprop'} state, but the model's "
+                              f"options say optimizer {optimizer!r} (data.dat 'adabelief' option); pass the matching "
+                              "option or remove the optimizer file to start with fresh state")
+    scratch = classes[optimizer]([p for _, p in params.values()])
+    by_dfl = {v: p for v, p in params.values()}
+    optimizer_from_dfl(scratch, data, by_dfl, to_torch, source=str(path))
+    names = {id(p): n for n, (_, p) in params.items()}
+    state = {names[id(p)]: {k: v.detach().cpu().clone() for k, v in st.items()} for p, st in scratch.state.items()}
+    log.info("%s: DFL optimizer state (%s, iters %d) for %d weights", path, optimizer, scratch.iterations, len(state))
+    return {"name": optimizer, "iterations": int(scratch.iterations), "state": state}
+
+
 def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module, optimizer: str
                          ) -> dict[str, Any] | None:
     """DFL's generator optimizer state (``<name>_SAEHD_src_dst_opt.npy``, spec §8.2) for ``model``.
@@ -210,44 +237,72 @@ def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module,
     name: {slot: tensor in torch layout}}}`` (AdaBelief slots ms/vs, RMSprop acc), or None when the
     folder has no optimizer file. ``optimizer`` is the recipe's optimizer name (from data.dat's
     ``adabelief`` option); the file must hold that optimizer's slots for every saveable weight, in the
-    weights' shapes, else CheckpointError names the file and the key. The state is checked by loading it
-    into a scratch optimizer of that class (`engine.optim.optimizer_from_dfl`); `Trainer.load` puts it
-    into the real one when training starts from the imported checkpoint.
+    weights' shapes, else CheckpointError names the file and the key. `Trainer.load` puts the state into
+    the real optimizer when training starts from the imported checkpoint.
     """
-    from engine.optim import AdaBelief, RMSprop, optimizer_from_dfl
-
     path = part_path(folder, OPTIMIZER_PART, name)
     if not path.is_file():
         log.info("%s: no DFL optimizer file; training from this import starts with fresh optimizer state", path)
         return None
-    classes = {"adabelief": AdaBelief, "rmsprop": RMSprop}
-    if optimizer not in classes:
-        raise CheckpointError(f"{path}: DFL optimizer state is for adabelief or rmsprop, not {optimizer!r}")
-    data = read_optimizer_file(path)
-    saveable = _saveable(model)
-    # the other optimizer's slots in the file: the options and the file disagree (say so, not "missing key")
-    wanted, other = ("acc_", "ms_") if optimizer == "rmsprop" else ("ms_", "acc_")
-    if not any(k.startswith(wanted) for k in data) and any(k.startswith(other) for k in data):
-        raise CheckpointError(f"{path}: holds {'AdaBelief' if other == 'ms_' else 'RMSprop'} state, but the model's "
-                              f"options say optimizer {optimizer!r} (data.dat 'adabelief' option); pass the matching "
-                              "option or remove the optimizer file to start with fresh state")
-    scratch = classes[optimizer]([p for p in saveable.values()])
-    by_dfl = {torch_to_dfl_name(n, strip_part=False): p for n, p in saveable.items()}
-    optimizer_from_dfl(scratch, data, by_dfl, lambda _v, a: dfl_to_torch_array(a), source=str(path))
-    names = {id(p): n for n, p in saveable.items()}
-    state = {names[id(p)]: {k: v.detach().cpu().clone() for k, v in st.items()} for p, st in scratch.state.items()}
-    log.info("%s: DFL optimizer state (%s, iters %d) for %d weights", path, optimizer, scratch.iterations, len(state))
-    return {"name": optimizer, "iterations": int(scratch.iterations), "state": state}
+    params = {n: (torch_to_dfl_name(n, strip_part=False), p) for n, p in _saveable(model).items()}
+    return _optimizer_state(path, optimizer, params, lambda _v, a: dfl_to_torch_array(a))
 
 
-def import_dfl_training_state(path: str | Path, model: nn.Module, optimizer: str, *, name: str | None = None
-                              ) -> tuple[int, dict[str, Any] | None]:
-    """(DFL's iteration counter from data.dat or 0, `import_dfl_optimizer`'s state or None) for the model
-    folder ``path`` that `import_model` read into ``model``: what training needs to continue where DFL
-    stopped (lr_cos and the schedules count from it)."""
+# our trainer's attribute -> (DFL weight file, DFL optimizer file); spec §8.1
+DISCRIMINATOR_FILES = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
+
+
+def import_dfl_discriminators(folder: str | Path, name: str | None, recipe, model: nn.Module
+                              ) -> dict[str, dict[str, Any]]:
+    """DFL's discriminators, where their files exist: ``{"code_d" | "gan_d": {"model": state_dict,
+    "optimizer": optimizer state as `import_dfl_optimizer` or None}}``.
+
+    ``code_discriminator.npy`` (DF with true_face_power, scope ``dis``) and ``GAN.npy`` (gan_power, scope
+    ``D_src``) are built with the recipe's options (ae_dims; gan_patch_size, gan_dims) and must fit them
+    exactly: DFL re-initialises a discriminator whose options changed (§1), so a file that does not fit the
+    options is refused here (CheckpointError naming file, key and shapes) rather than silently dropped.
+    """
+    from engine.modules import discriminators as D
+
+    out: dict[str, dict[str, Any]] = {}
+    for attr, (wfile, ofile) in DISCRIMINATOR_FILES.items():
+        wpath = part_path(folder, wfile, name)
+        if not wpath.is_file():
+            continue
+        if attr == "code_d":
+            if getattr(model, "dfl_archi", None) is None or recipe.model.archi_type != "df":
+                log.info("%s: the code discriminator belongs to DF models; ignored for %s", wpath, recipe.model.archi)
+                continue
+            mod = D.code_discriminator_for(model, recipe.model.ae_dims)
+            km = D.code_d_key_map(mod)
+        else:
+            mod = D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
+            km = D.unet_patch_d_key_map(mod)
+        D.load_dfl_weights(mod, km, read_part_file(wpath), strip_scope=True, source=str(wpath))
+        opath = part_path(folder, ofile, name)
+        opt = None
+        if opath.is_file():
+            params = dict(mod.named_parameters())
+            kinds = {dname: kind for dname, kind in km.values()}
+            opt = _optimizer_state(opath, recipe.optim.name, {t: (d, params[t]) for t, (d, _) in km.items()},
+                                   lambda v, a: D.tf_to_torch(a, kinds[v]))
+        out[attr] = {"model": {k: v.detach().cpu() for k, v in mod.state_dict().items()}, "optimizer": opt}
+        log.info("%s: imported the %s discriminator%s", wpath, attr, " with its optimizer state" if opt else "")
+    return out
+
+
+def import_dfl_training_state(path: str | Path, model: nn.Module, recipe, *, name: str | None = None
+                              ) -> dict[str, Any]:
+    """What training needs to continue where DFL stopped, for the model folder ``path`` that `import_model`
+    read into ``model``: ``{"iter": DFL's counter from data.dat (0 without it; lr_cos and the schedules
+    count from it), "dfl_optimizer": `import_dfl_optimizer` or None, "dfl_code_d" / "dfl_gan_d":
+    `import_dfl_discriminators` entries where present}``."""
     folder, name, data = _resolve_folder(path, name)
-    it = int(data.get("iter", 0) or 0) if data else 0
-    return it, import_dfl_optimizer(folder, name, model, optimizer)
+    out: dict[str, Any] = {"iter": int(data.get("iter", 0) or 0) if data else 0,
+                           "dfl_optimizer": import_dfl_optimizer(folder, name, model, recipe.optim.name)}
+    for attr, entry in import_dfl_discriminators(folder, name, recipe, model).items():
+        out["dfl_" + attr] = entry
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -244,6 +244,16 @@ def code_d_key_map(module: CodeDiscriminator, scope: str = "dis") -> dict[str, t
     return _key_map(module, scope)
 
 
+def code_discriminator_for(model: nn.Module, ae_dims: int) -> CodeDiscriminator:
+    """SAEHD's code discriminator for a DF model (§3.5): on the inter output, ``ae_dims`` channels."""
+    return CodeDiscriminator(in_ch=ae_dims, code_res=model.inter.out_res())
+
+
+def gan_discriminator_for(resolution: int, gan_patch_size: int, gan_dims: int) -> UNetPatchDiscriminator:
+    """SAEHD's GAN discriminator D_src (§3.5): patch ``gan_patch_size`` (0: DFL's default resolution//8)."""
+    return UNetPatchDiscriminator(patch_size=gan_patch_size or resolution // 8, in_ch=3, base_ch=gan_dims)
+
+
 def tf_to_torch(arr: np.ndarray, kind: str) -> np.ndarray:
     """TF layout → torch layout: conv (kh,kw,in,out)→(out,in,kh,kw); conv-transpose (kh,kw,out,in)→(in,out,kh,kw)."""
     if kind in ("conv", "conv_transpose"):

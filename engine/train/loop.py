@@ -273,17 +273,15 @@ class Trainer:
 
         code_d = code_d_opt = gan_d = gan_d_opt = None
         if at == "df" and _max_over_ramps(r, "true_face_power") > 0:
-            from engine.modules.discriminators import CodeDiscriminator
+            from engine.modules.discriminators import code_discriminator_for
 
-            code_res = model.inter.out_res()
-            code_d = CodeDiscriminator(in_ch=r.model.ae_dims, code_res=code_res).to(dev)
+            code_d = code_discriminator_for(model, r.model.ae_dims).to(dev)
             ddp.broadcast_module(code_d, info)
             code_d_opt = ddp.GuardedOptimizer(make_optimizer(code_d.parameters(), attrs.evolve(ocfg, seed=ocfg.seed + 1)), info)
         if _max_over_ramps(r, "gan_power") > 0:
-            from engine.modules.discriminators import UNetPatchDiscriminator
+            from engine.modules.discriminators import gan_discriminator_for
 
-            patch = r.loss.gan_patch_size or r.model.resolution // 8
-            gan_d = UNetPatchDiscriminator(patch_size=patch, in_ch=3, base_ch=r.loss.gan_dims).to(dev)
+            gan_d = gan_discriminator_for(r.model.resolution, r.loss.gan_patch_size, r.loss.gan_dims).to(dev)
             ddp.broadcast_module(gan_d, info)
             gan_d_opt = ddp.GuardedOptimizer(make_optimizer(gan_d.parameters(), attrs.evolve(ocfg, seed=ocfg.seed + 2)), info)
 
@@ -344,10 +342,18 @@ class Trainer:
         if state is None:
             self.step = int(payload.get("step", 0))
             dfl_opt = payload.get("dfl_optimizer")
-            if dfl_opt is not None and self._load_dfl_optimizer(dfl_opt, path):
+            if dfl_opt is not None and self._load_dfl_optimizer(self.g_opt, self.model, dfl_opt, path):
                 log.info("loaded weights and DFL's optimizer state from %s (step %d)", path, self.step)
             else:
                 log.info("loaded weights from %s (step %d); optimizer state starts fresh", path, self.step)
+            for name in ("code_d", "gan_d"):  # discriminators imported from DFL (engine.dfl.import_dfl_discriminators)
+                mod, entry = getattr(self, name), payload.get("dfl_" + name)
+                if mod is None or entry is None:
+                    continue
+                mod.load_state_dict(entry["model"])
+                if entry.get("optimizer") is not None:
+                    self._load_dfl_optimizer(getattr(self, name + "_opt"), mod, entry["optimizer"], path)
+                log.info("%s: DFL's weights%s from %s", name, " and optimizer state" if entry.get("optimizer") else "", path)
             return
         self.g_opt.load_state_dict(state["g_opt"])
         self.step = int(state["step"])
@@ -370,16 +376,16 @@ class Trainer:
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
 
-    def _load_dfl_optimizer(self, dfl_opt: dict, path) -> bool:
+    def _load_dfl_optimizer(self, guarded, module: torch.nn.Module, dfl_opt: dict, path) -> bool:
         """Put optimizer state imported from DFL (`engine.dfl.import_dfl_optimizer`: slots per parameter
-        name, torch layout) into the generator optimizer. False (state stays fresh, with a warning) when
-        the recipe now names another optimizer; CheckpointError when a parameter is unknown."""
-        opt = self.g_opt.opt
+        name of `module`, torch layout) into `guarded`'s optimizer. False (state stays fresh, with a
+        warning) when the recipe now names another optimizer; CheckpointError when a parameter is unknown."""
+        opt = guarded.opt
         if dfl_opt.get("name") != self.recipe.optim.name:
             log.warning("%s: holds DFL %s optimizer state but the recipe uses optim.name = %r; starting with "
                         "fresh optimizer state", path, dfl_opt.get("name"), self.recipe.optim.name)
             return False
-        params = dict(self.model.named_parameters())
+        params = dict(module.named_parameters())
         owned = {p for g in opt.param_groups for p in g["params"]}
         unknown = [n for n in dfl_opt["state"] if n not in params or params[n] not in owned]
         if unknown:

@@ -167,3 +167,52 @@ def test_cli_import_then_train_resume_continues_dfl_run(tmp_path, capsys):
     # a second import into the same place keeps the (possibly edited) recipe
     rc, _, io = _import(tmp_path, capsys)
     assert rc == 0 and f"{toml}: exists, kept" in io.out
+
+
+def test_discriminators_and_their_optimizers_are_imported(tmp_path, capsys):
+    """A DFL model trained with true_face_power and GAN: code_discriminator.npy / GAN.npy (weight-file
+    keys without the scope) and D_code_opt.npy / GAN_opt.npy (full variable names) reach the trainer's
+    discriminators and their optimizers, converted per layer kind (conv vs conv-transpose)."""
+    from engine.modules import discriminators as D
+
+    folder = tmp_path / "dfl"
+    _dfl_model(folder, "df-ud", True)
+    data = pickle.loads((folder / "m_SAEHD_data.dat").read_bytes())
+    data["options"].update(true_face_power=0.1, gan_power=0.1, gan_patch_size=8, gan_dims=8)
+    (folder / "m_SAEHD_data.dat").write_bytes(pickle.dumps(data))
+    torch.manual_seed(5)
+    model = build(ModelSpec(archi="df-ud", **TINY))
+    mods = {"code_d": D.code_discriminator_for(model, TINY["ae_dims"]), "gan_d": D.gan_discriminator_for(64, 8, 8)}
+    maps = {"code_d": D.code_d_key_map(mods["code_d"]), "gan_d": D.unet_patch_d_key_map(mods["gan_d"])}
+    files = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
+    rng = np.random.default_rng(2)
+    want_ms = {}
+    for attr, mod in mods.items():
+        wfile, ofile = files[attr]
+        part_path(folder, wfile, "m").write_bytes(pickle.dumps(D.dfl_state(mod, maps[attr]), protocol=4))
+        opt = {"iters:0": np.int64(77)}
+        for tname, (dname, kind) in maps[attr].items():
+            shape = D.torch_to_tf(dict(mod.named_parameters())[tname].detach().numpy(), kind).shape
+            for slot in ("ms", "vs"):
+                v = rng.random(shape, dtype=np.float32)
+                opt[f"{slot}_{dname.replace(':', '_')}:0"] = v
+                if slot == "ms":
+                    want_ms[(attr, tname)] = D.tf_to_torch(v, kind)
+        part_path(folder, ofile, "m").write_bytes(pickle.dumps(opt, protocol=4))
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0, io.err
+    assert "code discriminator + optimizer state; GAN discriminator + optimizer state" in io.out
+    t = _trainer(out, tmp_path, "d")
+    assert t.code_d is not None and t.gan_d is not None
+    t.load(out)
+    for attr, mod in mods.items():
+        got_mod, got_opt = getattr(t, attr), getattr(t, attr + "_opt").opt
+        for (n, p), (_, q) in zip(mod.named_parameters(), got_mod.named_parameters()):
+            assert torch.equal(p, q), (attr, n)
+            torch.testing.assert_close(got_opt.state[q]["ms"], torch.from_numpy(want_ms[(attr, n)]), rtol=0, atol=0)
+        assert got_opt.iterations == 77
+    # a GAN.npy that does not fit the options (gan_dims 8 in data.dat, the file built with 16) is refused
+    other = D.gan_discriminator_for(64, 8, 16)
+    part_path(folder, "GAN", "m").write_bytes(pickle.dumps(D.dfl_state(other, D.unet_patch_d_key_map(other)), protocol=4))
+    rc, _, io = _import(tmp_path, capsys)
+    assert rc == 2 and "m_SAEHD_GAN.npy" in io.err
