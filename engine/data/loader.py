@@ -201,14 +201,16 @@ class FaceLoader:
 
 def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int, seed: int, pretrain: bool = False,
                  workers: int | None = None, mode: str | None = None, pin_memory: bool | None = None,
-                 cache_dir: str | Path | None = None, rank: int = 0, world_size: int = 1) -> FaceLoader:
+                 cache_dir: str | Path | None = None, rank: int = 0, world_size: int = 1,
+                 warp_impl: str = "auto") -> FaceLoader:
     """A FaceLoader for SAEHD from a [data] spec (engine.recipe.specs.DataSpec) and the model's R / face type.
 
     Normal: src = data.src, dst = data.dst; src options random_src_flip, random_hsv_power, ct_mode (ct
     partners from dst); dst options random_dst_flip; uniform yaw on both generators when data.uniform_yaw
     (DFL passes `uniform_yaw or pretrain` to both). Pretrain (§5.5, §11.6): both sides read
     data.pretrain_faceset with no warp, flips on, no HSV, no ct, uniform yaw. workers / mode default to
-    data.workers / data.pipeline.
+    data.workers / data.pipeline. warp_impl: the random warp's implementation (kernels.warp; the recipe's
+    [compile].kernels).
     """
     mode = data.pipeline if mode is None else mode
     if mode not in MODES:
@@ -232,7 +234,7 @@ def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int,
     dst_yaws = (src_yaws if dst is src else dst.yaws()) if uniform_yaw else None
     planner = BatchPlanner(len(src), len(dst), batch_size, seed, src_yaws=src_yaws, dst_yaws=dst_yaws,
                            ct=src_opts.ct_mode is not None)
-    batches = SAEHDBatches(src, dst, src_opts, dst_opts, mode=mode, cache_dir=cache_dir)
+    batches = SAEHDBatches(src, dst, src_opts, dst_opts, mode=mode, cache_dir=cache_dir, warp_impl=warp_impl)
     return FaceLoader(batches, planner, workers=data.workers if workers is None else workers,
                       pin_memory=pin_memory, rank=rank, world_size=world_size)
 

@@ -92,6 +92,8 @@ class LossConfig:
     tv_mode: "dfl_gpu" (channel and H differences, as DFL on a GPU) or "spatial" (H and W), §12.12.
     true_face_in_pretrain: keep the true-face G term in pretrain (DFL quirk §12.10, default True).
     mask_blur_radius / style_blur_radius / blur_out_radius: None = DFL's max(1, R//32) / R//8 / R/128.
+    kernels: DSSIM implementation, "auto" | "reference" | "fast" | "triton" (the recipe's [compile].kernels;
+        kernels.dispatch).
     """
 
     resolution: int = attrs.field()
@@ -116,6 +118,7 @@ class LossConfig:
     mask_blur_radius: float | None = None
     style_blur_radius: float | None = None
     blur_out_radius: float | None = None
+    kernels: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "reference", "fast", "triton")))
 
     @resolution.validator
     def _check_res(self, _attribute, value):
@@ -256,7 +259,7 @@ def _recon_terms(prefix: str, t_masked, p_masked, target, pred, em, target_mask,
     """§3.4 terms 1–4 for one side (src or dst)."""
     # DFL's windows in one fused pass (kernels.dssim.saehd_dssim: 10·w1, or 5·w1 + 5·w2 from R = 256),
     # rescaled when the recipe changes the weight
-    structural = _saehd_dssim(p_masked, t_masked, cfg.resolution)
+    structural = _saehd_dssim(p_masked, t_masked, cfg.resolution, impl=cfg.kernels)
     if cfg.dssim_weight != 10.0:
         structural = structural * (cfg.dssim_weight / 10.0)
     terms = {
@@ -312,7 +315,7 @@ def saehd_losses(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.
         a = tg.style_mask_anti_blur
         psd_a = outputs["pred_src_dst"] * a
         td_a = tg.target_dst * a
-        src["src_bg_style_dssim"] = w * _dssim(psd_a, td_a, cfg.bg_style_window).mean(dim=1)
+        src["src_bg_style_dssim"] = w * _dssim(psd_a, td_a, cfg.bg_style_window, impl=cfg.kernels).mean(dim=1)
         src["src_bg_style_mse"] = w * mse_per_sample(psd_a, td_a)
 
     dst = _recon_terms("dst", tg.tD, pD, tg.target_dst, p_dst, batch.get("target_dstm_em"),

@@ -43,6 +43,7 @@ class OptimConfig:
         would be 1e-8).
     weight_decay: adam/adamw only (adamw: decoupled), 0.0.
     seed: seed of the lr_dropout mask generator; None = drawn from torch's global RNG.
+    kernels: DFL optimizers' update implementation (kernels.dfl_update; the recipe's [compile].kernels).
     """
 
     name: str = attrs.field(default="adabelief", validator=attrs.validators.in_(OPTIMIZERS))
@@ -55,6 +56,7 @@ class OptimConfig:
     eps: float = 1e-6
     weight_decay: float = 0.0
     seed: int | None = None
+    kernels: str = "auto"
 
     @classmethod
     def from_dfl_options(cls, *, adabelief: bool = True, lr_dropout: str | bool = "n", clipgrad: bool = False,
@@ -89,10 +91,11 @@ def make_optimizer(params: Iterable, cfg: OptimConfig) -> torch.optim.Optimizer:
     """
     if cfg.name == "rmsprop":
         return RMSprop(params, lr=cfg.lr, rho=cfg.rho, eps=cfg.eps, lr_dropout=cfg.lr_dropout, lr_cos=cfg.lr_cos,
-                       clipnorm=cfg.clipnorm, seed=cfg.seed)
+                       clipnorm=cfg.clipnorm, seed=cfg.seed, kernels=cfg.kernels)
     if cfg.name == "adabelief":
         return AdaBelief(params, lr=cfg.lr, beta_1=cfg.betas[0], beta_2=cfg.betas[1], eps=cfg.eps,
-                         lr_dropout=cfg.lr_dropout, lr_cos=cfg.lr_cos, clipnorm=cfg.clipnorm, seed=cfg.seed)
+                         lr_dropout=cfg.lr_dropout, lr_cos=cfg.lr_cos, clipnorm=cfg.clipnorm, seed=cfg.seed,
+                         kernels=cfg.kernels)
     if cfg.lr_dropout != 1.0 or cfg.lr_cos != 0:
         raise RecipeError(None, "optim", f"lr_dropout/lr_cos are DFL optimizer features; optimizer {cfg.name!r} "
                           f"got lr_dropout={cfg.lr_dropout}, lr_cos={cfg.lr_cos}",

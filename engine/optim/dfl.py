@@ -21,7 +21,9 @@ Formulas (per element; no bias correction, no weight decay, ε outside the squar
   Computed on device without a host sync.
 
 State per parameter: RMSprop ``acc``; AdaBelief ``ms``, ``vs`` (DFL's ``acc_…``, ``ms_…``, ``vs_…``);
-the counter is `iterations` (DFL's ``iters``). Updates use `torch._foreach_*` ops per (device, dtype).
+the counter is `iterations` (DFL's ``iters``). Updates use `torch._foreach_*` ops per (device, dtype), or,
+on the CPU with lr_dropout off, one fused pass per tensor (kernels.dfl_update, chosen by `kernels` /
+$TORCHSAE_KERNELS like the other kernels; same formulas, float32 rounding apart).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from collections.abc import Iterable
 
 import torch
 from torch.optim import Optimizer
+
+from kernels import dfl_update
 
 __all__ = ["DFLOptimizer", "RMSprop", "AdaBelief", "global_grad_norm", "clip_scale"]
 
@@ -51,6 +55,14 @@ def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sq).sum().sqrt()
 
 
+def _check_kernels(kernels: str) -> str:
+    from kernels.dispatch import CHOICES, KernelChoiceError
+
+    if kernels not in CHOICES:
+        raise KernelChoiceError(f"optimizer kernels = {kernels!r}: expected one of {', '.join(CHOICES)}")
+    return kernels
+
+
 def clip_scale(norm: torch.Tensor, clipnorm: float) -> torch.Tensor:
     """DFL's clip factor: ``clipnorm/norm`` where ``norm ≥ clipnorm``, else 1 (a 0-dim tensor)."""
     return torch.where(norm >= clipnorm, clipnorm / norm, torch.ones_like(norm))
@@ -64,8 +76,10 @@ class DFLOptimizer(Optimizer):
     """
 
     _state_keys: tuple[str, ...] = ()
+    _fused_kind: str = ""  # kernels.dfl_update kind ("" = no fused path)
 
-    def __init__(self, params, defaults: dict, *, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None):
+    def __init__(self, params, defaults: dict, *, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None,
+                 kernels: str = "auto"):
         if defaults["lr"] < 0:
             raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {defaults['lr']!r}")
         if not 0.0 < defaults["lr_dropout"] <= 1.0:
@@ -78,6 +92,7 @@ class DFLOptimizer(Optimizer):
         super().__init__(params, defaults)
         self.lr_cos = int(lr_cos)
         self.clipnorm = float(clipnorm)
+        self.kernels = _check_kernels(kernels)
         self.iterations = 0
         if seed is None:
             # drawn from torch's global RNG, so torch.manual_seed makes a run reproducible
@@ -114,6 +129,29 @@ class DFLOptimizer(Optimizer):
         """Update the moments in `states`; return (num, denom) with the step Δ = lr_t·num/denom per tensor."""
         raise NotImplementedError(f"{type(self).__name__} must define _update")
 
+    def _fused_hyper(self, group) -> dict:  # pragma: no cover - abstract
+        """eps, c1, c2 of kernels.dfl_update.cpu.update_ for this optimizer."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused update")
+
+    def _try_fused(self, group, params: list[torch.Tensor], scale: torch.Tensor | None, lr_t: float
+                   ) -> list[torch.Tensor]:
+        """Update what one fused CPU pass can (lr_dropout off, float32, gradient and moments laid out like
+        the parameter); return the parameters left for the foreach path."""
+        if not self._fused_kind or group["lr_dropout"] < 1.0 or params[0].device.type != "cpu":
+            return params
+        if dfl_update.choose(params[0].device, self.kernels) != "fast":
+            return params
+        fused, rest = [], []
+        for p in params:
+            st = self._init_state(p)
+            ok = dfl_update.cpu.fusable_one(p, p.grad, [st[k] for k in self._state_keys]) is None
+            (fused if ok else rest).append(p)
+        if fused:
+            slots = [[self.state[p][k] for p in fused] for k in self._state_keys]
+            dfl_update.cpu.update_(self._fused_kind, fused, [p.grad for p in fused], slots, lr=lr_t,
+                                   grad_scale=1.0 if scale is None else float(scale), **self._fused_hyper(group))
+        return rest
+
     def _init_state(self, p: torch.Tensor) -> dict:
         st = self.state[p]
         if not st:
@@ -145,6 +183,9 @@ class DFLOptimizer(Optimizer):
                 if p.grad is not None:
                     buckets[(p.device, p.dtype)].append(p)
             for (dev, _dt), params in buckets.items():
+                params = self._try_fused(group, params, scale, lr_t)
+                if not params:
+                    continue
                 grads = [p.grad for p in params]
                 if scale is not None:
                     s = scale_by_dev.get(dev)
@@ -199,11 +240,16 @@ class RMSprop(DFLOptimizer):
     """
 
     _state_keys = ("acc",)
+    _fused_kind = "rmsprop"
 
     def __init__(self, params: Iterable, lr: float = 5e-5, rho: float = 0.9, eps: float = 1e-6,
-                 lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None):
+                 lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None,
+                 kernels: str = "auto"):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, lr_dropout=lr_dropout),
-                         lr_cos=lr_cos, clipnorm=clipnorm, seed=seed)
+                         lr_cos=lr_cos, clipnorm=clipnorm, seed=seed, kernels=kernels)
+
+    def _fused_hyper(self, group) -> dict:
+        return {"eps": group["eps"], "c1": group["rho"]}
 
     def _update(self, group, params, grads, states, lr_t):
         rho, eps = group["rho"], group["eps"]
@@ -223,12 +269,16 @@ class AdaBelief(DFLOptimizer):
     """
 
     _state_keys = ("ms", "vs")
+    _fused_kind = "adabelief"
 
     def __init__(self, params: Iterable, lr: float = 5e-5, beta_1: float = 0.9, beta_2: float = 0.999,
                  eps: float = 1e-6, lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0,
-                 seed: int | None = None):
+                 seed: int | None = None, kernels: str = "auto"):
         super().__init__(params, dict(lr=lr, beta_1=beta_1, beta_2=beta_2, eps=eps, lr_dropout=lr_dropout),
-                         lr_cos=lr_cos, clipnorm=clipnorm, seed=seed)
+                         lr_cos=lr_cos, clipnorm=clipnorm, seed=seed, kernels=kernels)
+
+    def _fused_hyper(self, group) -> dict:
+        return {"eps": group["eps"], "c1": group["beta_1"], "c2": group["beta_2"]}
 
     def _update(self, group, params, grads, states, lr_t):
         b1, b2, eps = group["beta_1"], group["beta_2"], group["eps"]

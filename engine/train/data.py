@@ -33,7 +33,7 @@ class TrainLoader:
         return build_loader(data, resolution=r.model.resolution, face_type=r.model.face_type,
                             batch_size=r.train.batch_size, seed=r.train.seed + 7919 * seed_shift,
                             pretrain=self.pretrain and faceset is None, rank=self.rank, world_size=self.world,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", warp_impl=r.compile.kernels)
 
     def __iter__(self):
         return self

@@ -99,6 +99,7 @@ class GuardedOptimizer:
         self.opt = opt
         self.info = info
         self.skipped = False
+        self.guard_norm: torch.Tensor | None = None  # global gradient norm of the last step (after all-reduce)
 
     def __getattr__(self, name):
         return getattr(self.opt, name)
@@ -124,9 +125,12 @@ class GuardedOptimizer:
         params = [p for g in self.opt.param_groups for p in g["params"]]
         allreduce_grads_(params, self.info)
         grads = [p.grad for p in params if p.grad is not None]
+        self.guard_norm = None
         if grads:
-            # one fused pass: the global norm is non-finite iff some gradient element is inf/nan
+            # one fused pass: the global norm is non-finite iff some gradient element is inf/nan; the
+            # training step reports this norm instead of computing it again (`guard_norm`)
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.guard_norm = norm
             if not bool(torch.isfinite(norm)):
                 self.skipped = True
                 return None

@@ -102,7 +102,8 @@ def loss_config(r: Recipe, *, pretrain: bool, loss=None):
                       eyes_mouth_prio=l.eyes_mouth_prio, blur_out_mask=l.blur_out_mask, pretrain=pretrain,
                       face_style_power=l.face_style_power, bg_style_power=l.bg_style_power,
                       true_face_power=l.true_face_power, gan_power=l.gan_power, dssim_weight=l.dssim_weight,
-                      mse_weight=l.mse_weight, eyes_mouth_weight=l.eyes_mouth_weight, mask_weight=l.mask_weight)
+                      mse_weight=l.mse_weight, eyes_mouth_weight=l.eyes_mouth_weight, mask_weight=l.mask_weight,
+                      kernels=r.compile.kernels)
 
 
 def optim_config(r: Recipe, *, pretrain: bool, seed: int):
@@ -110,8 +111,9 @@ def optim_config(r: Recipe, *, pretrain: bool, seed: int):
 
     o = r.optim
     if o.name in ("adabelief", "rmsprop"):
-        return OptimConfig.from_dfl_options(adabelief=o.name == "adabelief", lr_dropout=o.lr_dropout,
-                                            clipgrad=o.clipgrad, pretrain=pretrain, lr=o.lr, seed=seed)
+        return attrs.evolve(OptimConfig.from_dfl_options(adabelief=o.name == "adabelief", lr_dropout=o.lr_dropout,
+                                                         clipgrad=o.clipgrad, pretrain=pretrain, lr=o.lr, seed=seed),
+                            kernels=r.compile.kernels)
     return OptimConfig(name=o.name, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
                        clipnorm=1.0 if o.clipgrad else 0.0, seed=seed)
 

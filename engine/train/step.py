@@ -71,19 +71,31 @@ def _frozen(*modules: nn.Module | None) -> Iterator[None]:
 
 def _backward_and_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler, params: list[torch.Tensor] | None
                        ) -> torch.Tensor | None:
-    """loss.backward() (scaled with AMP), optional grad norm of `params` (after unscale), optimizer step."""
+    """loss.backward() (scaled with AMP), optional grad norm of `params` (after unscale), optimizer step.
+
+    A guarded optimizer (engine.train.distributed.GuardedOptimizer) computes the global norm of its
+    gradients for the NaN guard anyway; that norm is reported instead of a second pass (`params` must
+    then be the parameters it steps, as in SAEHD). Otherwise, or when GradScaler skipped the step, the
+    norm is computed here."""
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
     else:
         loss.backward()
+    guarded = hasattr(opt, "guard_norm")
     norm = None
-    if params is not None:
+    if params is not None and not guarded:
         norm = global_grad_norm([p.grad for p in params if p.grad is not None])
+    if guarded:
+        opt.guard_norm = None
     if scaler is not None:
         scaler.step(opt)
     else:
         opt.step()
+    if params is not None and guarded:
+        norm = opt.guard_norm
+        if norm is None:  # the scaler found inf/nan and did not call step
+            norm = global_grad_norm([p.grad for p in params if p.grad is not None])
     return norm
 
 

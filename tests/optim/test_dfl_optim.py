@@ -1,6 +1,9 @@
 """DFL's RMSprop and AdaBelief (spec §3.6): the recorded one-step updates of DFL's own optimizers applied
 to the recorded gradients, multi-step formulas against a numpy transcription of the spec, lr_dropout,
-lr_cos, clipnorm, exact resume from state_dict, DFL optimizer files, and SAEHD's parameter sets."""
+lr_cos, clipnorm, exact resume from state_dict, DFL optimizer files, and SAEHD's parameter sets.
+
+Every test runs twice: with the torch._foreach update (TORCHSAE_KERNELS=reference) and with the fused
+CPU kernel (kernels.dfl_update, "fast"), so both are held to DFL's recorded step and the formulas."""
 
 from __future__ import annotations
 
@@ -16,6 +19,17 @@ from engine.optim import (AdaBelief, OptimConfig, RMSprop, dfl_slot_key, freeze_
                           optimizer_from_dfl, optimizer_to_dfl, saehd_param_groups)
 
 EPS = 1e-6
+
+
+@pytest.fixture(autouse=True, params=["reference", "fast"])
+def update_impl(request, monkeypatch):
+    """The DFL optimizers' update path for the test (kernels="auto" follows $TORCHSAE_KERNELS)."""
+    from kernels import dfl_update
+
+    if request.param == "fast" and not dfl_update.cpu.available():
+        pytest.skip(f"C kernel unavailable: {dfl_update.cpu.unavailable_reason()}")
+    monkeypatch.setenv("TORCHSAE_KERNELS", request.param)
+    return request.param
 
 
 # ---------------------------------------------------------------------------------------------------------

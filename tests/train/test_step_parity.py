@@ -147,8 +147,13 @@ def test_one_rmsprop_step_matches_dfl(init_weights, data):
 
 @pytest.mark.parity
 def test_one_adabelief_step_matches_dfl(init_weights, data):
+    """Through the trainer's GuardedOptimizer (NaN guard), whose norm the step reports (RMSprop above: a
+    bare optimizer, the step computes the norm itself)."""
+    from engine.train.distributed import DistInfo, GuardedOptimizer
+
     model = dfl_model(init_weights)
-    step = SAEHDStep(model, AdaBelief(model.parameters(), lr=5e-5), LossConfig(resolution=64))
+    step = SAEHDStep(model, GuardedOptimizer(AdaBelief(model.parameters(), lr=5e-5), DistInfo()),
+                     LossConfig(resolution=64))
     _check_step(model, data, "adabelief", step(data["batch"]))
 
 

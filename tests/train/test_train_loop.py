@@ -208,3 +208,29 @@ def test_amp_and_compile_train(amp, compile_mode, facesets, tmp_path):
     assert np.isfinite(s["final_losses"]["G_loss"])
     if amp == "fp16":
         assert "scaler" in _state(tmp_path / "run")
+
+
+def test_compile_kernels_reaches_losses_optimizer_and_loader(facesets, tmp_path, monkeypatch, caplog):
+    """[compile].kernels picks the implementation of every kernel the trainer uses (DSSIM in the loss, the
+    warp in the loader, the optimizer update), not only $TORCHSAE_KERNELS."""
+    import logging
+
+    from kernels import dispatch
+
+    monkeypatch.delenv("TORCHSAE_KERNELS", raising=False)
+    monkeypatch.setattr(dispatch, "_logged", set())
+    r = _load(ROOT / "recipes" / "tests" / "tiny_df.toml", facesets, tmp_path / "run", "compile.kernels='reference'")
+    t = Trainer.create(r)
+    t.make_loader()
+    try:
+        assert t.step_fn.loss_cfg.kernels == "reference"
+        assert t.g_opt.opt.kernels == "reference"
+        assert t.loader._loader.batches.warp_impl == "reference"
+        t.apply_schedules()
+        batch = {k: v for k, v in next(iter(t.loader)).items() if torch.is_tensor(v)}
+        with caplog.at_level(logging.INFO, logger="torchsae.kernels"):
+            t.train_one(batch)
+    finally:
+        t.loader.close()
+    assert "dssim: reference (requested)" in caplog.text and "dfl_update: reference (requested)" in caplog.text
+    assert "fast" not in caplog.text
