@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ls": ("engine.registry", "list archis, blocks, losses, schedules"),
     "train": ("engine.train.cli", "train a recipe"),
     "import-dfl": ("engine.dfl.cli", "convert a DFL SAEHD model folder to a TorchSAE checkpoint"),
+    "export-dfl": ("engine.dfl.export_cli", "write a checkpoint as a DFL SAEHD model folder (DFL continues it)"),
     "export": ("engine.export.cli", "export a checkpoint to ONNX or DFM"),
     "swap": ("engine.export.swap_cli", "run a model over a folder of aligned faces"),
     "faceset": ("engine.data.cli", "faceset tools: info, pack"),

@@ -25,7 +25,7 @@ from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_arr
 from engine.errors import CheckpointError, TorchSAEError
 
 __all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_dfl_discriminators",
-           "import_dfl_training_state", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
+           "import_dfl_training_state", "export_dfl_checkpoint", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
            "dfl_part_arrays", "export_dfl_parts",
            "export_dfl_model", "dfl_model_options"]
 
@@ -342,4 +342,78 @@ def export_dfl_model(model: nn.Module, folder: str | Path, name: str, *, options
     opts = dict(options) if options is not None else dfl_model_options(model.model_spec)
     files = export_dfl_parts(model, folder, name)
     files.append(write_data_file(data_path(folder, name), opts, iter=iter))
+    return files
+
+
+def _dfl_optimizer_file(opt, params: dict[str, tuple[str, nn.Parameter]], to_tf) -> dict[str, np.ndarray]:
+    from engine.optim import optimizer_to_dfl
+
+    return optimizer_to_dfl(opt, {v: p for v, p in params.values()}, to_tf)
+
+
+def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> list[Path]:
+    """A TorchSAE checkpoint -> a DFL SAEHD model folder DFL continues training (spec §8.1).
+
+    Writes the part files, ``<name>_SAEHD_data.dat`` (all the recipe's DFL options, ``iter`` = the step,
+    the loss history), and, from a training checkpoint (a ``step_*`` / run folder with train_state.pt),
+    ``src_dst_opt.npy`` plus the code / GAN discriminators and their optimizer files when the run has
+    them. The inverse of ``import-dfl``: importing the folder gives back the same weights and state.
+    Raises TorchSAEError for graphs DFL cannot express, optimizers DFL does not have (adam/adamw: the
+    weights are written, the optimizer state is not, with a warning) and step 0 (DFL treats iter 0 as a
+    new model and would re-initialise it).
+    """
+    from engine import recipe as recipe_mod
+    from engine.graph import build
+    from engine.modules import discriminators as D
+    from engine.optim import OptimConfig, make_optimizer, saehd_param_groups
+    from engine.train import checkpoint as ck
+
+    payload = ck.load_model_payload(path)
+    recipe = recipe_mod.loads(payload["recipe_toml"], source=f"{path} (stored recipe)")
+    model = build(recipe)
+    model.load_state_dict(payload["model"])
+    if getattr(model, "dfl_archi", None) is None:
+        raise TorchSAEError(f"{path}: this model's graph is not one of DFL's archis (df/liae presets), so DFL could "
+                            "not load it; export it to ONNX instead")
+    step = int(payload.get("step", 0))
+    if step < 1:
+        raise TorchSAEError(f"{path}: step 0 (an untrained model); DFL treats iter 0 as a new model and would "
+                            "re-initialise its weights")
+    state = ck.load_train_state(path)
+    folder = Path(folder)
+    files = export_dfl_parts(model, folder, name)
+    history = state["history"].tolist() if state is not None and len(state.get("history", [])) else []
+    files.append(write_data_file(data_path(folder, name), recipe_mod.to_options(recipe), iter=step,
+                                 loss_history=history))
+    if state is None:
+        log.info("%s: an inference checkpoint (no train_state.pt): DFL gets the weights, its optimizers start fresh",
+                 path)
+        return files
+    if recipe.optim.name not in ("adabelief", "rmsprop"):
+        log.warning("%s: optimizer %r has no DFL file format; DFL's optimizer starts fresh", path, recipe.optim.name)
+        return files
+    cfg = OptimConfig(name=recipe.optim.name)
+    _, saveable = saehd_param_groups(model, recipe.model.archi_type, True)  # the trainer's order
+    g_opt = make_optimizer(list(saveable.values()), cfg)
+    g_opt.load_state_dict(state["g_opt"])
+    params = {n: (torch_to_dfl_name(n, strip_part=False), p) for n, p in saveable.items()}
+    files.append(write_part_file(part_path(folder, OPTIMIZER_PART, name),
+                                 _dfl_optimizer_file(g_opt, params, lambda _v, a: torch_to_dfl_array(a))))
+    for attr, (wfile, ofile) in DISCRIMINATOR_FILES.items():
+        if attr not in state:
+            continue
+        if attr == "code_d":
+            mod = D.code_discriminator_for(model, recipe.model.ae_dims)
+            km = D.code_d_key_map(mod)
+        else:
+            mod = D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
+            km = D.unet_patch_d_key_map(mod)
+        mod.load_state_dict(state[attr])
+        files.append(write_part_file(part_path(folder, wfile, name), D.dfl_state(mod, km)))
+        d_opt = make_optimizer(list(mod.parameters()), cfg)
+        d_opt.load_state_dict(state[attr + "_opt"])
+        named = dict(mod.named_parameters())
+        kinds = {dname: kind for dname, kind in km.values()}
+        files.append(write_part_file(part_path(folder, ofile, name), _dfl_optimizer_file(
+            d_opt, {t: (d, named[t]) for t, (d, _) in km.items()}, lambda v, a: D.torch_to_tf(a, kinds[v]))))
     return files

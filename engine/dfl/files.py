@@ -95,11 +95,13 @@ def read_data_file(path: str | Path) -> dict[str, Any]:
     return d
 
 
-def write_data_file(path: str | Path, options: dict[str, Any], iter: int = 0) -> Path:
-    """A minimal ``data.dat`` DFL can open: options, iter, empty loss history, no preview sample (DFL then
-    draws a new one)."""
+def write_data_file(path: str | Path, options: dict[str, Any], iter: int = 0,
+                    loss_history: list | None = None) -> Path:
+    """A ``data.dat`` DFL can open: options, iter, the loss history (``[src_loss, dst_loss]`` per
+    iteration; empty by default), no preview sample (DFL then draws a new one)."""
     path = Path(path)
-    data = {"iter": int(iter), "options": dict(options), "loss_history": [], "sample_for_preview": None,
+    data = {"iter": int(iter), "options": dict(options),
+            "loss_history": [[float(a), float(b)] for a, b in (loss_history or [])], "sample_for_preview": None,
             "choosed_gpu_indexes": None}
     _write_atomic(path, pickle.dumps(data))
     return path

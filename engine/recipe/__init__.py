@@ -5,13 +5,13 @@
     r.model.archi, r.loss.masked_training, recipe.dumps(r)
 """
 
-from engine.recipe.dfl_options import from_options
+from engine.recipe.dfl_options import from_options, to_options
 from engine.recipe.load import diff, dumps, from_dict, load, loads, parse_archi, to_dict
 from engine.recipe.specs import (TABLES, CompileSpec, DataSpec, ExportSpec, LossSpec, MergeSpec, ModelSpec,
                                  OptimSpec, RampSpec, Recipe, ScheduleSpec, TrainSpec)
 
 __all__ = [
-    "load", "loads", "from_dict", "from_options", "dumps", "to_dict", "diff", "parse_archi", "Recipe", "TABLES",
+    "load", "loads", "from_dict", "from_options", "to_options", "dumps", "to_dict", "diff", "parse_archi", "Recipe", "TABLES",
     "DataSpec", "ModelSpec", "LossSpec", "ScheduleSpec", "RampSpec", "OptimSpec", "TrainSpec", "ExportSpec",
     "CompileSpec", "MergeSpec",
 ]

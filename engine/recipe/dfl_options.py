@@ -63,3 +63,26 @@ def from_options(options: dict[str, Any], *, name: str = "dfl-import"):
     from engine.recipe.load import from_dict
 
     return from_dict(options_to_doc(options), source=f"<DFL options of {name}>", name=name)
+
+
+def to_options(recipe) -> dict[str, Any]:
+    """The recipe's DFL options dict (the inverse of `from_options`, for writing a DFL data.dat): every
+    recipe key with a DFL name, ``adabelief`` from optim.name, and DFL's explicit values where the recipe
+    uses 0 for "DFL's default" (gan_patch_size → resolution // 8)."""
+    out: dict[str, Any] = {}
+    for table, cls in TABLES.items():
+        spec = getattr(recipe, table)
+        for f in attrs.fields(cls):
+            name = f.metadata.get("dfl")
+            if name:
+                out[name] = getattr(spec, f.name)
+    out["adabelief"] = recipe.optim.name == "adabelief"
+    if not out.get("gan_patch_size"):
+        out["gan_patch_size"] = recipe.model.resolution // 8
+    for key in ("face_style_power", "bg_style_power", "true_face_power", "gan_power", "random_hsv_power",
+                "autobackup_hour"):
+        if key in out:
+            out[key] = float(out[key])
+    if "autobackup_hour" in out:  # DFL stores whole hours
+        out["autobackup_hour"] = int(round(out["autobackup_hour"]))
+    return out

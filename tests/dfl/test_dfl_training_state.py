@@ -1,6 +1,7 @@
-"""DFL's optimizer state (``<name>_SAEHD_src_dst_opt.npy``, spec §8.2) travels through `import-dfl` into
-training: the moments land on the right parameters in torch layout, the iteration counter continues, and
-the first step after the import uses them."""
+"""DFL's training state travels both ways: `import-dfl` carries the optimizer file
+(``<name>_SAEHD_src_dst_opt.npy``, spec §8.2), the discriminators and the iteration into training (the
+moments land on the right parameters in torch layout, the counter continues, the first step uses them),
+and `export-dfl` writes a trained checkpoint back as a DFL model folder that imports to the same state."""
 
 from __future__ import annotations
 
@@ -43,6 +44,37 @@ def _dfl_model(folder, archi, adabelief, *, iters=ITERS, drop_key=False):
         data.pop(sorted(k for k in data if k.startswith(("ms_", "acc_")))[0])
     part_path(folder, "src_dst_opt", "m").write_bytes(pickle.dumps(data, protocol=4))
     return expected
+
+
+def _add_discriminators(folder):
+    """Turn the model in `folder` (made by _dfl_model) into one trained with true_face_power and GAN: options,
+    code_discriminator.npy / GAN.npy (weight-file keys, scope stripped) and D_code_opt.npy / GAN_opt.npy (full
+    variable names), iters 77. Returns ({attr: module}, {(attr, torch name): expected ms in torch layout})."""
+    from engine.modules import discriminators as D
+
+    data = pickle.loads((folder / "m_SAEHD_data.dat").read_bytes())
+    data["options"].update(true_face_power=0.1, gan_power=0.1, gan_patch_size=8, gan_dims=8)
+    (folder / "m_SAEHD_data.dat").write_bytes(pickle.dumps(data))
+    torch.manual_seed(5)
+    model = build(ModelSpec(archi="df-ud", **TINY))
+    mods = {"code_d": D.code_discriminator_for(model, TINY["ae_dims"]), "gan_d": D.gan_discriminator_for(64, 8, 8)}
+    maps = {"code_d": D.code_d_key_map(mods["code_d"]), "gan_d": D.unet_patch_d_key_map(mods["gan_d"])}
+    files = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
+    rng = np.random.default_rng(2)
+    want_ms = {}
+    for attr, mod in mods.items():
+        wfile, ofile = files[attr]
+        part_path(folder, wfile, "m").write_bytes(pickle.dumps(D.dfl_state(mod, maps[attr]), protocol=4))
+        opt = {"iters:0": np.int64(77)}
+        for tname, (dname, kind) in maps[attr].items():
+            shape = D.torch_to_tf(dict(mod.named_parameters())[tname].detach().numpy(), kind).shape
+            for slot in ("ms", "vs"):
+                v = rng.random(shape, dtype=np.float32)
+                opt[f"{slot}_{dname.replace(':', '_')}:0"] = v
+                if slot == "ms":
+                    want_ms[(attr, tname)] = D.tf_to_torch(v, kind)
+        part_path(folder, ofile, "m").write_bytes(pickle.dumps(opt, protocol=4))
+    return mods, want_ms
 
 
 def _import(tmp_path, capsys, *args):
@@ -177,28 +209,7 @@ def test_discriminators_and_their_optimizers_are_imported(tmp_path, capsys):
 
     folder = tmp_path / "dfl"
     _dfl_model(folder, "df-ud", True)
-    data = pickle.loads((folder / "m_SAEHD_data.dat").read_bytes())
-    data["options"].update(true_face_power=0.1, gan_power=0.1, gan_patch_size=8, gan_dims=8)
-    (folder / "m_SAEHD_data.dat").write_bytes(pickle.dumps(data))
-    torch.manual_seed(5)
-    model = build(ModelSpec(archi="df-ud", **TINY))
-    mods = {"code_d": D.code_discriminator_for(model, TINY["ae_dims"]), "gan_d": D.gan_discriminator_for(64, 8, 8)}
-    maps = {"code_d": D.code_d_key_map(mods["code_d"]), "gan_d": D.unet_patch_d_key_map(mods["gan_d"])}
-    files = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
-    rng = np.random.default_rng(2)
-    want_ms = {}
-    for attr, mod in mods.items():
-        wfile, ofile = files[attr]
-        part_path(folder, wfile, "m").write_bytes(pickle.dumps(D.dfl_state(mod, maps[attr]), protocol=4))
-        opt = {"iters:0": np.int64(77)}
-        for tname, (dname, kind) in maps[attr].items():
-            shape = D.torch_to_tf(dict(mod.named_parameters())[tname].detach().numpy(), kind).shape
-            for slot in ("ms", "vs"):
-                v = rng.random(shape, dtype=np.float32)
-                opt[f"{slot}_{dname.replace(':', '_')}:0"] = v
-                if slot == "ms":
-                    want_ms[(attr, tname)] = D.tf_to_torch(v, kind)
-        part_path(folder, ofile, "m").write_bytes(pickle.dumps(opt, protocol=4))
+    mods, want_ms = _add_discriminators(folder)
     rc, out, io = _import(tmp_path, capsys)
     assert rc == 0, io.err
     assert "code discriminator + optimizer state; GAN discriminator + optimizer state" in io.out
@@ -216,3 +227,69 @@ def test_discriminators_and_their_optimizers_are_imported(tmp_path, capsys):
     part_path(folder, "GAN", "m").write_bytes(pickle.dumps(D.dfl_state(other, D.unet_patch_d_key_map(other)), protocol=4))
     rc, _, io = _import(tmp_path, capsys)
     assert rc == 2 and "m_SAEHD_GAN.npy" in io.err
+
+
+def test_export_dfl_round_trip_after_training(tmp_path, capsys):
+    """DFL folder -> import-dfl -> one training step -> export-dfl -> a DFL folder with DFL's file set and
+    key names whose import gives back exactly the trained weights, moments, discriminators and counters."""
+    from engine.__main__ import main
+    from engine.data.dataset import write_synthetic_faceset
+    from engine.dfl import import_model, read_data_file
+    from engine.dfl.convert import import_dfl_training_state
+    from engine.dfl.files import read_optimizer_file
+    from engine.train import checkpoint as ck
+
+    src = tmp_path / "dfl"
+    _dfl_model(src, "df-ud", True)
+    _add_discriminators(src)
+    rc, out, io = _import(tmp_path, capsys)
+    assert rc == 0, io.err
+    for side, seed in (("A", 1), ("B", 2)):
+        write_synthetic_faceset(tmp_path / side, 4, size=128, face_type="wf", seed=seed)
+    run = tmp_path / "run"
+    assert main(["train", str(out.with_suffix(".toml")), f"data.src='{tmp_path / 'A'}'", f"data.dst='{tmp_path / 'B'}'",
+                 "data.workers=0", "train.batch_size=2", f"train.run_dir='{run}'", "--resume", str(out),
+                 "--max-steps", "1", "--no-progress"]) == 0
+    dst = tmp_path / "back"
+    rc = main(["export-dfl", str(run), "--out", str(dst), "--name", "m"])
+    assert rc == 0
+    assert "wrote DFL model 'm'" in capsys.readouterr().out
+    # DFL's file set and key names, as the original folder had them
+    names = sorted(p.name for p in dst.iterdir())
+    assert names == sorted(p.name for p in src.iterdir())
+    for f in ("src_dst_opt", "D_code_opt", "GAN_opt"):
+        a, b = read_optimizer_file(part_path(src, f, "m")), read_optimizer_file(part_path(dst, f, "m"))
+        assert set(a) == set(b), f
+        assert int(b["iters:0"]) == int(a["iters:0"]) + 1
+    data = read_data_file(dst / "m_SAEHD_data.dat")
+    orig = read_data_file(src / "m_SAEHD_data.dat")["options"]
+    assert data["iter"] == ITERS + 1 and len(data["loss_history"]) == 1
+    for k, v in orig.items():  # every option DFL stored comes back with its value
+        assert data["options"][k] == v, k
+    # importing the exported folder gives the trained checkpoint's state
+    payload = ck.load_model_payload(run)
+    state = ck.load_train_state(run)
+    recipe, model = import_model(dst)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, payload["model"][k]), k
+    st = import_dfl_training_state(dst, model, recipe)
+    assert st["iter"] == ITERS + 1
+    t = _trainer(out, tmp_path, "e")
+    t.load(run)  # the trained run: optimizer state by parameter
+    params = dict(t.model.named_parameters())
+    for n, slots in st["dfl_optimizer"]["state"].items():
+        for slot, v in slots.items():
+            assert torch.equal(v, t.g_opt.opt.state[params[n]][slot].contiguous()), (n, slot)
+    assert st["dfl_optimizer"]["iterations"] == t.g_opt.opt.iterations
+    for attr in ("code_d", "gan_d"):
+        mod = getattr(t, attr)
+        for k, v in mod.state_dict().items():
+            assert torch.equal(st["dfl_" + attr]["model"][k], v), (attr, k)
+        named = dict(mod.named_parameters())
+        opt = getattr(t, attr + "_opt").opt
+        for n, slots in st["dfl_" + attr]["optimizer"]["state"].items():
+            for slot, v in slots.items():
+                assert torch.equal(v, opt.state[named[n]][slot].contiguous()), (attr, n, slot)
+    # refusing to overwrite, and what DFL cannot take
+    rc = main(["export-dfl", str(run), "--out", str(dst), "--name", "m"])
+    assert rc == 2 and "already in" in capsys.readouterr().err
