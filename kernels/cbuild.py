@@ -1,4 +1,5 @@
-"""Build a kernel's plain-C source into a cached shared library (shared by kernels/*/cpu.py).
+"""Build a kernel's plain-C source into a cached shared library, and run it on ranges from a thread pool
+(shared by kernels/*/cpu.py).
 
 Plain C with no torch headers builds in a fraction of a second with gcc (a torch C++ extension took 80 s
 here). The library is cached under $TORCHSAE_CACHE (default ~/.cache/torchsae)/kernels/, keyed by the
@@ -18,6 +19,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger("torchsae.kernels")
@@ -95,3 +98,30 @@ class LazyLibrary:
                     log.info("%s: C kernel unavailable (%s); %s", self._op, self.reason, self._fallback)
                 self._tried = True
         return self._lib
+
+
+class RangePool:
+    """Runs ``run(lo, hi)`` over ``[0, total)`` split into ranges on a per-kernel thread pool: the C kernels
+    release the GIL (ctypes), so Python threads give them parallelism without an OpenMP runtime next to
+    torch's. The pool is created on first use and again after fork() (an inherited pool has no threads)."""
+
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def map(self, run: Callable[[int, int], int], total: int, threads: int, *, chunks_per_thread: int = 1) -> list[int]:
+        """Return codes of ``run`` over ``min(total, threads·chunks_per_thread)`` consecutive ranges (taken from
+        a queue: with several chunks per thread, a descheduled worker on a shared machine delays only its
+        chunk). One thread, or one element, runs inline."""
+        threads = max(1, min(threads, total))
+        if threads == 1:
+            return [run(0, total)]
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid() or self._pool._max_workers < threads:  # noqa: SLF001
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=self._prefix)
+                self._pid = os.getpid()
+        chunks = min(total, threads * chunks_per_thread)
+        bounds = [total * i // chunks for i in range(chunks + 1)]
+        return list(self._pool.map(run, bounds[:-1], bounds[1:]))

@@ -15,9 +15,6 @@ keeps its foreach path.
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,9 +27,7 @@ KINDS = {"rmsprop": 0, "adabelief": 1}
 # below this many elements a call is not split across threads (pool overhead ~ tens of µs)
 _MIN_PER_THREAD = 1 << 16
 
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
+_POOL = cbuild.RangePool("torchsae-optim")
 
 
 def _build(cflags: list[str] = CFLAGS) -> ctypes.CDLL:
@@ -66,7 +61,6 @@ def update_(kind: str, params: list[torch.Tensor], grads: list[torch.Tensor], sl
     """In place: the moments in `slots` (RMSprop [acc], AdaBelief [ms, vs], one tensor per parameter) and
     the parameters. Every tensor float32 on the CPU, each parameter's gradient and moments with its strides,
     memory dense (`fusable` checks). c1 = rho (RMSprop) or beta_1, c2 = beta_2 (AdaBelief)."""
-    global _pool, _pool_pid
     lib = _LIB.get()
     if lib is None:
         raise RuntimeError(f"dfl_update: the C kernel is unavailable: {_LIB.reason}")
@@ -85,16 +79,7 @@ def update_(kind: str, params: list[torch.Tensor], grads: list[torch.Tensor], sl
     def run(lo: int, hi: int) -> int:
         return lib.dfl_update(code, k, pp, gp, s1, s2, n_arr, lo, hi, hp)
 
-    threads = max(1, min(torch.get_num_threads(), total // _MIN_PER_THREAD))
-    if threads == 1:
-        rcs = [run(0, total)]
-    else:
-        with _lock:
-            if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < threads:  # noqa: SLF001
-                _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchsae-optim")
-                _pool_pid = os.getpid()
-        bounds = [total * i // threads for i in range(threads + 1)]
-        rcs = list(_pool.map(run, bounds[:-1], bounds[1:]))
+    rcs = _POOL.map(run, total, max(1, min(torch.get_num_threads(), total // _MIN_PER_THREAD)))
     if any(rc != 0 for rc in rcs):
         raise RuntimeError(f"dfl_update: the C kernel refused kind {kind!r}")
 

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -40,9 +37,7 @@ log = logging.getLogger("torchsae.kernels")
 SOURCE = Path(__file__).with_name("dssim_cpu.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-math-errno"]
 
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
+_POOL = cbuild.RangePool("torchsae-dssim")
 
 
 def _build() -> ctypes.CDLL:
@@ -83,7 +78,6 @@ def dssim_fused(img1: torch.Tensor, img2: torch.Tensor, filter_sizes: list[int],
     img1, img2: (N, C, H, W) float32 CPU. Returns (out (N, C) float32, J1, J2) where J1 = d out[n,c] / d img1
     (N, C, H, W) if grad1 else an empty tensor, likewise J2; backward is grad_out[..., None, None]·J.
     """
-    global _pool, _pool_pid
     lib = _load()
     if lib is None:
         raise RuntimeError(f"dssim: the fast CPU kernel is unavailable: {_LIB.reason}")
@@ -110,16 +104,7 @@ def dssim_fused(img1: torch.Tensor, img2: torch.Tensor, filter_sizes: list[int],
                                 g.data_ptr(), w_arr, c1, c2, out.data_ptr() + p0 * 4,
                                 j1.data_ptr() + off if grad1 else None, j2.data_ptr() + off if grad2 else None)
 
-    t = _threads(planes)
-    if t == 1:
-        rcs = [run(0, planes)]
-    else:
-        with _lock:
-            if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < t:  # noqa: SLF001
-                _pool = ThreadPoolExecutor(max_workers=t, thread_name_prefix="torchsae-dssim")
-                _pool_pid = os.getpid()
-        bounds = [planes * i // t for i in range(t + 1)]
-        rcs = list(_pool.map(run, bounds[:-1], bounds[1:]))
+    rcs = _POOL.map(run, planes, _threads(planes))
     if any(rc != 0 for rc in rcs):
         raise MemoryError(f"dssim: the CPU kernel could not allocate its scratch for {h}x{w} planes")
     return out, j1, j2

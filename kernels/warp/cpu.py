@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,7 @@ SOURCE = Path(__file__).with_name("warp_cpu.c")
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11", "-fno-math-errno", "-fno-trapping-math"]
 F_CUBIC, F_ZEROS, F_COVER, F_WARP = 1, 2, 4, 8
 
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = -1  # a pool inherited through fork() has no threads: rebuild it in the child
+_POOL = cbuild.RangePool("torchsae-warp")
 
 
 def _build(cflags: list[str] = CFLAGS) -> ctypes.CDLL:
@@ -99,7 +96,6 @@ def warp_cpu(images: torch.Tensor, bp: WarpBatchParams, can_warp: bool, can_tran
              border_replicate: bool, cubic: bool) -> torch.Tensor:
     """The composed warp of (N, C, w, w) float32 CPU images (params without rw): same contract as
     compose_grid + sample_torch. Returns (N, C, w, w) float32."""
-    global _pool, _pool_pid
     lib = _load()
     if lib is None:
         raise RuntimeError(f"warp: the C kernel is unavailable: {_LIB.reason}")
@@ -126,17 +122,9 @@ def warp_cpu(images: torch.Tensor, bp: WarpBatchParams, can_warp: bool, can_tran
         return lib.warp_rows(src.data_ptr(), out.data_ptr(), c, w, 0, n, y0, y1, x0.ctypes.data, ad.ctypes.data,
                              nodes.ctypes.data if nodes is not None else None, flags)
 
-    threads = max(1, min(torch.get_num_threads(), w))
-    if threads == 1:
-        rcs = [run(0, w)]
-    else:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers != threads:
-            _pool, _pool_pid = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="torchsae-warp"), os.getpid()
-        # 4 row ranges per thread, taken from a queue: on a shared machine a descheduled worker then
-        # delays a quarter of its share, not the whole call.
-        chunks = min(w, 4 * threads)
-        bounds = [round(i * w / chunks) for i in range(chunks + 1)]
-        rcs = list(_pool.map(lambda i: run(bounds[i], bounds[i + 1]), range(chunks)))
+    # 4 row ranges per thread, taken from a queue: on a shared machine a descheduled worker then delays a
+    # quarter of its share, not the whole call
+    rcs = _POOL.map(run, w, torch.get_num_threads(), chunks_per_thread=4)
     if any(rc != 0 for rc in rcs):
         raise RuntimeError(f"warp: the C kernel refused the call (codes {sorted(set(rcs))}: -1 grid warp needs "
                            f"w % 8 == 0, -2 w > 16384); w = {w}")
