@@ -252,6 +252,17 @@ def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module,
 DISCRIMINATOR_FILES = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
 
 
+def _discriminator(attr: str, recipe, model: nn.Module):
+    """(module, DFL key map) of the trainer's discriminator `attr` for this recipe (as Trainer.create builds it)."""
+    from engine.modules import discriminators as D
+
+    if attr == "code_d":
+        mod = D.code_discriminator_for(model, recipe.model.ae_dims)
+        return mod, D.code_d_key_map(mod)
+    mod = D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
+    return mod, D.unet_patch_d_key_map(mod)
+
+
 def import_dfl_discriminators(folder: str | Path, name: str | None, recipe, model: nn.Module
                               ) -> dict[str, dict[str, Any]]:
     """DFL's discriminators, where their files exist: ``{"code_d" | "gan_d": {"model": state_dict,
@@ -269,15 +280,10 @@ def import_dfl_discriminators(folder: str | Path, name: str | None, recipe, mode
         wpath = part_path(folder, wfile, name)
         if not wpath.is_file():
             continue
-        if attr == "code_d":
-            if getattr(model, "dfl_archi", None) is None or recipe.model.archi_type != "df":
-                log.info("%s: the code discriminator belongs to DF models; ignored for %s", wpath, recipe.model.archi)
-                continue
-            mod = D.code_discriminator_for(model, recipe.model.ae_dims)
-            km = D.code_d_key_map(mod)
-        else:
-            mod = D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
-            km = D.unet_patch_d_key_map(mod)
+        if attr == "code_d" and (getattr(model, "dfl_archi", None) is None or recipe.model.archi_type != "df"):
+            log.info("%s: the code discriminator belongs to DF models; ignored for %s", wpath, recipe.model.archi)
+            continue
+        mod, km = _discriminator(attr, recipe, model)
         D.load_dfl_weights(mod, km, read_part_file(wpath), strip_scope=True, source=str(wpath))
         opath = part_path(folder, ofile, name)
         opt = None
@@ -345,12 +351,6 @@ def export_dfl_model(model: nn.Module, folder: str | Path, name: str, *, options
     return files
 
 
-def _dfl_optimizer_file(opt, params: dict[str, tuple[str, nn.Parameter]], to_tf) -> dict[str, np.ndarray]:
-    from engine.optim import optimizer_to_dfl
-
-    return optimizer_to_dfl(opt, {v: p for v, p in params.values()}, to_tf)
-
-
 def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> list[Path]:
     """A TorchSAE checkpoint -> a DFL SAEHD model folder DFL continues training (spec §8.1).
 
@@ -358,14 +358,14 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     the loss history), and, from a training checkpoint (a ``step_*`` / run folder with train_state.pt),
     ``src_dst_opt.npy`` plus the code / GAN discriminators and their optimizer files when the run has
     them. The inverse of ``import-dfl``: importing the folder gives back the same weights and state.
-    Raises TorchSAEError for graphs DFL cannot express, optimizers DFL does not have (adam/adamw: the
-    weights are written, the optimizer state is not, with a warning) and step 0 (DFL treats iter 0 as a
-    new model and would re-initialise it).
+    Raises TorchSAEError for graphs DFL cannot express and for step 0 (DFL treats iter 0 as a new model and
+    would re-initialise it). A run with adam/adamw (no DFL file format) gets weights and options only, with
+    a warning.
     """
     from engine import recipe as recipe_mod
     from engine.graph import build
     from engine.modules import discriminators as D
-    from engine.optim import OptimConfig, make_optimizer, saehd_param_groups
+    from engine.optim import OptimConfig, make_optimizer, optimizer_to_dfl, saehd_param_groups
     from engine.train import checkpoint as ck
 
     payload = ck.load_model_payload(path)
@@ -396,24 +396,19 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     _, saveable = saehd_param_groups(model, recipe.model.archi_type, True)  # the trainer's order
     g_opt = make_optimizer(list(saveable.values()), cfg)
     g_opt.load_state_dict(state["g_opt"])
-    params = {n: (torch_to_dfl_name(n, strip_part=False), p) for n, p in saveable.items()}
+    by_dfl = {torch_to_dfl_name(n, strip_part=False): p for n, p in saveable.items()}
     files.append(write_part_file(part_path(folder, OPTIMIZER_PART, name),
-                                 _dfl_optimizer_file(g_opt, params, lambda _v, a: torch_to_dfl_array(a))))
+                                 optimizer_to_dfl(g_opt, by_dfl, lambda _v, a: torch_to_dfl_array(a))))
     for attr, (wfile, ofile) in DISCRIMINATOR_FILES.items():
         if attr not in state:
             continue
-        if attr == "code_d":
-            mod = D.code_discriminator_for(model, recipe.model.ae_dims)
-            km = D.code_d_key_map(mod)
-        else:
-            mod = D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
-            km = D.unet_patch_d_key_map(mod)
+        mod, km = _discriminator(attr, recipe, model)
         mod.load_state_dict(state[attr])
         files.append(write_part_file(part_path(folder, wfile, name), D.dfl_state(mod, km)))
-        d_opt = make_optimizer(list(mod.parameters()), cfg)
+        d_opt = make_optimizer(list(mod.parameters()), cfg)  # the trainer's order: mod.parameters()
         d_opt.load_state_dict(state[attr + "_opt"])
         named = dict(mod.named_parameters())
         kinds = {dname: kind for dname, kind in km.values()}
-        files.append(write_part_file(part_path(folder, ofile, name), _dfl_optimizer_file(
-            d_opt, {t: (d, named[t]) for t, (d, _) in km.items()}, lambda v, a: D.torch_to_tf(a, kinds[v]))))
+        files.append(write_part_file(part_path(folder, ofile, name), optimizer_to_dfl(
+            d_opt, {d: named[t] for t, (d, _) in km.items()}, lambda v, a: D.torch_to_tf(a, kinds[v]))))
     return files

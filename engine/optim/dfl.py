@@ -77,6 +77,7 @@ class DFLOptimizer(Optimizer):
 
     _state_keys: tuple[str, ...] = ()
     _fused_kind: str = ""  # kernels.dfl_update kind ("" = no fused path)
+    _fused_args: dict[str, str] = {}  # update_ argument -> param-group key
 
     def __init__(self, params, defaults: dict, *, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None,
                  kernels: str = "auto"):
@@ -129,10 +130,6 @@ class DFLOptimizer(Optimizer):
         """Update the moments in `states`; return (num, denom) with the step Δ = lr_t·num/denom per tensor."""
         raise NotImplementedError(f"{type(self).__name__} must define _update")
 
-    def _fused_hyper(self, group) -> dict:  # pragma: no cover - abstract
-        """eps, c1, c2 of kernels.dfl_update.cpu.update_ for this optimizer."""
-        raise NotImplementedError(f"{type(self).__name__} has no fused update")
-
     def _try_fused(self, group, params: list[torch.Tensor], scale: torch.Tensor | None, lr_t: float
                    ) -> list[torch.Tensor]:
         """Update what one fused CPU pass can (lr_dropout off, float32, gradient and moments laid out like
@@ -149,7 +146,8 @@ class DFLOptimizer(Optimizer):
         if fused:
             slots = [[self.state[p][k] for p in fused] for k in self._state_keys]
             dfl_update.cpu.update_(self._fused_kind, fused, [p.grad for p in fused], slots, lr=lr_t,
-                                   grad_scale=1.0 if scale is None else float(scale), **self._fused_hyper(group))
+                                   grad_scale=1.0 if scale is None else float(scale),
+                                   **{arg: group[key] for arg, key in self._fused_args.items()})
         return rest
 
     def _init_state(self, p: torch.Tensor) -> dict:
@@ -241,15 +239,13 @@ class RMSprop(DFLOptimizer):
 
     _state_keys = ("acc",)
     _fused_kind = "rmsprop"
+    _fused_args = {"eps": "eps", "c1": "rho"}
 
     def __init__(self, params: Iterable, lr: float = 5e-5, rho: float = 0.9, eps: float = 1e-6,
                  lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None,
                  kernels: str = "auto"):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, lr_dropout=lr_dropout),
                          lr_cos=lr_cos, clipnorm=clipnorm, seed=seed, kernels=kernels)
-
-    def _fused_hyper(self, group) -> dict:
-        return {"eps": group["eps"], "c1": group["rho"]}
 
     def _update(self, group, params, grads, states, lr_t):
         rho, eps = group["rho"], group["eps"]
@@ -270,15 +266,13 @@ class AdaBelief(DFLOptimizer):
 
     _state_keys = ("ms", "vs")
     _fused_kind = "adabelief"
+    _fused_args = {"eps": "eps", "c1": "beta_1", "c2": "beta_2"}
 
     def __init__(self, params: Iterable, lr: float = 5e-5, beta_1: float = 0.9, beta_2: float = 0.999,
                  eps: float = 1e-6, lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0,
                  seed: int | None = None, kernels: str = "auto"):
         super().__init__(params, dict(lr=lr, beta_1=beta_1, beta_2=beta_2, eps=eps, lr_dropout=lr_dropout),
                          lr_cos=lr_cos, clipnorm=clipnorm, seed=seed, kernels=kernels)
-
-    def _fused_hyper(self, group) -> dict:
-        return {"eps": group["eps"], "c1": group["beta_1"], "c2": group["beta_2"]}
 
     def _update(self, group, params, grads, states, lr_t):
         b1, b2, eps = group["beta_1"], group["beta_2"], group["eps"]
