@@ -5,9 +5,9 @@ network options given on the command line), checks every weight, and writes a si
 checkpoint (``engine.train.checkpoint.save_model_file``: model weights + the resolved recipe, at DFL's
 iteration). When the folder has DFL's optimizer file (``<name>_SAEHD_src_dst_opt.npy``) its state is
 checked and stored too, and so are the code / GAN discriminators (``code_discriminator.npy``, ``GAN.npy``
-and their ``D_code_opt.npy`` / ``GAN_opt.npy``) where present. The resolved recipe is written beside the checkpoint (``<out stem>.toml``, kept if
-it exists) so that, with its [data] paths set, `torchsae train <stem>.toml --resume <out>` continues where
-DFL stopped.
+and their ``D_code_opt.npy`` / ``GAN_opt.npy``) where present. The resolved recipe is written beside the
+checkpoint (``<out stem>.toml``, kept if it exists) so that, with its [data] paths set,
+`torchsae train <stem>.toml --resume <out>` continues where DFL stopped.
 """
 
 from __future__ import annotations

@@ -25,9 +25,8 @@ from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_arr
 from engine.errors import CheckpointError, TorchSAEError
 
 __all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_dfl_discriminators",
-           "import_dfl_training_state", "export_dfl_checkpoint", "load_dfl_parts", "load_dfl_weights", "load_dfl_part_file",
-           "dfl_part_arrays", "export_dfl_parts",
-           "export_dfl_model", "dfl_model_options"]
+           "import_dfl_training_state", "export_dfl_checkpoint", "load_dfl_parts", "load_dfl_weights",
+           "load_dfl_part_file", "dfl_part_arrays", "export_dfl_parts", "export_dfl_model", "dfl_model_options"]
 
 log = logging.getLogger("torchsae.dfl")
 

@@ -11,7 +11,8 @@ from engine.recipe.specs import (TABLES, CompileSpec, DataSpec, ExportSpec, Loss
                                  OptimSpec, RampSpec, Recipe, ScheduleSpec, TrainSpec)
 
 __all__ = [
-    "load", "loads", "from_dict", "from_options", "to_options", "dumps", "to_dict", "diff", "parse_archi", "Recipe", "TABLES",
+    "load", "loads", "from_dict", "from_options", "to_options", "dumps", "to_dict", "diff", "parse_archi", "Recipe",
+    "TABLES",
     "DataSpec", "ModelSpec", "LossSpec", "ScheduleSpec", "RampSpec", "OptimSpec", "TrainSpec", "ExportSpec",
     "CompileSpec", "MergeSpec",
 ]

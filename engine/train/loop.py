@@ -355,7 +355,8 @@ class Trainer:
                 mod.load_state_dict(entry["model"])
                 if entry.get("optimizer") is not None:
                     self._load_dfl_optimizer(getattr(self, name + "_opt"), mod, entry["optimizer"], path)
-                log.info("%s: DFL's weights%s from %s", name, " and optimizer state" if entry.get("optimizer") else "", path)
+                log.info("%s: DFL's weights%s from %s", name,
+                         " and optimizer state" if entry.get("optimizer") else "", path)
             return
         self.g_opt.load_state_dict(state["g_opt"])
         self.step = int(state["step"])

@@ -224,7 +224,8 @@ def test_discriminators_and_their_optimizers_are_imported(tmp_path, capsys):
         assert got_opt.iterations == 77
     # a GAN.npy that does not fit the options (gan_dims 8 in data.dat, the file built with 16) is refused
     other = D.gan_discriminator_for(64, 8, 16)
-    part_path(folder, "GAN", "m").write_bytes(pickle.dumps(D.dfl_state(other, D.unet_patch_d_key_map(other)), protocol=4))
+    part_path(folder, "GAN", "m").write_bytes(pickle.dumps(D.dfl_state(other, D.unet_patch_d_key_map(other)),
+                                                           protocol=4))
     rc, _, io = _import(tmp_path, capsys)
     assert rc == 2 and "m_SAEHD_GAN.npy" in io.err
 
