@@ -10,6 +10,9 @@ Providers:
   torch-compiled  torch.compile(SwapModel.swap wrapper, dynamic=False) (compiled in setup, not timed)
   ort-cpu         onnxruntime CPUExecutionProvider on the verified .dfm (NHWC in/out, graph
                   optimisations at their default, ORT_ENABLE_ALL)
+  ort-cpu-int8    the same runtime on the int8 export (format onnx, static QDQ calibrated on smooth
+                  random faces, engine.export.quantize): int8 convolutions (VNNI/AMX-INT8), outputs
+                  within the int8 tolerance of fp32, not bit-close
 
 Weights are DFL's initialisation (speed does not depend on their values). The .dfm comes from
 engine.export.export_model, i.e. it is simplified and verified against torch before it is timed.
@@ -23,7 +26,7 @@ import torch
 
 RESOLUTIONS = [128, 256]
 BATCHES = [1, 8]
-PROVIDERS = ["reference", "torch-compiled", "ort-cpu"]
+PROVIDERS = ["reference", "torch-compiled", "ort-cpu", "ort-cpu-int8"]
 _cache: dict = {}
 
 
@@ -52,6 +55,16 @@ def _dfm(res: int, tmp_path_factory):
     return entry["dfm"]
 
 
+def _int8(res: int, tmp_path_factory):
+    entry = _model(res)
+    if "int8" not in entry:
+        from engine.export import export_model
+
+        out = tmp_path_factory.mktemp(f"bench{res}q") / f"dfud{res}_int8.onnx"
+        entry["int8"] = export_model(entry["model"], out, fmt="onnx", int8=True).path
+    return entry["int8"]
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("res", RESOLUTIONS)
@@ -64,6 +77,14 @@ def test_swap_inference(benchmark, tag, tmp_path_factory, res, batch, provider):
 
         sess = ort_session(_dfm(res, tmp_path_factory))
         feeds = {"in_face:0": faces}
+        sess.run(None, feeds)
+        benchmark(sess.run, None, feeds)
+        return
+    if provider == "ort-cpu-int8":
+        from engine.export.verify import ort_session
+
+        sess = ort_session(_int8(res, tmp_path_factory))
+        feeds = {"face": np.ascontiguousarray(faces.transpose(0, 3, 1, 2))}
         sess.run(None, feeds)
         benchmark(sess.run, None, feeds)
         return

@@ -2,6 +2,7 @@
 
     report = export_model(model, "out.dfm", fmt="dfm")        # DeepFaceLive's contract, opset 12
     report = export_model(model, "out.onnx", opset=17, fp16=True)
+    report = export_model(model, "out.onnx", int8=True)         # int8 QDQ for CPU inference
 
 Pipeline (each step fails loudly with a TorchSAEError):
 1. Trace the wrapper (engine.export.graphs) with torch's TorchScript ONNX exporter (``dynamo=False``:
@@ -16,12 +17,15 @@ Pipeline (each step fails loudly with a TorchSAEError):
 4. Verify with ONNX Runtime (CPU): random inputs at batch 2, 1 and 3 (dynamic batch), and real-looking
    faces (a faces folder if given, else smooth random images), against torch eager fp32 within
    `verify.TOLERANCES`; the simplified and unsimplified graphs must agree too.
-5. Write atomically: nothing is left at the output path when any step fails.
+5. int8 (format "onnx" only): quantize the verified fp32 graph (engine.export.quantize: static QDQ,
+   activation ranges calibrated on the verification faces) and verify the int8 graph against torch fp32
+   within `verify.TOLERANCES["int8"]`.
+6. Write atomically: nothing is left at the output path when any step fails.
 
 Format "dfm" follows DFL's export_dfm (spec §9.1): opset 12, input ``in_face:0`` NHWC, outputs
 ``out_face_mask:0, out_celeb_face:0, out_celeb_face_mask:0`` NHWC in that order. Format "onnx" is NCHW
 with input ``face`` and outputs ``celeb_face, celeb_mask, face_mask``. The file carries metadata
-properties ``torchsae.*`` (format, layout, resolution, face type, archi, recipe, fp16); DeepFaceLive
+properties ``torchsae.*`` (format, layout, resolution, face type, archi, recipe, fp16, int8); DeepFaceLive
 ignores them.
 """
 
@@ -67,6 +71,7 @@ class ExportReport:
     opset: int
     fp16: bool
     resolution: int
+    int8: bool = attrs.field(default=False, kw_only=True)
     simplified_with: str | None  # "onnxsim", "onnxslim" or None
     unsimplified_path: Path | None  # kept beside the output (onnxslim fallback, or keep_unsimplified)
     input_name: str
@@ -173,7 +178,8 @@ def _metadata(proto, meta: dict[str, str]) -> None:
 
 def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str = "onnx", opset: int | None = None,
                  fp16: bool = False, simplify_graph: bool = True, keep_unsimplified: bool = False,
-                 verify_faces: str | Path | None = None, metadata: dict | None = None) -> ExportReport:
+                 verify_faces: str | Path | None = None, metadata: dict | None = None, int8: bool = False
+                 ) -> ExportReport:
     """Export `model` (a SwapModel: ``swap(face) -> (celeb_face, celeb_mask, face_mask)``, attribute
     ``resolution``) to `out` and verify it; see the module docstring. `opset` defaults to 17 for "onnx";
     "dfm" is always opset 12 (DeepFaceLive's contract) and asking for another is an error. The model is
@@ -181,12 +187,14 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str = "onnx", 
     was_training = model.training
     try:
         return _export_model(model, out, fmt=fmt, opset=opset, fp16=fp16, simplify_graph=simplify_graph,
-                             keep_unsimplified=keep_unsimplified, verify_faces=verify_faces, metadata=metadata)
+                             keep_unsimplified=keep_unsimplified, verify_faces=verify_faces, metadata=metadata,
+                             int8=int8)
     finally:
         model.train(was_training)
 
 
-def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimplified, verify_faces, metadata):
+def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimplified, verify_faces, metadata,
+                  int8=False):
     import onnx
 
     t0 = time.perf_counter()
@@ -194,6 +202,9 @@ def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimpli
     where = str(out)
     if fmt not in FORMATS:
         raise TorchSAEError(f"export format {fmt!r}: valid formats are {', '.join(FORMATS)}")
+    if int8 and (fp16 or fmt != "onnx"):
+        raise TorchSAEError(f"{where}: int8 is an fp32 graph quantized for CPU inference, format onnx only"
+                            f"{' (not with --fp16)' if fp16 else ''}{' (DeepFaceLive DFM is opset 12)' if fmt != 'onnx' else ''}")
     if fmt == "dfm":
         if opset not in (DFM_OPSET, None):
             raise TorchSAEError(f"--opset {opset} with format dfm: DeepFaceLive's .dfm contract is opset "
@@ -221,7 +232,7 @@ def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimpli
         raw_path = Path(tmp) / "raw.onnx"
         trace_onnx(net, example, raw_path, input_name=in_name, output_names=out_names, opset=opset)
         raw = onnx.load(str(raw_path))
-        meta = {"format": fmt, "layout": "NHWC" if nhwc else "NCHW", "resolution": R, "fp16": fp16,
+        meta = {"format": fmt, "layout": "NHWC" if nhwc else "NCHW", "resolution": R, "fp16": fp16, "int8": int8,
                 **(metadata or {})}
         _metadata(raw, meta)
         verify.check_graph(raw, opset=opset, where=where + " (unsimplified)")
@@ -242,6 +253,10 @@ def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimpli
                                 f"[{in_name}] and {list(out_names)}")
 
         checks = _verify(net_ref, final, raw if tool else None, R, verify_faces, nhwc, out_names, fp16)
+        if int8:
+            final = _int8(final, net_ref, R, verify_faces, in_name, out_names, where, checks)
+            _metadata(final, meta)
+            verify.check_graph(final, opset=opset, where=f"{where} (int8)")
 
         keep = tool is not None and (tool != "onnxsim" or keep_unsimplified)
         unsimplified_path = out.with_name(out.stem + ".unsimplified.onnx") if keep else None
@@ -255,11 +270,36 @@ def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimpli
     secs = time.perf_counter() - t0
     ops = dict(sorted(verify.op_counts(final).items()))
     log.info("exported %s (%s, opset %d%s, %s, %d nodes) in %.1f s; verified against torch on %d input sets",
-             out, fmt, opset, ", fp16" if fp16 else "", f"simplified with {tool}" if tool else "not simplified",
+             out, fmt, opset, ", fp16" if fp16 else ", int8" if int8 else "", f"simplified with {tool}" if tool else "not simplified",
              len(final.graph.node), secs, len({c[0] for c in checks if not c[0].startswith("simplified")}))
-    return ExportReport(path=out, fmt=fmt, opset=opset, fp16=fp16, resolution=R, simplified_with=tool,
+    return ExportReport(path=out, fmt=fmt, opset=opset, fp16=fp16, int8=int8, resolution=R, simplified_with=tool,
                         unsimplified_path=unsimplified_path, input_name=in_name, output_names=tuple(out_names),
                         op_types=ops, checks=tuple(checks), seconds=secs)
+
+
+INT8_CALIBRATION_FACES = 32
+
+
+def _int8(final, net_ref, R, faces_dir, in_name, out_names, where, checks: list):
+    """Quantize the verified fp32 graph (format onnx, NCHW) and check it on faces it was not calibrated on
+    (up to 32 calibration faces after the 4 verification ones when the folder has them; smooth random
+    images otherwise, then calibration and check share them). Appends ("int8 <faces>", output, max abs
+    error, mean limit, p99 limit) to `checks`."""
+    from engine.export.quantize import quantize_int8
+
+    faces, what = verification_faces(R, faces_dir, n=4 + INT8_CALIBRATION_FACES)
+    check, calib = (faces[:4], faces[4:]) if len(faces) >= 8 else (faces, faces)
+    check = np.ascontiguousarray(check.transpose(0, 3, 1, 2))
+    q = quantize_int8(final, np.ascontiguousarray(calib.transpose(0, 3, 1, 2)), input_name=in_name, where=where)
+    with reference_kernels(), torch.no_grad():
+        ref = [t.numpy() for t in net_ref(torch.from_numpy(check))]
+    got = verify.run_session(verify.ort_session(q), {in_name: check})
+    tol = verify.INT8_TOLERANCE
+    label = f"int8 {len(check)} of {what}" + (f", calibrated on the other {len(calib)}" if len(faces) >= 8 else "")
+    for name, g, r in zip(out_names, got, ref):
+        err = verify.assert_close_int8(f"ONNX Runtime int8 vs torch fp32, {label}", name, g, r, **tol)
+        checks.append((label, name, err, tol["mean"], tol["p99"]))
+    return q
 
 
 def _verify(net_ref, final, raw, R, faces_dir, nhwc, out_names, fp16) -> list[tuple]:
