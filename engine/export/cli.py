@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "DFL SAEHD model folder with its data.dat (bare part files: run `torchsae import-dfl` first)")
     p.add_argument("--latest", metavar="RECIPE", help="export the newest checkpoint of this recipe's run folder")
     p.add_argument("--format", choices=("onnx", "dfm"), help="onnx (NCHW, opset --opset) or dfm (DeepFaceLive, "
-                   "opset 12); default: the recipe's [export].format")
+                   "opset 12); default: the recipe's [export].format (onnx with --int8)")
     p.add_argument("--out", help="output file (folder with --parts)")
     p.add_argument("--opset", type=int, help="ONNX opset for --format onnx (default: [export].opset, 17)")
     p.add_argument("--fp16", action="store_true", default=None, help="float16 convs inside, float32 I/O "
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.latest)
     recipe, model = load_for_inference(source)
     spec = recipe.export
-    fmt = args.format or spec.format
+    fmt = args.format or ("onnx" if args.int8 else spec.format)  # int8 exists for format onnx only
     fp16 = spec.fp16 if args.fp16 is None else True
     simplify = spec.simplify and not args.no_simplify
     faces = _faces_for_verification(args, recipe)

@@ -86,7 +86,8 @@ def test_cli_int8(tiny_df, faces_dir, tmp_path, capsys):
     recipe, model = tiny_df
     ck = save_model_file(tmp_path / "model.pt", model, dumps(recipe), step=10)
     out = tmp_path / "m.onnx"
-    rc = main(["export", str(ck), "--format", "onnx", "--int8", "--out", str(out), "--verify-faces", str(faces_dir)])
+    # without --format, --int8 picks onnx (the recipe's default format is dfm, which int8 cannot be)
+    rc = main(["export", str(ck), "--int8", "--out", str(out), "--verify-faces", str(faces_dir)])
     assert rc == 0 and out.is_file()
     assert "int8" in capsys.readouterr().out
     rc = main(["export", str(ck), "--format", "onnx", "--int8", "--parts", "--out", str(tmp_path / "parts")])
