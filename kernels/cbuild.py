@@ -75,6 +75,16 @@ def build(source: Path, cflags: list[str], *, ldflags: tuple[str, ...] = (), op:
     return ctypes.CDLL(str(out))
 
 
+def build_function(source: Path, cflags: list[str], fn: str, argtypes: list, *, op: str,
+                   ldflags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """`build` + declare the kernel's entry point `fn` (returns int, takes `argtypes`); returns the library."""
+    lib = build(source, cflags, ldflags=ldflags, op=op)
+    f = getattr(lib, fn)
+    f.restype = ctypes.c_int
+    f.argtypes = argtypes
+    return lib
+
+
 class LazyLibrary:
     """A kernel library built and loaded on first use, once per process (thread-safe). A build or load
     failure is remembered: `get()` then returns None and `reason` says why (callers fall back or raise)."""

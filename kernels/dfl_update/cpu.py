@@ -31,12 +31,9 @@ _POOL = cbuild.RangePool("torchsae-optim")
 
 
 def _build(cflags: list[str] = CFLAGS) -> ctypes.CDLL:
-    lib = cbuild.build(SOURCE, cflags, ldflags=("-lm",), op="dfl_update")
-    f = lib.dfl_update
-    f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                  ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    return lib
+    return cbuild.build_function(SOURCE, cflags, "dfl_update",
+                                 [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2
+                                 + [ctypes.c_void_p], op="dfl_update", ldflags=("-lm",))
 
 
 _LIB = cbuild.LazyLibrary(_build, "dfl_update", "the optimizer uses its torch._foreach path")

@@ -41,13 +41,10 @@ _POOL = cbuild.RangePool("torchsae-dssim")
 
 
 def _build() -> ctypes.CDLL:
-    lib = cbuild.build(SOURCE, CFLAGS, op="dssim")
-    f = lib.dssim_planes
-    f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_float,
-                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    return lib
+    return cbuild.build_function(SOURCE, CFLAGS, "dssim_planes",
+                                 [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                                  ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], op="dssim")
 
 
 _LIB = cbuild.LazyLibrary(_build, "dssim", "auto dispatch uses the reference")

@@ -35,12 +35,9 @@ _POOL = cbuild.RangePool("torchsae-warp")
 
 
 def _build(cflags: list[str] = CFLAGS) -> ctypes.CDLL:
-    lib = cbuild.build(SOURCE, cflags, ldflags=("-lm",), op="warp")
-    f = lib.warp_rows
-    f.restype = ctypes.c_int
-    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                  ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    return lib
+    return cbuild.build_function(SOURCE, cflags, "warp_rows",
+                                 [ctypes.c_void_p] * 2 + [ctypes.c_int] * 6 + [ctypes.c_void_p] * 3 + [ctypes.c_int],
+                                 op="warp", ldflags=("-lm",))
 
 
 _LIB = cbuild.LazyLibrary(_build, "warp", "using torch.grid_sample")
