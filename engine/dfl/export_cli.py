@@ -1,8 +1,9 @@
 """`torchsae export-dfl CHECKPOINT --out DFL_MODEL_DIR [--name NAME]`: back to DeepFaceLab.
 
 Writes a DFL SAEHD model folder (``<name>_SAEHD_data.dat`` with the recipe's options, iter and loss
-history, the part files, and from a training checkpoint the optimizer and discriminator files) that
-DFL's trainer and merger open as an existing model (``engine.dfl.export_dfl_checkpoint``).
+history, the part files, and from a training checkpoint the optimizer and discriminator files) in DFL's
+file formats (spec §8), for DFL's trainer and merger to open as an existing model
+(``engine.dfl.export_dfl_checkpoint``).
 """
 
 from __future__ import annotations
