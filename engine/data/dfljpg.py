@@ -29,10 +29,8 @@ Public API: `read(path)`, `load(path)` (metadata + shape + raw mask bytes, no pi
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,6 +40,7 @@ import numpy as np
 
 from engine.data.facetypes import FaceType
 from engine.errors import DataError
+from engine.fileio import write_atomic
 from engine.safe_pickle import safe_loads
 
 __all__ = [
@@ -462,21 +461,6 @@ def to_jpeg_bytes(image: np.ndarray | bytes, meta: Mapping[str, Any], quality: i
     return _with_meta(parse_segments(jpg, source), meta, source)
 
 
-def _atomic_write(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write(path: str | Path, image: np.ndarray | bytes, meta: Mapping[str, Any], quality: int = 90) -> None:
     """Write a DFLJPG atomically (temp file + os.replace).
 
@@ -484,14 +468,14 @@ def write(path: str | Path, image: np.ndarray | bytes, meta: Mapping[str, Any], 
     landmarks may be arrays (stored as lists as DFL does), face_type a long/short name, xseg_mask a
     float H×W[×1] mask (encoded like DFL) or an encoded buffer. None values are dropped.
     """
-    _atomic_write(path, to_jpeg_bytes(image, meta, quality, str(path)))
+    write_atomic(path, to_jpeg_bytes(image, meta, quality, str(path)))
 
 
 def set_meta(path: str | Path, meta: Mapping[str, Any]) -> None:
     """Replace the DFL metadata of an existing JPEG without re-encoding its pixels (atomic)."""
     src = str(path)
     segs = parse_segments(_read_bytes(path), src)
-    _atomic_write(path, _with_meta(segs, meta, src))
+    write_atomic(path, _with_meta(segs, meta, src))
 
 
 def update_meta(path: str | Path, **changes: Any) -> None:
@@ -500,4 +484,4 @@ def update_meta(path: str | Path, **changes: Any) -> None:
     segs = parse_segments(_read_bytes(path), src)
     meta = _meta_from_segments(segs, src) or {}
     meta.update(changes)
-    _atomic_write(path, _with_meta(segs, meta, src))
+    write_atomic(path, _with_meta(segs, meta, src))

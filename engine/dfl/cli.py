@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.dfl.convert import import_dfl_training_state, import_model
     from engine.recipe import dumps
-    from engine.train.checkpoint import save_model_file, write_file_atomic
+    from engine.fileio import write_atomic
+    from engine.train.checkpoint import save_model_file
 
     options = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
     recipe, model = import_model(args.model_dir, name=args.name, options=options or None)
@@ -54,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     if rpath.exists():
         print(f"{rpath}: exists, kept (the imported recipe is also inside {path.name})")
     else:
-        write_file_atomic(rpath, dumps(recipe).encode("utf-8"))
+        write_atomic(rpath, dumps(recipe), durable=True)
         print(f"{rpath}: the model's recipe; set [data] src/dst, then: torchsae train {rpath} --resume {path}")
     return 0

@@ -10,7 +10,6 @@ renamed, like DFL's own saves.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.fileio import write_atomic
 from engine.safe_pickle import safe_load_file
 
 __all__ = ["MODEL_CLASS", "part_path", "data_path", "find_model_names", "read_part_file", "write_part_file",
@@ -70,19 +70,10 @@ def read_optimizer_file(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in d.items()}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_part_file(path: str | Path, weights: dict[str, np.ndarray]) -> Path:
     """Write {key: float32 array} as DFL does: ``pickle.dumps(dict, protocol=4)``, atomically."""
     path = Path(path)
-    _write_atomic(path, pickle.dumps({k: np.asarray(v) for k, v in weights.items()}, protocol=4))
+    write_atomic(path, pickle.dumps({k: np.asarray(v) for k, v in weights.items()}, protocol=4), durable=True)
     return path
 
 
@@ -103,5 +94,5 @@ def write_data_file(path: str | Path, options: dict[str, Any], iter: int = 0,
     data = {"iter": int(iter), "options": dict(options),
             "loss_history": [[float(a), float(b)] for a, b in (loss_history or [])], "sample_for_preview": None,
             "choosed_gpu_indexes": None}
-    _write_atomic(path, pickle.dumps(data))
+    write_atomic(path, pickle.dumps(data), durable=True)
     return path

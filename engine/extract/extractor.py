@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from engine.data.facetypes import FaceType
 from engine.errors import DataError
+from engine.fileio import write_atomic
 from engine.extract.align import align_face, fails_area_check
 from engine.extract.backends import FaceBackend, resolve_backend
 from engine.extract.media import MediaSource, open_media
@@ -114,9 +114,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise DataError(f"{path}: OpenCV could not encode the frame as PNG")
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    write_atomic(path, buf.tobytes())
 
 
 def _read_progress(path: Path) -> tuple[dict | None, dict[str, dict]]:
@@ -281,9 +279,7 @@ def extract(
         complete=True,
         no_face_frames=no_face,
     )
-    tmp = out / f".{SUMMARY_NAME}.partial"
-    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / SUMMARY_NAME)
+    write_atomic(out / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
     log.info(
         "extract: %d frames (%d this run, %.1f s), %d faces, %d frames without a face, %d faces dropped by the area check -> %s",
         summary.frames, n_run, seconds, summary.faces, summary.frames_no_face, summary.faces_dropped_area, out,

@@ -33,7 +33,6 @@ import datetime as _dt
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DataError
+from engine.fileio import write_atomic
 
 __all__ = [
     "SORT_METHODS",
@@ -329,9 +329,7 @@ def _load_log(path: Path) -> dict:
 
 
 def _save_log(path: Path, d: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(d, indent=1) + "\n")
 
 
 def drop_files(folder: str | Path, names: list[str], *, reason: str) -> list[str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import time
 import zlib
 from collections import deque
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DataError, TorchSAEError
+from engine.fileio import write_atomic
 from engine.merge.config import MergeConfig
 from engine.merge.face import (FaceGeometry, Prediction, composite_faces, dst_face_crop, face_geometry, merge_face,
                                predictor_input, xseg_dst_input, xseg_prd_input)
@@ -77,12 +77,6 @@ def _encode(img: np.ndarray, fmt: str, where: Path) -> bytes:
     return buf.tobytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 @attrs.frozen
 class _Task:
     """One frame for a worker: pixels, its faces with predictions, and where to write."""
@@ -110,9 +104,9 @@ def _run_task(task: _Task) -> tuple[str, int]:
         bgr, mask = merged[..., :3], merged[..., 3]
     else:
         bgr, mask = frame, np.zeros(frame.shape[:2], np.uint8)
-    _write_atomic(task.out_path, _encode(np.ascontiguousarray(bgr), task.fmt, task.out_path))
+    write_atomic(task.out_path, _encode(np.ascontiguousarray(bgr), task.fmt, task.out_path))
     if task.mask_path is not None:
-        _write_atomic(task.mask_path, _encode(np.ascontiguousarray(mask), "png", task.mask_path))
+        write_atomic(task.mask_path, _encode(np.ascontiguousarray(mask), "png", task.mask_path))
     return task.stem, len(task.faces)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.fileio import fsync_dir, write_atomic
 
 log = logging.getLogger("torchsae.train")
 
@@ -44,17 +45,6 @@ def run_dir_of(recipe) -> Path:
     return Path(recipe.train.run_dir) if recipe.train.run_dir else Path("runs") / recipe.name
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -66,16 +56,6 @@ def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
-
-
-def write_file_atomic(path: str | Path, data: bytes) -> None:
-    """Write one file atomically: temp name in the same folder, fsync, rename, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    _write_bytes(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def model_payload(model: torch.nn.Module, recipe_toml: str, step: int, extra: dict | None = None) -> dict:
@@ -91,7 +71,7 @@ def save_model_file(path: str | Path, model: torch.nn.Module, recipe_toml: str, 
     """A single-file inference checkpoint (model + resolved recipe), written atomically. ``extra`` adds
     entries, e.g. ``dfl_optimizer`` (imported DFL optimizer state, read by `Trainer.load`)."""
     path = Path(path)
-    write_file_atomic(path, _torch_bytes(model_payload(model, recipe_toml, step, extra)))
+    write_atomic(path, _torch_bytes(model_payload(model, recipe_toml, step, extra)), durable=True)
     return path
 
 
@@ -111,7 +91,7 @@ def save(run_dir: str | Path, *, step: int, model: torch.nn.Module, recipe_toml:
     _write_bytes(tmp / MODEL_FILE, _torch_bytes(model_payload(model, recipe_toml, step)))
     _write_bytes(tmp / STATE_FILE, _torch_bytes({"format": FORMAT, "step": int(step), **train_state}))
     _write_bytes(tmp / RECIPE_FILE, recipe_toml.encode("utf-8"))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if _crash_after == "files":
         raise RuntimeError("simulated crash after writing files")
     final = ckdir / name
@@ -122,10 +102,10 @@ def save(run_dir: str | Path, *, step: int, model: torch.nn.Module, recipe_toml:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(ckdir)
+    fsync_dir(ckdir)
     if _crash_after == "rename":
         raise RuntimeError("simulated crash after the rename, before `latest` moved")
-    write_file_atomic(ckdir / LATEST, (name + "\n").encode())
+    write_atomic(ckdir / LATEST, name + "\n", durable=True)
     prune(ckdir, keep_last)
     return final
 

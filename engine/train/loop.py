@@ -35,6 +35,7 @@ import torch
 from engine import recipe as recipe_mod
 from engine import schedules
 from engine.errors import CheckpointError, TorchSAEError
+from engine.fileio import write_atomic
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train import distributed as ddp
@@ -634,7 +635,7 @@ class Trainer:
         }
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            ck.write_file_atomic(self.run_dir / "summary.json", json.dumps(out, indent=2).encode())
+            write_atomic(self.run_dir / "summary.json", json.dumps(out, indent=2), durable=True)
         return out
 
 
