@@ -197,9 +197,10 @@ OPTIMIZER_PART = "src_dst_opt"  # DFL's generator optimizer file (<name>_SAEHD_s
 
 
 def _saveable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """{torch name: parameter} of DFL's saveable set (spec §3.6): every parameter of the DFL parts."""
-    parts = tuple(model.parts())
-    return {n: p for n, p in model.named_parameters() if n.split(".", 1)[0] in parts}
+    """{torch name: parameter} of DFL's saveable set (spec §3.6), in the trainer's order."""
+    from engine.optim import saehd_param_groups
+
+    return saehd_param_groups(model, model.model_spec.archi_type, True)[1]
 
 
 def _optimizer_state(path: Path, optimizer: str, params: dict[str, tuple[str, nn.Parameter]],
@@ -364,7 +365,7 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     from engine import recipe as recipe_mod
     from engine.graph import build
     from engine.modules import discriminators as D
-    from engine.optim import OptimConfig, make_optimizer, optimizer_to_dfl, saehd_param_groups
+    from engine.optim import OptimConfig, make_optimizer, optimizer_to_dfl
     from engine.train import checkpoint as ck
 
     payload = ck.load_model_payload(path)
@@ -392,7 +393,7 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
         log.warning("%s: optimizer %r has no DFL file format; DFL's optimizer starts fresh", path, recipe.optim.name)
         return files
     cfg = OptimConfig(name=recipe.optim.name)
-    _, saveable = saehd_param_groups(model, recipe.model.archi_type, True)  # the trainer's order
+    saveable = _saveable(model)
     g_opt = make_optimizer(list(saveable.values()), cfg)
     g_opt.load_state_dict(state["g_opt"])
     by_dfl = {torch_to_dfl_name(n, strip_part=False): p for n, p in saveable.items()}

@@ -37,25 +37,6 @@ log = logging.getLogger("torchsae.merge")
 
 DEFAULT_FPS = 25.0
 
-# flag dest -> [merge] key
-_SETTING_FLAGS = {
-    "mode": "mode",
-    "mask_mode": "mask_mode",
-    "erode": "erode",
-    "blur": "blur",
-    "motion_blur_power": "motion_blur_power",
-    "output_face_scale": "output_face_scale",
-    "color_transfer": "color_transfer",
-    "sharpen_mode": "sharpen_mode",
-    "blursharpen_amount": "blursharpen_amount",
-    "super_resolution_power": "super_resolution_power",
-    "image_denoise_power": "image_denoise_power",
-    "bicubic_degrade_power": "bicubic_degrade_power",
-    "color_degrade_power": "color_degrade_power",
-    "masked_hist_match": "masked_hist_match",
-    "hist_match_threshold": "hist_match_threshold",
-}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from engine.merge.config import CT_MODES, MASK_MODES, MODES, SHARPEN_MODES
@@ -145,7 +126,7 @@ def resolve_paths(args, recipe: Any, recipe_path: str | None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from engine.data.facetypes import FaceType
-    from engine.merge.config import config_from_spec
+    from engine.merge.config import SPEC_TO_CONFIG, config_from_spec
     from engine.merge.model import open_merge_model
     from engine.merge.runner import merge_frames
     from engine.merge.sources import index_aligned, open_frames, source_video_of, video_fps
@@ -170,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         face_type = FaceType.parse(max(types, key=types.get), f"{paths['aligned']}: face_type")
         log.info("merge: face type %s taken from the aligned faces (the model does not record one)", face_type.long_name)
 
-    overrides = {key: getattr(args, dest) for dest, key in _SETTING_FLAGS.items()}
+    # one flag per [merge] key, same name (add_arguments); None = not given
+    overrides = {key: getattr(args, key) for key in SPEC_TO_CONFIG}
     cfg = config_from_spec(spec, face_type, overrides)
 
     xseg = None

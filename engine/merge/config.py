@@ -168,7 +168,7 @@ class MergeConfig:
 
 
 # MergeSpec field -> MergeConfig field (names differ where the recipe uses a shorter one)
-_SPEC_TO_CONFIG = {
+SPEC_TO_CONFIG = {
     "mode": "mode",
     "mask_mode": "mask_mode",
     "erode": "erode_mask_modifier",
@@ -191,13 +191,13 @@ def config_from_spec(spec: Any, face_type: FaceType | str | int, overrides: dict
     """MergeConfig from a recipe's MergeSpec (names as in [merge]) plus `overrides` (MergeSpec names, e.g.
     {'erode': 20}; None values are ignored), for a model of `face_type`."""
     values: dict[str, Any] = {}
-    for sk, ck in _SPEC_TO_CONFIG.items():
+    for sk, ck in SPEC_TO_CONFIG.items():
         values[ck] = getattr(spec, sk)
     for k, x in (overrides or {}).items():
         if x is None:
             continue
-        if k not in _SPEC_TO_CONFIG:
-            raise TorchSAEError(f"merge override {k!r} is not a [merge] key{did_you_mean(k, _SPEC_TO_CONFIG)}")
-        values[_SPEC_TO_CONFIG[k]] = x
+        if k not in SPEC_TO_CONFIG:
+            raise TorchSAEError(f"merge override {k!r} is not a [merge] key{did_you_mean(k, SPEC_TO_CONFIG)}")
+        values[SPEC_TO_CONFIG[k]] = x
     values["face_type"] = face_type
     return MergeConfig.make(**values)

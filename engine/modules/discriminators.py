@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.dfl.keymap import dfl_to_torch_array, torch_to_dfl_array
 from engine.errors import TorchSAEError
 
 __all__ = [
@@ -254,22 +255,22 @@ def gan_discriminator_for(resolution: int, gan_patch_size: int, gan_dims: int) -
     return UNetPatchDiscriminator(patch_size=gan_patch_size or resolution // 8, in_ch=3, base_ch=gan_dims)
 
 
+_KINDS = ("conv", "conv_transpose", "bias")
+
+
 def tf_to_torch(arr: np.ndarray, kind: str) -> np.ndarray:
-    """TF layout → torch layout: conv (kh,kw,in,out)→(out,in,kh,kw); conv-transpose (kh,kw,out,in)→(in,out,kh,kw)."""
-    if kind in ("conv", "conv_transpose"):
-        return np.ascontiguousarray(np.asarray(arr).transpose(3, 2, 0, 1))
-    if kind == "bias":
-        return np.asarray(arr)
-    raise ValueError(f"tf_to_torch: unknown kind {kind!r} (valid: conv, conv_transpose, bias)")
+    """TF layout → torch layout: conv (kh,kw,in,out)→(out,in,kh,kw); conv-transpose (kh,kw,out,in)→(in,out,kh,kw);
+    bias as is (engine.dfl.keymap's rank rule, which every layer kind here follows)."""
+    if kind not in _KINDS:
+        raise ValueError(f"tf_to_torch: unknown kind {kind!r} (valid: {', '.join(_KINDS)})")
+    return dfl_to_torch_array(np.asarray(arr))
 
 
 def torch_to_tf(arr: np.ndarray, kind: str) -> np.ndarray:
     """Inverse of `tf_to_torch`."""
-    if kind in ("conv", "conv_transpose"):
-        return np.ascontiguousarray(np.asarray(arr).transpose(2, 3, 1, 0))
-    if kind == "bias":
-        return np.asarray(arr)
-    raise ValueError(f"torch_to_tf: unknown kind {kind!r} (valid: conv, conv_transpose, bias)")
+    if kind not in _KINDS:
+        raise ValueError(f"torch_to_tf: unknown kind {kind!r} (valid: {', '.join(_KINDS)})")
+    return torch_to_dfl_array(np.asarray(arr))
 
 
 def load_dfl_weights(module: nn.Module, key_map: dict[str, tuple[str, str]], weights: dict[str, np.ndarray],

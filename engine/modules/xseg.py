@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array
 from engine.errors import CheckpointError
 from engine.modules.layers import glorot_init_
 
@@ -256,23 +257,6 @@ def _torch_key(dfl_key: str) -> str:
     return name.replace("/", ".")
 
 
-def _to_torch_layout(a: np.ndarray) -> np.ndarray:
-    # conv (kh,kw,in,out) and conv-transpose (kh,kw,out,in) both map by transpose(3,2,0,1); dense (in,out) -> .T
-    if a.ndim == 4:
-        a = a.transpose(3, 2, 0, 1)
-    elif a.ndim == 2:
-        a = a.T
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _to_dfl_layout(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 4:
-        a = a.transpose(2, 3, 1, 0)
-    elif a.ndim == 2:
-        a = a.T
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
 def load_dfl_xseg_arrays(net: XSeg, arrays: dict[str, np.ndarray], source: str = "<arrays>") -> None:
     """Load DFL-named XSeg weights into `net` (keys with or without the 'XSeg/' scope, with or without ':0').
 
@@ -290,9 +274,9 @@ def load_dfl_xseg_arrays(net: XSeg, arrays: dict[str, np.ndarray], source: str =
             continue
         arr = np.asarray(value)
         want = tuple(params[tk].shape)
-        t = _to_torch_layout(arr)
+        t = dfl_to_torch_array(arr)
         if tuple(t.shape) != want:
-            dfl_shape = tuple(_to_dfl_layout(np.zeros(want)).shape)
+            dfl_shape = dfl_shape_of(want)
             raise CheckpointError(f"{source}: '{key}' has shape {tuple(arr.shape)}, which does not fit this XSeg "
                                   f"(base_ch {net.base_ch}; expected DFL shape {dfl_shape})")
         staged[tk] = torch.from_numpy(t)
@@ -314,7 +298,7 @@ def dfl_xseg_arrays(net: XSeg, scope: bool = False) -> dict[str, np.ndarray]:
     """`net`'s weights in DFL's names and layouts: keys 'conv01/conv/weight:0' as inside XSeg_256.npy
     (or 'XSeg/conv01/conv/weight:0' with ``scope=True``)."""
     pre = _DFL_SCOPE + "/" if scope else ""
-    return {pre + k.replace(".", "/") + ":0": _to_dfl_layout(p.detach().cpu().numpy()) for k, p in net.named_parameters()}
+    return {pre + k.replace(".", "/") + ":0": torch_to_dfl_array(p.detach().cpu().numpy()) for k, p in net.named_parameters()}
 
 
 def xseg_weights_path(path: str | Path) -> Path:
