@@ -7,7 +7,7 @@ G_loss.sum().backward() → NaN/inf guard → DFL RMSprop/AdaBelief update) on a
 is what DFL's recorded number times too (one `src_dst_train` session call on a fixed batch; the data
 loader is benchmarked in suite "data").
 
-DFL's speed (bench/train/dfl_recorded.json, copied from /work/shared/golden/perf/) was recorded on the
+DFL's speed (bench/train/dfl_recorded.json, copied from shared/golden/perf/ beside the checkout) was recorded on the
 same 2-core CPU with nothing else running (load ~0.7). Besides wall time every measurement records the
 process CPU time per step (all threads, user + sys) and the load average, because wall time on a shared
 machine mostly measures the other processes: CPU seconds per step are the load-robust figure to compare
