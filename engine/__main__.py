@@ -15,17 +15,17 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("engine.recipe.cli_validate", "check a recipe and report every problem"),
     "describe": ("engine.graph.cli_describe", "show a recipe's graph: nodes, shapes, parameter counts, derived values"),
-    "ls": ("engine.registry", "list archis, blocks, losses, schedules"),
-    "train": ("engine.train.cli", "train a recipe"),
-    "import-dfl": ("engine.dfl.cli", "convert a DFL SAEHD model folder to a TorchSAE checkpoint"),
-    "export-dfl": ("engine.dfl.export_cli", "write a checkpoint as a DFL SAEHD model folder (DFL continues it)"),
-    "export": ("engine.export.cli", "export a checkpoint to ONNX or DFM"),
-    "swap": ("engine.export.swap_cli", "run a model over a folder of aligned faces"),
-    "faceset": ("engine.data.cli", "faceset tools: info, pack"),
-    "extract": ("engine.extract.cli", "videos/photos -> aligned DFLJPG faceset"),
-    "sort": ("engine.extract.sort_cli", "sort or clean an aligned faceset"),
+    "ls": ("engine.recipe.cli_ls", "list the recipe vocabulary: archis, blocks, loss terms, schedules, optimizers"),
+    "train": ("engine.train.cli_train", "train a recipe"),
+    "import-dfl": ("engine.dfl.cli_import_dfl", "convert a DFL SAEHD model folder to a TorchSAE checkpoint"),
+    "export-dfl": ("engine.dfl.cli_export_dfl", "write a checkpoint as a DFL SAEHD model folder (DFL continues it)"),
+    "export": ("engine.export.cli_export", "export a checkpoint to ONNX or DFM"),
+    "swap": ("engine.export.cli_swap", "run a model over a folder of aligned faces"),
+    "faceset": ("engine.faces.cli_faceset", "faceset tools: info, pack"),
+    "extract": ("engine.extract.cli_extract", "videos/photos -> aligned DFLJPG faceset"),
+    "sort": ("engine.extract.cli_sort", "sort or clean an aligned faceset"),
     "demo-data": ("engine.extract.demo", "fetch and extract the bundled demo faces"),
-    "merge": ("engine.merge.cli", "composite swapped faces back into frames and write the video"),
+    "merge": ("engine.merge.cli_merge", "composite swapped faces back into frames and write the video"),
 }
 
 

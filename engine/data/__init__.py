@@ -1,1 +1,3 @@
-"""Faceset I/O (DFLJPG, packs), landmarks and face types, colour transfer, the SAEHD sample pipeline and loader."""
+"""The training-data pipeline, the consumer of [data]: batch planning and index sampling, the SAEHD sample
+pipelines ("dfl", "fast"), the worker loader and the loader the training loop drives (`make_loader`).
+Face files, landmarks and masks come from engine.faces."""

@@ -4,7 +4,7 @@ Data flow (engine.data.loader drives it):
 
     BatchPlanner (main process)  --BatchPlan-->  SAEHDBatches[plan] (worker)  -->  dict of NCHW tensors
 
-- `Faceset`: the usable FaceSamples of one or more folders/packs (engine.data.faceset.load_faceset), with
+- `Faceset`: the usable FaceSamples of one or more folders/packs (engine.faces.faceset.load_faceset), with
   MARK_ONLY samples dropped (DFL cannot train them) and decoding to `FaceData`.
 - `BatchPlanner`: which samples batch k uses and their per-sample keys. Sample indices come from DFL's
   IndexHost (shuffled epochs) or, with uniform_yaw, Index2DHost (engine.data.yaw); each src sample gets
@@ -20,7 +20,7 @@ Bad input at load time (a file that scanned fine but no longer decodes): the sam
 next index (i+1, i+2, ... mod N) that decodes, deterministically; the names are returned with the batch
 (`_bad`) so the loader reports them in a summary warning; DataError naming the faceset if nothing in it
 decodes any more. The scan's own skips (non-DFL JPEG, missing landmarks, unknown face type) are reported
-once by engine.data.faceset.
+once by engine.faces.faceset.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import cv2
 import numpy as np
 import torch
 
-from engine.data import dfljpg
-from engine.data.faceset import FaceSample, load_faceset
-from engine.data.facetypes import FaceType
-from engine.data.landmarks import get_transform_mat, landmarks_68_3D, transform_points
-from engine.data.masks import get_image_hull_mask
+from engine.faces import dfljpg
+from engine.faces.faceset import FaceSample, load_faceset
+from engine.faces.facetypes import FaceType
+from engine.faces.landmarks import get_transform_mat, landmarks_68_3D, transform_points
+from engine.faces.masks import get_image_hull_mask
 from engine.data.sample import (
     OUTPUT_NAMES,
     FaceData,

@@ -55,11 +55,11 @@ import cv2
 import numpy as np
 import torch
 
-from engine.data.color_transfer import CT_MODES, color_transfer
-from engine.data.facetypes import FaceType
+from engine.faces.color_transfer import CT_MODES, color_transfer
+from engine.faces.facetypes import FaceType
 from engine.data.hsv import HSVShift, apply_hsv_shift, draw_hsv_shift
-from engine.data.landmarks import get_transform_mat
-from engine.data.masks import get_eyes_mouth_mask, get_image_hull_mask
+from engine.faces.landmarks import get_transform_mat
+from engine.faces.masks import get_eyes_mouth_mask, get_image_hull_mask
 from engine.errors import DataError, did_you_mean
 from kernels import dispatch
 from kernels.warp import WarpBatchParams, gen_warp_params, warp_batch, warp_by_params

@@ -14,7 +14,7 @@ its place as a few integers and continue bit-exactly after a resume:
   permutation, so every bin is equally likely.
 
 `yaws` are DFL's `estimate_pitch_yaw_roll(landmarks, size=width)[1]` per sample (computed by the caller;
-engine.data.dataset does it through engine.data.landmarks).
+engine.data.dataset does it through engine.faces.landmarks).
 """
 
 from __future__ import annotations

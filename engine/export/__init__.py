@@ -11,7 +11,7 @@ runtime (swappers for files, parts and checkpoints), checkpoint (where models co
 I/O), cli / swap_cli (the commands).
 """
 
-from engine.export.checkpoint import default_export_path, latest_checkpoint, load_for_inference, run_dir_of
+from engine.export.inference import default_export_path, latest_checkpoint, load_for_inference, run_dir_of
 from engine.export.onnx_export import DFM_OPSET, ExportReport, export_model
 from engine.export.parts import PartsReport, PartsRunner, export_parts
 from engine.export.runtime import OrtSwapper, PartsSwapper, TorchSwapper, open_model

@@ -56,7 +56,7 @@ def _faces_for_verification(args, recipe) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.export.checkpoint import default_export_path, latest_checkpoint, load_for_inference
+    from engine.export.inference import default_export_path, latest_checkpoint, load_for_inference
 
     if bool(args.checkpoint) == bool(args.latest):
         raise TorchSAEError("give a checkpoint (or DFL model folder) or --latest RECIPE, not both and not neither")

@@ -13,7 +13,7 @@ face_mask (N,R,R,1).
   NCHW, outputs named celeb_face, celeb_mask, face_mask) is recognised by its input name. The CUDA
   execution provider is used when onnxruntime offers it, else the CPU.
 - `PartsSwapper` chains a ``--parts`` export (engine.export.parts.PartsRunner).
-- `TorchSwapper` runs a checkpoint or DFL model folder (engine.export.checkpoint.load_for_inference)
+- `TorchSwapper` runs a checkpoint or DFL model folder (engine.export.inference.load_for_inference)
   in torch, on CUDA when available.
 """
 
@@ -111,7 +111,7 @@ class TorchSwapper:
     def __init__(self, path: str | Path, device: str | None = None):
         import torch
 
-        from engine.export.checkpoint import load_for_inference
+        from engine.export.inference import load_for_inference
 
         self.recipe, model = load_for_inference(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

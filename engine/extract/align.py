@@ -19,8 +19,8 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.data.facetypes import FaceType
-from engine.data.landmarks import get_transform_mat, polygon_area, transform_points
+from engine.faces.facetypes import FaceType
+from engine.faces.landmarks import get_transform_mat, polygon_area, transform_points
 
 __all__ = ["AlignedFace", "align_face", "crop_area_in_frame", "rect_area", "fails_area_check", "warp_face"]
 

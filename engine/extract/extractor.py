@@ -32,7 +32,7 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.data.facetypes import FaceType
+from engine.faces.facetypes import FaceType
 from engine.errors import DataError
 from engine.fileio import write_atomic
 from engine.extract.align import align_face, fails_area_check
@@ -104,7 +104,7 @@ def face_metadata(aligned, rect: np.ndarray, source_filename: str) -> dict:
 
 
 def _write_face(path: Path, image: np.ndarray, meta: dict, jpeg_quality: int) -> None:
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
 
     # dfljpg.write is atomic (temp file + rename): an interrupted run never leaves a half-written face.
     dfljpg.write(path, image, meta, quality=jpeg_quality)

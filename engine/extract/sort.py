@@ -103,8 +103,8 @@ def list_faces(folder: str | Path) -> list[Path]:
 
 
 def _meta(path: Path) -> dict:
-    """DFL metadata of an aligned face (engine.data.dfljpg.read); DataError if it has no landmarks."""
-    from engine.data import dfljpg
+    """DFL metadata of an aligned face (engine.faces.dfljpg.read); DataError if it has no landmarks."""
+    from engine.faces import dfljpg
 
     meta = dfljpg.read(path)
     if not meta or meta.get("landmarks") is None:
@@ -114,7 +114,7 @@ def _meta(path: Path) -> dict:
 
 def _read(path: Path) -> tuple[np.ndarray, dict]:
     """(BGR uint8 image, DFL metadata dict) of an aligned face."""
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
 
     meta = _meta(path)
     return dfljpg.read_image(path), meta
@@ -122,7 +122,7 @@ def _read(path: Path) -> tuple[np.ndarray, dict]:
 
 def sharpness(image: np.ndarray, landmarks) -> float:
     """Variance of the Laplacian of the grey image over the hull-mask pixels (NaN if the mask is empty)."""
-    from engine.data.masks import get_image_hull_mask
+    from engine.faces.masks import get_image_hull_mask
 
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float64) if image.ndim == 3 else image.astype(np.float64)
     lap = cv2.filter2D(grey, cv2.CV_64F, _LAPLACIAN, borderType=cv2.BORDER_REFLECT_101)
@@ -145,10 +145,10 @@ def blur_scores(paths: list[Path]) -> np.ndarray:
 
 def yaw_scores(paths: list[Path]) -> np.ndarray:
     """(N,) yaw in radians per face (spec §6.6, size = image width as DFL passes)."""
-    from engine.data.landmarks import estimate_pitch_yaw_roll
+    from engine.faces.landmarks import estimate_pitch_yaw_roll
 
     out = np.empty(len(paths), dtype=np.float64)
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
 
     for i, p in enumerate(paths):
         meta = _meta(p)

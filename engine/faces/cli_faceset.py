@@ -3,7 +3,7 @@
 info: number of usable faces, face types, resolutions, how many carry an XSeg mask / XSeg polygons,
 and the pose range (DFL's estimate_pitch_yaw_roll, §6.6) in degrees. `--json` prints it as JSON.
 pack: scans DIR (DFL aligned JPEGs, or plain images with <name>_landmarks.npy) and writes TorchSAE's
-memory-mappable packed faceset (engine.data.pak) to DIR/faceset.tspak or --out; `--decoded` stores raw
+memory-mappable packed faceset (engine.faces.pak) to DIR/faceset.tspak or --out; `--decoded` stores raw
 pixels so training skips JPEG decoding.
 """
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _info(args) -> int:
-    from engine.data.faceset import load_faceset, summarize
+    from engine.faces.faceset import load_faceset, summarize
 
     samples = load_faceset(args.path, face_type=args.face_type)
     summary = summarize(samples)
@@ -55,8 +55,8 @@ def _info(args) -> int:
 
 
 def _pack(args) -> int:
-    from engine.data.faceset import scan_faceset
-    from engine.data.pak import TSPAK_FILENAME, pack_faceset
+    from engine.faces.faceset import scan_faceset
+    from engine.faces.pak import TSPAK_FILENAME, pack_faceset
     from engine.errors import DataError
 
     folder = Path(args.path)

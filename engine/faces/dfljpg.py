@@ -38,7 +38,7 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.data.facetypes import FaceType
+from engine.faces.facetypes import FaceType
 from engine.errors import DataError
 from engine.fileio import write_atomic
 from engine.safe_pickle import safe_loads

@@ -10,8 +10,8 @@ Sources (`load_faceset(path)` picks by what `path` is):
 - a plain folder of aligned JPEG/PNG faces with `<name>_landmarks.npy` (68×2, aligned pixels) beside
   each image; the face type comes from an argument (default 'wf') — files that carry DFL metadata use
   their own;
-- DFL's `faceset.pak` (engine.data.pak.read_dfl_pak) or TorchSAE's packed cache `faceset.tspak`
-  (engine.data.pak.PackedFaceset), or a folder holding one of them (the TorchSAE cache first, then
+- DFL's `faceset.pak` (engine.faces.pak.read_dfl_pak) or TorchSAE's packed cache `faceset.tspak`
+  (engine.faces.pak.PackedFaceset), or a folder holding one of them (the TorchSAE cache first, then
   DFL's pak, as DFL prefers its pak over the loose files).
 
 Bad inputs (a JPEG without DFL metadata or landmarks file, a truncated/undecodable file, a landmarks
@@ -31,8 +31,8 @@ from typing import Any, Iterable
 import attrs
 import numpy as np
 
-from engine.data import dfljpg
-from engine.data.facetypes import FaceType
+from engine.faces import dfljpg
+from engine.faces.facetypes import FaceType
 from engine.errors import DataError, UnsafeFileError
 
 __all__ = [
@@ -126,7 +126,7 @@ class FaceSample:
 
     def pitch_yaw_roll(self) -> tuple[float, float, float]:
         """DFL's estimate_pitch_yaw_roll(landmarks, size=width) (§6.6)."""
-        from engine.data.landmarks import estimate_pitch_yaw_roll
+        from engine.faces.landmarks import estimate_pitch_yaw_roll
 
         return estimate_pitch_yaw_roll(self.landmarks, size=self.shape[1])
 
@@ -312,7 +312,7 @@ def scan_faceset(folder: str | Path, face_type: str | FaceType = "wf") -> list[F
 
 def load_faceset(path: str | Path, face_type: str | FaceType = "wf") -> list[FaceSample]:
     """FaceSamples from a folder, a DFL faceset.pak or a TorchSAE faceset.tspak (see module docstring)."""
-    from engine.data import pak
+    from engine.faces import pak
 
     path = Path(path)
     if path.is_file():

@@ -27,7 +27,7 @@ import math
 import cv2
 import numpy as np
 
-from engine.data.facetypes import FACE_TYPE_PADDING, FaceType
+from engine.faces.facetypes import FACE_TYPE_PADDING, FaceType
 from engine.errors import DataError
 
 __all__ = [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engine.data.landmarks import as_landmarks
+from engine.faces.landmarks import as_landmarks
 from engine.errors import DataError
 
 __all__ = [

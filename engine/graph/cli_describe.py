@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from engine.graph import describe, render
 
-    from engine.train.cli import FLAG_KEYS
+    from engine.train.cli_train import FLAG_KEYS
 
     d = describe(recipe)
     # the original TorchSAE CLI's train flags and the resolved recipe values they set

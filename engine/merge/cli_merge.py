@@ -99,7 +99,7 @@ def resolve_paths(args, recipe: Any, recipe_path: str | None) -> dict[str, Any]:
     if args.model:
         paths["model"] = Path(args.model)
     elif recipe_path:
-        from engine.export.checkpoint import latest_checkpoint
+        from engine.export.inference import latest_checkpoint
 
         paths["model"] = latest_checkpoint(recipe_path)
     else:
@@ -125,7 +125,7 @@ def resolve_paths(args, recipe: Any, recipe_path: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.data.facetypes import FaceType
+    from engine.faces.facetypes import FaceType
     from engine.merge.config import SPEC_TO_CONFIG, config_from_spec
     from engine.merge.model import open_merge_model
     from engine.merge.runner import merge_frames

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from engine.data.facetypes import FaceType
+from engine.faces.facetypes import FaceType
 from engine.errors import TorchSAEError, did_you_mean
 
 __all__ = ["MergeConfig", "MODES", "MASK_MODES", "CT_MODES", "SHARPEN_MODES", "XSEG_MASK_MODES", "config_from_spec"]

@@ -53,10 +53,10 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.data.color_transfer import color_hist_match, merger_color_transfer
-from engine.data.facetypes import FaceType
-from engine.data.landmarks import get_transform_mat
-from engine.data.masks import get_image_hull_mask
+from engine.faces.color_transfer import color_hist_match, merger_color_transfer
+from engine.faces.facetypes import FaceType
+from engine.faces.landmarks import get_transform_mat
+from engine.faces.masks import get_image_hull_mask
 from engine.errors import TorchSAEError
 from engine.merge.config import MergeConfig
 

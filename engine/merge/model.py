@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from engine.data.facetypes import FaceType
+from engine.faces.facetypes import FaceType
 from engine.errors import TorchSAEError
 
 __all__ = ["MergeModel", "open_merge_model"]

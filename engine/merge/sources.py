@@ -25,8 +25,8 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.data.facetypes import FaceType
-from engine.data.landmarks import get_transform_mat, transform_points
+from engine.faces.facetypes import FaceType
+from engine.faces.landmarks import get_transform_mat, transform_points
 from engine.errors import DataError
 
 __all__ = ["FaceRecord", "AlignedIndex", "index_aligned", "FrameSource", "open_frames", "motion_vectors",
@@ -74,7 +74,7 @@ class AlignedIndex:
 
 def index_aligned(folder: str | Path) -> AlignedIndex:
     """Read every DFLJPG in `folder` and group its source_landmarks by source frame stem."""
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
 
     folder = Path(folder)
     if not folder.is_dir():

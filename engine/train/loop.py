@@ -308,7 +308,7 @@ class Trainer:
         return t
 
     def make_loader(self) -> None:
-        from engine.train.data import make_loader
+        from engine.data.train_loader import make_loader
 
         self.loader = make_loader(self.recipe, rank=self.dist.rank, world=self.dist.world, device=self.device,
                                   random_warp=self.random_warp, pretrain=self.pretrain)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import dfljpg
+from engine.faces import dfljpg
 from engine.data.dataset import (
     BATCH_KEYS,
     BatchPlan,

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.data.dataset import synthetic_face
-from engine.data.facetypes import FaceType
+from engine.faces.facetypes import FaceType
 from engine.data.hsv import HSVShift, apply_hsv_shift, draw_hsv_shift
-from engine.data.landmarks import get_transform_mat, transform_points
-from engine.data.masks import get_image_hull_mask
+from engine.faces.landmarks import get_transform_mat, transform_points
+from engine.faces.masks import get_image_hull_mask
 from engine.data.sample import (
     FaceData,
     SampleOptions,

@@ -15,7 +15,7 @@ CACHE = ROOT / ".cache" / "torchsae"  # gitignored download cache shared with `m
 def mean_face_landmarks(size: int, yaw_deg: float = 0.0, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
     """(68, 2) float64 synthetic landmarks: DFL's mean 3D face rotated (yaw about y, pitch about x,
     roll about z), orthographically projected, scaled to ~45 % of `size` and centred."""
-    from engine.data.landmarks import landmarks_68_3D
+    from engine.faces.landmarks import landmarks_68_3D
 
     y, p, r = (math.radians(a) for a in (yaw_deg, pitch_deg, roll_deg))
     ry = np.array([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])

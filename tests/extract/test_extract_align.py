@@ -57,7 +57,7 @@ def test_align_face_matches_dfl(name, ft):
 @pytest.mark.parametrize("name,ft", CASES)
 def test_jpeg_quality_90_bytes_match_dfl(name, ft):
     """The aligned face is stored as cv2.imencode JPEG q90, byte-identical to DFL's cv2_imwrite."""
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
 
     z, _side, _frame = _load(name)
     assert dfljpg.encode_jpeg(z["face_image_written"], 90) == z["plain_jpg_bytes"].tobytes()
@@ -70,7 +70,7 @@ def test_area_check_threshold_hand_computed():
     383.624 px (for output 256). The check maps the corners (0,0)..(S-1,S-1), so the area is
     (383.624·255/256)².
     """
-    from engine.data.landmarks import get_transform_mat, landmarks_68_3D
+    from engine.faces.landmarks import get_transform_mat, landmarks_68_3D
 
     lm = landmarks_68_3D[:, :2].astype(np.float32) * 2 + np.float32([300, 260])
     mat = get_transform_mat(lm, 256, "f")

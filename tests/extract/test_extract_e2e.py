@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import dfljpg
-from engine.data.facetypes import FACE_TYPE_PADDING, FaceType
-from engine.data.landmarks import get_transform_mat, landmarks_2D_new, transform_points
+from engine.faces import dfljpg
+from engine.faces.facetypes import FACE_TYPE_PADDING, FaceType
+from engine.faces.landmarks import get_transform_mat, landmarks_2D_new, transform_points
 from engine.errors import DataError
 from engine.extract.backends import DetectedFace
 from engine.extract.extractor import PROGRESS_NAME, SUMMARY_NAME, extract

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import dfljpg
+from engine.faces import dfljpg
 from engine.errors import DataError
 from engine.extract import sort as S
 
@@ -44,7 +44,7 @@ def blur_set(tmp_path):
 
 
 def test_sharpness_is_laplacian_variance_inside_hull_only():
-    from engine.data.masks import get_image_hull_mask
+    from engine.faces.masks import get_image_hull_mask
 
     lm = mean_face_landmarks(SIZE)
     img = _texture(1)

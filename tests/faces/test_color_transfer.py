@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from engine.data import color_transfer as C
+from engine.faces import color_transfer as C
 from engine.errors import DataError
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "color_transfer"

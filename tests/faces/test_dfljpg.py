@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data import dfljpg
-from engine.data import landmarks as L
+from engine.faces import dfljpg
+from engine.faces import landmarks as L
 from engine.errors import DataError, UnsafeFileError
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "dfljpg"

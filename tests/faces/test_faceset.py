@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from engine.__main__ import main
-from engine.data import dfljpg
-from engine.data.faceset import scan_faceset
+from engine.faces import dfljpg
+from engine.faces.faceset import scan_faceset
 from engine.errors import DataError, UnsafeFileError
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "dfljpg"
@@ -114,7 +114,7 @@ def test_malicious_metadata_stops_the_scan(mixed, tmp_path):
 
 def test_pose_of_sample_uses_width():
     s = scan_faceset(GOLDEN)[2]
-    from engine.data.landmarks import estimate_pitch_yaw_roll
+    from engine.faces.landmarks import estimate_pitch_yaw_roll
 
     assert s.pitch_yaw_roll() == estimate_pitch_yaw_roll(s.landmarks, size=256)
 

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import landmarks as L
-from engine.data import masks as M
-from engine.data.facetypes import FaceType
+from engine.faces import landmarks as L
+from engine.faces import masks as M
+from engine.faces.facetypes import FaceType
 from engine.errors import DataError
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "landmarks"

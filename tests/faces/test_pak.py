@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.data import dfljpg, pak
-from engine.data.faceset import FaceSample, load_faceset, scan_faceset
+from engine.faces import dfljpg, pak
+from engine.faces.faceset import FaceSample, load_faceset, scan_faceset
 from engine.errors import DataError, UnsafeFileError
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "dfljpg"

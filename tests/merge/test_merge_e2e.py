@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from engine.__main__ import main
-from engine.data.landmarks import landmarks_68_3D
+from engine.faces.landmarks import landmarks_68_3D
 
 H, W = 160, 200
 FACES = {1: [(90, 80, 0.9)], 2: [], 3: [(60, 70, 0.7), (140, 90, 0.8)]}
@@ -35,7 +35,7 @@ def ws(tmp_path_factory):
 
     from engine import graph
     from engine import recipe as recipe_mod
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
     from engine.extract.align import align_face
     from engine.extract.extractor import face_metadata
     from engine.train import checkpoint

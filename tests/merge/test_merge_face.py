@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.data.landmarks import landmarks_68_3D, transform_points
-from engine.data.masks import get_image_hull_mask
+from engine.faces.landmarks import landmarks_68_3D, transform_points
+from engine.faces.masks import get_image_hull_mask
 from engine.errors import TorchSAEError
 from engine.merge.config import CT_MODES, MASK_MODES, MODES, MergeConfig, config_from_spec
 from engine.merge.face import (Prediction, blursharpen, composite_faces, dst_face_crop, face_geometry,
