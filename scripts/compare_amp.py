@@ -5,7 +5,7 @@
 
 Model: df-ud, res 64, ae 64 / e 16 / d 16 / dm 16, batch 4, DFL RMSprop (lr 5e-5), SAEHD loss with DFL's
 defaults (masked training, DSSIM + MSE), random warp on. Data: the demo workspace (workspace/demo,
-`make data`) when present, else a synthetic faceset (engine.data.dataset.write_synthetic_faceset).
+`make data`) when present, else a synthetic faceset (tests/synthetic_faces.py).
 
 Both runs are built with the same seed, so they start from identical weights (checked), and they are
 stepped in lockstep on the *same* batches (one loader feeds both), so the only difference is the
@@ -63,12 +63,12 @@ def facesets(kind: str, tmp: Path, n_synthetic: int = 48) -> tuple[Path, Path, s
     if kind in ("demo", "auto") and have_demo:
         n_src, n_dst = len(list(src.glob("*.jpg"))), len(list(dst.glob("*.jpg")))
         return src, dst, f"demo workspace ({n_src} src / {n_dst} dst faces)"
-    from engine.data.dataset import write_synthetic_faceset
+    from tests.synthetic_faces import write_synthetic_faceset
 
     write_synthetic_faceset(tmp / "src", n_synthetic, size=256, face_type="wf", seed=1, xseg_every=4)
     write_synthetic_faceset(tmp / "dst", n_synthetic, size=256, face_type="wf", seed=2)
     return (tmp / "src", tmp / "dst",
-            f"synthetic faceset ({n_synthetic} src / {n_synthetic} dst, 256 px, engine.data.dataset)")
+            f"synthetic faceset ({n_synthetic} src / {n_synthetic} dst, 256 px, tests/synthetic_faces.py)")
 
 
 def build(a: argparse.Namespace, src: Path, dst: Path, amp: str, run_dir: Path) -> Trainer:

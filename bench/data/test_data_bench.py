@@ -6,7 +6,7 @@ otherwise (random warp on, dst flip on). Providers:
   fast        pipeline "fast": model-resolution uint8 cache + batched torch warp (steady state: the cache
               is filled during the warm-up epoch, as it is after the first epoch of a training run)
 One item = one batch row = one src face + one dst face with all four outputs each (what one sample of
-a training step consumes). The faceset is synthetic (engine.data.dataset.write_synthetic_faceset):
+a training step consumes). The faceset is synthetic (tests/synthetic_faces.py):
 48 src + 48 dst 512×512 whole-face DFLJPGs, every 4th src face with a 256² XSeg mask.
 Bar (brief): ≥ 3× a df-ud res-128 batch-4 step on this CPU (~1-2 s/step → ≥ 8-12 samples/s).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.data.dataset import write_synthetic_faceset
+from tests.synthetic_faces import write_synthetic_faceset
 from engine.data.loader import build_loader
 from engine.recipe.specs import DataSpec
 

@@ -1,11 +1,10 @@
-"""SAEHD training batches: facesets, the deterministic batch plan, and the worker-side batch maker (spec §5.1).
+"""SAEHD training batches: the deterministic batch plan and the worker-side batch maker (spec §5.1).
 
 Data flow (engine.data.loader drives it):
 
     BatchPlanner (main process)  --BatchPlan-->  SAEHDBatches[plan] (worker)  -->  dict of NCHW tensors
 
-- `Faceset`: the usable FaceSamples of one or more folders/packs (engine.faces.faceset.load_faceset), with
-  MARK_ONLY samples dropped (DFL cannot train them) and decoding to `FaceData`.
+- `Faceset` (engine.faces.faceset): the usable faces of the src / dst folders or packs, decoded on demand.
 - `BatchPlanner`: which samples batch k uses and their per-sample keys. Sample indices come from DFL's
   IndexHost (shuffled epochs) or, with uniform_yaw, Index2DHost (engine.data.yaw); each src sample gets
   a colour-transfer dst sample from its own shuffled dst order when ct is on (§5.1). Per-sample keys
@@ -38,14 +37,8 @@ import cv2
 import numpy as np
 import torch
 
-from engine.faces import dfljpg
-from engine.faces.faceset import FaceSample, load_faceset
-from engine.faces.facetypes import FaceType
-from engine.faces.landmarks import get_transform_mat, landmarks_68_3D, transform_points
-from engine.faces.masks import get_image_hull_mask
 from engine.data.sample import (
     OUTPUT_NAMES,
-    FaceData,
     SampleOptions,
     prepare_ct_ref,
     prepare_face,
@@ -55,16 +48,15 @@ from engine.data.sample import (
 )
 from engine.data.yaw import ShuffleIndex, UniformYawIndex
 from engine.errors import DataError
+from engine.faces.faceset import Faceset
 
 __all__ = [
     "BATCH_KEYS",
     "MODES",
-    "Faceset",
     "BatchPlan",
     "BatchPlanner",
     "FaceCache",
     "SAEHDBatches",
-    "write_synthetic_faceset",
 ]
 
 log = logging.getLogger("torchsae.data")
@@ -80,61 +72,6 @@ _KEY_SRC, _KEY_DST, _KEY_CT, _KEY_SAMPLE = 1, 2, 3, 4
 # What makes one sample unusable at load time (undecodable bytes, a mask or landmarks OpenCV or the
 # alignment cannot use): the sample is replaced and reported, the epoch goes on.
 _SAMPLE_ERRORS = (DataError, cv2.error, ValueError, ArithmeticError, np.linalg.LinAlgError)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Facesets
-
-
-class Faceset:
-    """The usable faces of one or more facesets (folders, faceset.pak or faceset.tspak), in order.
-
-    plain_face_type: face type of plain images with `<name>_landmarks.npy` (DFLJPGs carry their own).
-    MARK_ONLY samples (no crop; DFL's SampleProcessor cannot use them) are dropped with one warning.
-    """
-
-    def __init__(self, paths: str | Path | Sequence[str | Path], plain_face_type: str | FaceType = "wf"):
-        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        if not paths:
-            raise DataError("faceset: no folder given")
-        self.label = ", ".join(str(p) for p in paths)
-        samples: list[FaceSample] = []
-        for p in paths:
-            samples.extend(load_faceset(p, plain_face_type))
-        marks = [s.name for s in samples if s.face_type_enum == FaceType.MARK_ONLY]
-        if marks:
-            log.warning("%s: skipped %d mark_only faces (no crop to train on; DFL cannot use them either): %s%s",
-                        self.label, len(marks), ", ".join(marks[:5]), " ..." if len(marks) > 5 else "")
-            samples = [s for s in samples if s.face_type_enum != FaceType.MARK_ONLY]
-        if not samples:
-            raise DataError(f"{self.label}: no usable aligned faces (all {len(marks)} are mark_only)")
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def face(self, i: int) -> FaceData:
-        """Decode sample i (pixels + xseg mask). DataError when the bytes no longer decode."""
-        s = self.samples[i]
-        return FaceData(image=s.load_image(), landmarks=np.asarray(s.landmarks), face_type=s.face_type_enum,
-                        xseg_mask=s.get_xseg_mask(), eyebrows_expand_mod=s.eyebrows_expand_mod, name=s.name)
-
-    def image(self, i: int) -> np.ndarray:
-        """Decode only sample i's pixels (BGR uint8), for the colour-transfer reference."""
-        return self.samples[i].load_image()
-
-    def yaws(self) -> np.ndarray:
-        """DFL's estimate_pitch_yaw_roll(landmarks, size=width)[1] per sample (§6.6); NaN where it fails."""
-        out = np.empty(len(self.samples))
-        for i, s in enumerate(self.samples):
-            try:
-                out[i] = s.pitch_yaw_roll()[1]
-            except DataError:
-                out[i] = np.nan
-        return out
-
-    def face_types(self) -> set[FaceType]:
-        return {s.face_type_enum for s in self.samples}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -412,71 +349,3 @@ class SAEHDBatches(torch.utils.data.Dataset):
         out["_step"] = plan.step
         out["_bad"] = bad
         return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Synthetic facesets (tests, benchmarks, smoke runs anywhere)
-
-
-def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
-    return rz @ rx @ ry
-
-
-def synthetic_face(rng: np.random.Generator, size: int = 512, face_type: str | FaceType = "wf",
-                   max_yaw_deg: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
-    """A drawn face: (BGR uint8 (size, size, 3), aligned landmarks float64 (68, 2)).
-
-    DFL's mean 3D face (landmarks_68_3D) is posed (yaw ±max_yaw_deg, pitch/roll ±10°), projected, and
-    aligned for `face_type` with get_transform_mat like DFL's extractor; skin, brows, eyes, nose and mouth
-    are drawn from those landmarks over a random gradient background, with mild noise and blur.
-    """
-    pose = _rotation(np.deg2rad(rng.uniform(-max_yaw_deg, max_yaw_deg)), np.deg2rad(rng.uniform(-10, 10)),
-                     np.deg2rad(rng.uniform(-10, 10)))
-    pts3 = landmarks_68_3D.astype(np.float64) * rng.uniform(0.9, 1.1, size=(1, 3))
-    frame = (pts3 @ pose.T)[:, :2] * 2.0 + 400.0 + rng.normal(0, 0.8, size=(68, 2))
-    lm = transform_points(frame, get_transform_mat(frame, size, face_type)).astype(np.float64)
-
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    t = (xx * rng.uniform(0.2, 1) + yy * rng.uniform(0.2, 1))[..., None] / 2
-    img = (c0 * (1 - t) + c1 * t).astype(np.float32)
-    p = lambda idx: np.round(lm[idx]).astype(np.int32)  # noqa: E731
-    skin = rng.uniform([60, 90, 140], [150, 170, 230])
-    hull = cv2.convexHull(np.round(lm[np.r_[0:27]]).astype(np.int32))
-    cv2.fillConvexPoly(img, hull, skin.tolist(), lineType=cv2.LINE_AA)
-    brow = (skin * 0.35).tolist()
-    cv2.polylines(img, [p(np.r_[17:22]), p(np.r_[22:27])], False, brow, max(1, size // 64), cv2.LINE_AA)
-    for eye in (np.r_[36:42], np.r_[42:48]):
-        cv2.fillConvexPoly(img, cv2.convexHull(p(eye)), (235, 235, 235), cv2.LINE_AA)
-        c = lm[eye].mean(0)
-        cv2.circle(img, tuple(np.round(c).astype(int)), max(1, size // 80), rng.uniform(20, 120, 3).tolist(), -1, cv2.LINE_AA)
-    cv2.polylines(img, [p(np.r_[27:31]), p(np.r_[31:36])], False, (skin * 0.7).tolist(), max(1, size // 128), cv2.LINE_AA)
-    cv2.fillPoly(img, [p(np.r_[48:60])], rng.uniform([60, 60, 150], [110, 110, 220]).tolist(), cv2.LINE_AA)
-    cv2.fillPoly(img, [p(np.r_[60:68])], (40, 30, 60), cv2.LINE_AA)
-    img += rng.normal(0, 4, img.shape).astype(np.float32)
-    img = cv2.GaussianBlur(img, (3, 3), 0)
-    return np.clip(img, 0, 255).astype(np.uint8), lm
-
-
-def write_synthetic_faceset(folder: str | Path, n: int, *, size: int = 512, face_type: str | FaceType = "wf",
-                            seed: int = 0, xseg_every: int = 0, max_yaw_deg: float = 30.0) -> list[Path]:
-    """Write `n` synthetic DFLJPG faces (face_type, landmarks, source_filename; every `xseg_every`-th with
-    a 256×256 binary XSeg mask as DFL's apply_xseg writes) into `folder`; returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        img, lm = synthetic_face(rng, size, face_type, max_yaw_deg)
-        meta = {"face_type": face_type, "landmarks": lm, "source_filename": f"frame{i:05d}.png"}
-        if xseg_every and i % xseg_every == 0:
-            hull = get_image_hull_mask((256, 256), lm * (256 / size))
-            meta["xseg_mask"] = (hull > 0.5).astype(np.float32)
-        path = folder / f"{i:05d}_0.jpg"
-        dfljpg.write(path, img, meta)
-        paths.append(path)
-    return paths

@@ -32,9 +32,10 @@ from typing import Any
 import cv2
 import torch
 
-from engine.data.dataset import MODES, BatchPlanner, Faceset, SAEHDBatches
+from engine.data.dataset import MODES, BatchPlanner, SAEHDBatches
 from engine.data.sample import SampleOptions
 from engine.errors import CheckpointError, DataError
+from engine.faces.faceset import Faceset
 
 __all__ = ["FaceLoader", "build_loader", "STATE_VERSION"]
 

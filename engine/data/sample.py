@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from engine.faces.color_transfer import CT_MODES, color_transfer
+from engine.faces.faceset import FaceData
 from engine.faces.facetypes import FaceType
 from engine.data.hsv import HSVShift, apply_hsv_shift, draw_hsv_shift
 from engine.faces.landmarks import get_transform_mat
@@ -66,7 +67,6 @@ from kernels.warp import WarpBatchParams, gen_warp_params, warp_batch, warp_by_p
 
 __all__ = [
     "SampleOptions",
-    "FaceData",
     "SampleOutputs",
     "PreparedFace",
     "OUTPUT_NAMES",
@@ -133,23 +133,6 @@ class SampleOptions:
     def for_pretrain(self) -> SampleOptions:
         """DFL's pretrain forcing (§5.5): no warp, flip on, no HSV, no ct."""
         return attrs.evolve(self, random_warp=False, random_flip=True, random_hsv_power=0.0, ct_mode=None)
-
-
-@attrs.frozen(kw_only=True)
-class FaceData:
-    """What SampleProcessor needs of one decoded sample.
-
-    image: BGR uint8 (h, w, 3) as decoded; landmarks: (68, 2) in that image's pixels; face_type: the
-    sample's own face type; xseg_mask: float32 (h', w', 1) in [0, 1] (decoded DFLJPG `xseg_mask`) or None;
-    eyebrows_expand_mod: DFL's hull eyebrow expansion (default 1.0); name: for error messages.
-    """
-
-    image: np.ndarray
-    landmarks: np.ndarray
-    face_type: FaceType = attrs.field(converter=lambda v: FaceType.parse(v, "sample face_type"))
-    xseg_mask: np.ndarray | None = None
-    eyebrows_expand_mod: float = 1.0
-    name: str = "<sample>"
 
 
 @attrs.frozen

@@ -14,6 +14,10 @@ Sources (`load_faceset(path)` picks by what `path` is):
   (engine.faces.pak.PackedFaceset), or a folder holding one of them (the TorchSAE cache first, then
   DFL's pak, as DFL prefers its pak over the loose files).
 
+`Faceset` is the usable faces of one or more such sources, in order, with MARK_ONLY samples dropped (DFL
+cannot train them); `Faceset.face(i)` decodes sample i into a `FaceData` (pixels, landmarks, face type,
+XSeg mask), what the sample pipelines (engine.data.sample) consume.
+
 Bad inputs (a JPEG without DFL metadata or landmarks file, a truncated/undecodable file, a landmarks
 file of the wrong shape, an unknown face type) are skipped and reported in ONE warning (count and the
 first few names with reasons); if nothing usable remains, DataError names the folder. A metadata pickle
@@ -25,18 +29,22 @@ from __future__ import annotations
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterable
 
 import attrs
 import numpy as np
 
+from engine.errors import DataError, UnsafeFileError
 from engine.faces import dfljpg
 from engine.faces.facetypes import FaceType
-from engine.errors import DataError, UnsafeFileError
+from engine.faces.landmarks import estimate_pitch_yaw_roll
 
 __all__ = [
     "FaceSample",
+    "FaceData",
+    "Faceset",
     "scan_faceset",
     "load_faceset",
     "image_files",
@@ -126,8 +134,6 @@ class FaceSample:
 
     def pitch_yaw_roll(self) -> tuple[float, float, float]:
         """DFL's estimate_pitch_yaw_roll(landmarks, size=width) (§6.6)."""
-        from engine.faces.landmarks import estimate_pitch_yaw_roll
-
         return estimate_pitch_yaw_roll(self.landmarks, size=self.shape[1])
 
 
@@ -348,3 +354,76 @@ def summarize(samples: Iterable[FaceSample]) -> dict:
         "xseg_masks": sum(s.xseg_mask is not None for s in samples),
         "seg_ie_polys": sum(s.seg_ie_polys is not None for s in samples),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoded faces and whole facesets
+
+
+@attrs.frozen(kw_only=True)
+class FaceData:
+    """What SampleProcessor needs of one decoded sample.
+
+    image: BGR uint8 (h, w, 3) as decoded; landmarks: (68, 2) in that image's pixels; face_type: the
+    sample's own face type; xseg_mask: float32 (h', w', 1) in [0, 1] (decoded DFLJPG `xseg_mask`) or None;
+    eyebrows_expand_mod: DFL's hull eyebrow expansion (default 1.0); name: for error messages.
+    """
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    face_type: FaceType = attrs.field(converter=lambda v: FaceType.parse(v, "sample face_type"))
+    xseg_mask: np.ndarray | None = None
+    eyebrows_expand_mod: float = 1.0
+    name: str = "<sample>"
+
+
+
+class Faceset:
+    """The usable faces of one or more facesets (folders, faceset.pak or faceset.tspak), in order.
+
+    plain_face_type: face type of plain images with `<name>_landmarks.npy` (DFLJPGs carry their own).
+    MARK_ONLY samples (no crop; DFL's SampleProcessor cannot use them) are dropped with one warning.
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], plain_face_type: str | FaceType = "wf"):
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise DataError("faceset: no folder given")
+        self.label = ", ".join(str(p) for p in paths)
+        samples: list[FaceSample] = []
+        for p in paths:
+            samples.extend(load_faceset(p, plain_face_type))
+        marks = [s.name for s in samples if s.face_type_enum == FaceType.MARK_ONLY]
+        if marks:
+            log.warning("%s: skipped %d mark_only faces (no crop to train on; DFL cannot use them either): %s%s",
+                        self.label, len(marks), ", ".join(marks[:5]), " ..." if len(marks) > 5 else "")
+            samples = [s for s in samples if s.face_type_enum != FaceType.MARK_ONLY]
+        if not samples:
+            raise DataError(f"{self.label}: no usable aligned faces (all {len(marks)} are mark_only)")
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def face(self, i: int) -> FaceData:
+        """Decode sample i (pixels + xseg mask). DataError when the bytes no longer decode."""
+        s = self.samples[i]
+        return FaceData(image=s.load_image(), landmarks=np.asarray(s.landmarks), face_type=s.face_type_enum,
+                        xseg_mask=s.get_xseg_mask(), eyebrows_expand_mod=s.eyebrows_expand_mod, name=s.name)
+
+    def image(self, i: int) -> np.ndarray:
+        """Decode only sample i's pixels (BGR uint8), for the colour-transfer reference."""
+        return self.samples[i].load_image()
+
+    def yaws(self) -> np.ndarray:
+        """DFL's estimate_pitch_yaw_roll(landmarks, size=width)[1] per sample (§6.6); NaN where it fails."""
+        out = np.empty(len(self.samples))
+        for i, s in enumerate(self.samples):
+            try:
+                out[i] = s.pitch_yaw_roll()[1]
+            except DataError:
+                out[i] = np.nan
+        return out
+
+    def face_types(self) -> set[FaceType]:
+        return {s.face_type_enum for s in self.samples}

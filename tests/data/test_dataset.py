@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.faces import dfljpg
-from engine.data.dataset import (
-    BATCH_KEYS,
-    BatchPlan,
-    BatchPlanner,
-    Faceset,
-    SAEHDBatches,
-    synthetic_face,
-    write_synthetic_faceset,
-)
+from synthetic_faces import synthetic_face, write_synthetic_faceset
+
+from engine.data.dataset import BATCH_KEYS, BatchPlan, BatchPlanner, SAEHDBatches
 from engine.data.sample import SampleOptions
 from engine.data.yaw import ShuffleIndex, UniformYawIndex, yaw_bins
 from engine.errors import DataError
+from engine.faces import dfljpg
+from engine.faces.faceset import Faceset
 
 
 @pytest.fixture(scope="module")

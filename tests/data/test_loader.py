@@ -10,7 +10,9 @@ import cv2
 import pytest
 import torch
 
-from engine.data.dataset import BATCH_KEYS, SAEHDBatches, write_synthetic_faceset
+from synthetic_faces import write_synthetic_faceset
+
+from engine.data.dataset import BATCH_KEYS, SAEHDBatches
 from engine.data.loader import build_loader
 from engine.errors import CheckpointError, DataError
 from engine.recipe.specs import DataSpec

@@ -11,13 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data.dataset import synthetic_face
+from synthetic_faces import synthetic_face
+
 from engine.faces.facetypes import FaceType
 from engine.data.hsv import HSVShift, apply_hsv_shift, draw_hsv_shift
 from engine.faces.landmarks import get_transform_mat, transform_points
 from engine.faces.masks import get_image_hull_mask
+from engine.faces.faceset import FaceData
 from engine.data.sample import (
-    FaceData,
     SampleOptions,
     draw_augmentation,
     full_face_mask,

@@ -13,9 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data.dataset import synthetic_face
+from synthetic_faces import synthetic_face
+
+from engine.faces.faceset import FaceData
 from engine.data.sample import (
-    FaceData,
     SampleOptions,
     prepare_ct_ref,
     prepare_face,

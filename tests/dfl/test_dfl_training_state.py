@@ -177,7 +177,7 @@ def test_cli_import_then_train_resume_continues_dfl_run(tmp_path, capsys):
     """The user's path: import-dfl writes model.pt + model.toml; `train model.toml --resume model.pt`
     runs from DFL's iteration with DFL's moments and saves a checkpoint that carries them on."""
     from engine.__main__ import main
-    from engine.data.dataset import write_synthetic_faceset
+    from synthetic_faces import write_synthetic_faceset
     from engine.train import checkpoint as ck
 
     _dfl_model(tmp_path / "dfl", "df-ud", True)
@@ -234,7 +234,7 @@ def test_export_dfl_round_trip_after_training(tmp_path, capsys):
     """DFL folder -> import-dfl -> one training step -> export-dfl -> a DFL folder with DFL's file set and
     key names whose import gives back exactly the trained weights, moments, discriminators and counters."""
     from engine.__main__ import main
-    from engine.data.dataset import write_synthetic_faceset
+    from synthetic_faces import write_synthetic_faceset
     from engine.dfl import import_model, read_data_file
     from engine.dfl.convert import import_dfl_training_state
     from engine.dfl.files import read_optimizer_file

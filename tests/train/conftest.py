@@ -1,6 +1,6 @@
 import pytest
 
-from engine.data.dataset import write_synthetic_faceset
+from synthetic_faces import write_synthetic_faceset
 
 
 @pytest.fixture(scope="session")
