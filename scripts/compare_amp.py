@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import machine  # noqa: E402
 from engine import recipe as recipe_mod  # noqa: E402
 from engine.errors import DataError  # noqa: E402
-from engine.train.loop import Trainer  # noqa: E402
+from engine.train.build import build_trainer  # noqa: E402
+from engine.train.device import process_settings  # noqa: E402
+from engine.train.trainer import Trainer  # noqa: E402
 
 DEMO = ROOT / "workspace" / "demo"
 CURVES = ("src_loss", "dst_loss", "G_loss", "grad_norm")
@@ -76,7 +78,7 @@ def build(a: argparse.Namespace, src: Path, dst: Path, amp: str, run_dir: Path) 
     base = ROOT / "recipes" / "df128.toml"
     r = recipe_mod.load(base, [*model_overrides(a), f"data.src='{src}'", f"data.dst='{dst}'", f"train.amp='{amp}'",
                                f"train.run_dir='{run_dir}'"])
-    return Trainer.create(r)
+    return build_trainer(r)
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
@@ -204,19 +206,20 @@ def main(argv: list[str] | None = None) -> int:
         times = {run: [] for run in runs}
         t_start = time.perf_counter()
         try:
-            for step in range(a.steps):
-                batch = {k: v for k, v in next(it).items() if torch.is_tensor(v)}
-                for run, t in runs.items():
-                    t.apply_schedules()
-                    t0 = time.perf_counter()
-                    losses = t.train_one(batch)
-                    times[run].append(time.perf_counter() - t0)
-                    for k in CURVES:
-                        curves[run][k].append(round(float(losses[k]), 7))  # 7 decimals: ~1e-7 of a loss ~1
-                if (step + 1) % 50 == 0 or step + 1 == a.steps:
-                    print(f"step {step + 1}/{a.steps}: " + "  ".join(
-                        f"{run} src {curves[run]['src_loss'][-1]:.4f} dst {curves[run]['dst_loss'][-1]:.4f}"
-                        for run in runs) + f"  ({time.perf_counter() - t_start:.0f} s)", flush=True)
+            with process_settings(runs["fp32"].recipe.train):  # threads, flush-to-zero, as a run
+                for step in range(a.steps):
+                    batch = {k: v for k, v in next(it).items() if torch.is_tensor(v)}
+                    for run, t in runs.items():
+                        t.apply_schedules()
+                        t0 = time.perf_counter()
+                        losses = t.train_one(batch)
+                        times[run].append(time.perf_counter() - t0)
+                        for k in CURVES:
+                            curves[run][k].append(round(float(losses[k]), 7))  # 7 decimals: ~1e-7 of a loss ~1
+                    if (step + 1) % 50 == 0 or step + 1 == a.steps:
+                        print(f"step {step + 1}/{a.steps}: " + "  ".join(
+                            f"{run} src {curves[run]['src_loss'][-1]:.4f} dst {curves[run]['dst_loss'][-1]:.4f}"
+                            for run in runs) + f"  ({time.perf_counter() - t_start:.0f} s)", flush=True)
         finally:
             loader_owner.loader.close()
         skipped = {run: t.skipped for run, t in runs.items()}

@@ -29,15 +29,6 @@ def shared_golden_dir() -> Path | None:
     return cand if cand.is_dir() else None
 
 
-@pytest.fixture(autouse=True)
-def _denormals_restored():
-    """Trainer.create flushes denormals to zero for the whole process (as TF does on its threads); a test that
-    builds a Trainer must not leave that on for the next test in the same worker (hypothesis, for one,
-    refuses to generate floats when subnormals are unrepresentable)."""
-    yield
-    torch.set_flush_denormal(False)
-
-
 @pytest.fixture(scope="session")
 def golden() -> Path:
     """tests/golden/ (committed DFL reference data)."""

@@ -1,7 +1,7 @@
 """Helpers of bench suite "train": the benchmarked configurations, synthetic batches, FLOP counting,
 per-call wall + CPU timing and the "ours vs DFL" / convolution-peak tables.
 
-What is timed is one SAEHD generator step through the real trainer (`Trainer.create(recipe)` →
+What is timed is one SAEHD generator step through the real trainer (`build_trainer(recipe)` →
 `Trainer.train_one(batch)` = `SAEHDStep`: forward_train → saehd_losses (DSSIM fast path) →
 G_loss.sum().backward() → NaN/inf guard → DFL RMSprop/AdaBelief update) on a fixed synthetic batch, which
 is what DFL's recorded number times too (one `src_dst_train` session call on a fixed batch; the data
@@ -16,11 +16,12 @@ machine mostly measures the other processes: CPU seconds per step are the load-r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,17 @@ def load_recipe(cfg: BenchConfig, variant: str, *, run_dir: str | Path, extra: t
                                            f"train.run_dir='{run_dir}'", *extra])
 
 
-def make_trainer(r):
-    """`Trainer.create(r)` with the step-0 schedules applied (lr, loss config), ready for `train_one`."""
-    from engine.train.loop import Trainer
+@contextlib.contextmanager
+def make_trainer(r) -> Iterator:
+    """`build_trainer(r)` with the step-0 schedules applied (lr, loss weights), ready for `train_one`, inside
+    the process settings a training run uses (threads, flush-to-zero; engine.train.device.process_settings)."""
+    from engine.train.build import build_trainer
+    from engine.train.device import process_settings
 
-    t = Trainer.create(r)
-    t.apply_schedules()
-    return t
+    with process_settings(r.train):
+        t = build_trainer(r)
+        t.apply_schedules()
+        yield t
 
 
 def synthetic_batch(n: int, res: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -148,12 +153,12 @@ def step_flops(trainer, batch: Mapping[str, torch.Tensor]) -> int:
     from engine.losses.saehd import prepare_targets, saehd_losses
 
     model = trainer.model
-    cfg = trainer.step_fn.loss_cfg
+    spec, rt = trainer.step_fn.loss, trainer.step_fn.runtime
     eager_forward = type(model).forward_train.__get__(model)  # bypasses an instance-level torch.compile
     model.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
         outs = eager_forward(batch["warped_src"], batch["warped_dst"])
-        terms = saehd_losses(outs, batch, cfg, targets=prepare_targets(batch, cfg))
+        terms = saehd_losses(outs, batch, spec, rt, targets=prepare_targets(batch, spec, rt))
         terms["G_loss"].sum().backward()
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())

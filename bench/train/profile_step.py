@@ -98,19 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CONFIGS[args.config]
     with tempfile.TemporaryDirectory() as tmp:
         r = load_recipe(cfg, args.variant, run_dir=os.path.join(tmp, "run"), extra=tuple(args.override))
-        t = make_trainer(r)
-        batch = synthetic_batch(r.train.batch_size, r.model.resolution)
-        timer = CallTimer(lambda: t.train_one(batch))
-        for _ in range(args.warmup or VARIANTS[args.variant].warmup):
-            timer()
-        from torch.profiler import ProfilerActivity, profile
-
-        load0 = load_avg()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(args.steps):
+        with make_trainer(r) as t:
+            batch = synthetic_batch(r.train.batch_size, r.model.resolution)
+            timer = CallTimer(lambda: t.train_one(batch))
+            for _ in range(args.warmup or VARIANTS[args.variant].warmup):
                 timer()
-        wall, cpu = timer.medians(args.steps)
-        cats = breakdown(prof, args.steps)
+            from torch.profiler import ProfilerActivity, profile
+
+            load0 = load_avg()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(args.steps):
+                    timer()
+            wall, cpu = timer.medians(args.steps)
+            cats = breakdown(prof, args.steps)
     total = sum(cats.values())
     print(f"{cfg.group} | {args.variant} | threads {torch.get_num_threads()} | overrides {args.override or '-'}")
     print(f"step (profiled): wall {wall:.3f} s, process CPU {cpu:.3f} s | load {load0} -> {load_avg()}")

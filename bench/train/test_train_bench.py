@@ -60,30 +60,30 @@ def test_train_step(benchmark, tag, tmp_path, config, variant):
     v = VARIANTS[variant]
     load_before = load_avg()
     r = load_recipe(cfg, variant, run_dir=tmp_path / "run")
-    t = make_trainer(r)
-    n_train = trainable_params(t.model)
-    assert n_train == cfg.dfl["trainable_params"], (
-        f"{cfg.recipe}: {n_train} trainable parameters, DFL's recorded model has {cfg.dfl['trainable_params']}: "
-        "the comparison would not be like for like")
-    batch = synthetic_batch(r.train.batch_size, r.model.resolution)
-    flops = step_flops(t, batch)
-    timer = CallTimer(lambda: t.train_one(batch))
-    bm = tag(cfg.group, variant, items=1)
-    bm.pedantic(timer, rounds=ROUNDS, iterations=1, warmup_rounds=v.warmup)
-    assert t.skipped == 0 and t.step == ROUNDS + v.warmup, "a benchmarked step was skipped (non-finite)"
-    wall, cpu = timer.medians(ROUNDS)
-    quiet_n, quiet_s, others = timer.quiet(ROUNDS)
-    row = result_row(cfg, variant, wall_s=wall, cpu_s=cpu, flops=flops, load_before=load_before,
-                     load_after=load_avg(), threads=torch.get_num_threads(), others_s=others, quiet_n=quiet_n,
-                     quiet_s=quiet_s, rounds=ROUNDS)
-    RESULTS.append(row)
-    bm.extra_info.update(
-        amp=v.amp, compile=v.compile, channels_last=v.channels_last, cpu_s=cpu, gflop=row["gflop"],
-        gflops=row["gflops"], vs_dfl_wall=row["vs_dfl_wall"], vs_dfl_cpu=row["vs_dfl_cpu"], threads=row["threads"],
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), load_before=load_before, load_after=row["load_after"],
-        trainable_params=n_train, others_cpu_s=others, quiet_steps=quiet_n, quiet_median_s=quiet_s,
-        first_call_s=timer.wall[0])
-    del t, timer
+    with make_trainer(r) as t:
+        n_train = trainable_params(t.model)
+        assert n_train == cfg.dfl["trainable_params"], (
+            f"{cfg.recipe}: {n_train} trainable parameters, DFL's recorded model has {cfg.dfl['trainable_params']}: "
+            "the comparison would not be like for like")
+        batch = synthetic_batch(r.train.batch_size, r.model.resolution)
+        flops = step_flops(t, batch)
+        timer = CallTimer(lambda: t.train_one(batch))
+        bm = tag(cfg.group, variant, items=1)
+        bm.pedantic(timer, rounds=ROUNDS, iterations=1, warmup_rounds=v.warmup)
+        assert t.skipped == 0 and t.step == ROUNDS + v.warmup, "a benchmarked step was skipped (non-finite)"
+        wall, cpu = timer.medians(ROUNDS)
+        quiet_n, quiet_s, others = timer.quiet(ROUNDS)
+        row = result_row(cfg, variant, wall_s=wall, cpu_s=cpu, flops=flops, load_before=load_before,
+                         load_after=load_avg(), threads=torch.get_num_threads(), others_s=others, quiet_n=quiet_n,
+                         quiet_s=quiet_s, rounds=ROUNDS)
+        RESULTS.append(row)
+        bm.extra_info.update(
+            amp=v.amp, compile=v.compile, channels_last=v.channels_last, cpu_s=cpu, gflop=row["gflop"],
+            gflops=row["gflops"], vs_dfl_wall=row["vs_dfl_wall"], vs_dfl_cpu=row["vs_dfl_cpu"], threads=row["threads"],
+            omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), load_before=load_before, load_after=row["load_after"],
+            trainable_params=n_train, others_cpu_s=others, quiet_steps=quiet_n, quiet_median_s=quiet_s,
+            first_call_s=timer.wall[0])
+    del t, timer  # the model's memory before the next figure
     if v.compile != "off":
         torch._dynamo.reset()  # drop this model's compiled graphs before the next figure
     gc.collect()

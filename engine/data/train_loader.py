@@ -1,4 +1,5 @@
-"""The loader as the training loop sees it: engine.data's FaceLoader plus mode switches.
+"""The loader as the training loop sees it (`make_loader`): engine.data.loader's batches for src/dst and
+for every extra identity of an explicit graph, plus the mode switches.
 
 Random warp off (schedule) and the pretrain -> normal switch change how samples are made, so the loader is
 rebuilt with the new options; the sample stream's position carries over for a warp switch (same
@@ -10,6 +11,7 @@ from __future__ import annotations
 import attrs
 import torch
 
+from engine.data.loader import build_loader
 from engine.recipe.specs import Recipe
 
 
@@ -24,8 +26,6 @@ class TrainLoader:
                        for i, (name, path) in enumerate(sorted(recipe.data.identities.items()))}
 
     def _build(self, faceset: str | None = None, seed_shift: int = 0):
-        from engine.data.loader import build_loader
-
         r = self.recipe
         data = attrs.evolve(r.data, random_warp=self.random_warp)
         if faceset is not None:

@@ -365,7 +365,8 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     from engine import recipe as recipe_mod
     from engine.graph import build
     from engine.modules import discriminators as D
-    from engine.optim import OptimConfig, make_optimizer, optimizer_to_dfl
+    from engine.optim import make_optimizer, optimizer_to_dfl
+    from engine.recipe.specs import OptimSpec
     from engine.train import checkpoint as ck
 
     payload = ck.load_model_payload(path)
@@ -392,7 +393,7 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     if recipe.optim.name not in ("adabelief", "rmsprop"):
         log.warning("%s: optimizer %r has no DFL file format; DFL's optimizer starts fresh", path, recipe.optim.name)
         return files
-    cfg = OptimConfig(name=recipe.optim.name)
+    cfg = OptimSpec(name=recipe.optim.name)  # the state's layout only: no lr dropout, no clipping
     saveable = _saveable(model)
     g_opt = make_optimizer(list(saveable.values()), cfg)
     g_opt.load_state_dict(state["g_opt"])

@@ -1,7 +1,8 @@
-"""SAEHD's losses (spec §3.2–§3.4, §4.2–§4.5) and TorchSAE's extra terms, each registered by name.
+"""SAEHD's losses (spec §3.2–§3.4, §4.2–§4.5) and TorchSAE's extra terms.
 
-Registered names (`LOSSES`): dssim (masked multi-window DSSIM), mse, l1, style, total_variation, dloss,
-latent_distill, saehd (the whole SAEHD generator loss).
+`saehd_losses(outputs, batch, spec, rt)` is the whole SAEHD generator loss: `spec` is the recipe's
+[loss] table (engine.recipe.specs.LossSpec) and `rt` the `LossRuntime` (resolution, pretrain, kernels).
+The per-sample ops DFL's terms are made of live in `ops`; latent distillation in `distill`.
 """
 
 from __future__ import annotations
@@ -9,20 +10,14 @@ from __future__ import annotations
 from .distill import DISTILL_MODES, freeze_teacher, latent_distill, latent_distill_hook
 from .ops import (TV_MODES, dloss, gaussian_blur, gaussian_kernel_1d, gaussian_kernel_2d, gaussian_kernel_size,
                   l1_per_sample, mean_chw, mse_per_sample, style_loss, total_variation_mse)
-from .registry import LOSSES, get_loss, register_loss
-from .saehd import (DST_TERMS, G_TERMS, SRC_TERMS, LossConfig, SAEHDTargets, apply_blur_out_mask, blur_out_mask,
-                    code_d_loss, gan_d_loss, masked_dssim, prepare_targets, saehd_losses)
-
-for _name, _fn in (("dssim", masked_dssim), ("mse", mse_per_sample), ("l1", l1_per_sample), ("style", style_loss),
-                   ("total_variation", total_variation_mse), ("dloss", dloss), ("latent_distill", latent_distill),
-                   ("saehd", saehd_losses)):
-    register_loss(_name)(_fn)
-del _name, _fn
+from .saehd import (DST_TERMS, G_TERMS, SRC_TERMS, LossRuntime, SAEHDTargets, apply_blur_out_mask, blur_out_mask,
+                    code_d_loss, dssim_windows, gan_active, gan_d_loss, identity_recon_losses, masked_dssim,
+                    prepare_targets, saehd_losses, true_face_d_active, true_face_g_active)
 
 __all__ = [
-    "LOSSES", "get_loss", "register_loss",
-    "LossConfig", "SAEHDTargets", "saehd_losses", "prepare_targets", "apply_blur_out_mask", "blur_out_mask",
-    "masked_dssim", "gan_d_loss", "code_d_loss", "SRC_TERMS", "DST_TERMS", "G_TERMS",
+    "LossRuntime", "SAEHDTargets", "saehd_losses", "prepare_targets", "apply_blur_out_mask", "blur_out_mask",
+    "masked_dssim", "dssim_windows", "gan_active", "true_face_g_active", "true_face_d_active",
+    "identity_recon_losses", "gan_d_loss", "code_d_loss", "SRC_TERMS", "DST_TERMS", "G_TERMS",
     "gaussian_blur", "gaussian_kernel_size", "gaussian_kernel_1d", "gaussian_kernel_2d", "style_loss",
     "total_variation_mse", "TV_MODES", "dloss", "mean_chw", "mse_per_sample", "l1_per_sample",
     "latent_distill", "latent_distill_hook", "freeze_teacher", "DISTILL_MODES",

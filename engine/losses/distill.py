@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DISTILL_MODES", "latent_distill", "freeze_teacher", "latent_distill_hook"]
+from engine.recipe.specs import DISTILL_MODES
 
-DISTILL_MODES = ("mse", "cosine")
+__all__ = ["DISTILL_MODES", "latent_distill", "freeze_teacher", "latent_distill_hook"]
 
 
 def latent_distill(student_code: torch.Tensor, teacher_code: torch.Tensor, mode: str = "mse",

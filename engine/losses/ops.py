@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.recipe.specs import TV_MODES
+
 __all__ = [
     "gaussian_kernel_size",
     "gaussian_kernel_1d",
@@ -112,9 +114,6 @@ def style_loss(target: torch.Tensor, style: torch.Tensor, gaussian_blur_radius: 
     mean_loss = (c_mean - s_mean).square().sum(dim=1)
     std_loss = (c_std - s_std).square().sum(dim=1)
     return (mean_loss + std_loss) * (loss_weight / target.shape[1])
-
-
-TV_MODES = ("dfl_gpu", "spatial")
 
 
 def total_variation_mse(images: torch.Tensor, mode: str = "dfl_gpu") -> torch.Tensor:

@@ -1,6 +1,6 @@
 """SAEHD's generator and discriminator losses (spec §3.2–§3.4), per sample, NCHW.
 
-`saehd_losses(outputs, batch, cfg)` returns a dict of named per-sample terms (each shape (N,)) plus
+`saehd_losses(outputs, batch, spec, rt)` returns a dict of named per-sample terms (each shape (N,)) plus
 ``src_loss``, ``dst_loss`` and ``G_loss``. The gradient DFL applies is that of ``G_loss.sum()`` (§12.1).
 
 Inputs
@@ -21,7 +21,7 @@ Term names (also the golden's ``term/*`` names): ``src_dssim``, ``src_mse``, ``s
 Decisions where DFL is ambiguous or quirky (documented in the spec):
   * bg style uses the **src** target mask on dst images (§3.3 quirk, §12.9), as DFL does.
   * In pretrain the face/bg style terms and the GAN terms are off, but the true-face G term stays when
-    true_face_power ≠ 0 (§12.10); `LossConfig.true_face_in_pretrain=False` drops it.
+    true_face_power ≠ 0 (§12.10); `[loss].true_face_in_pretrain = false` drops it.
   * The TV term differences along channels and H, as DFL on a GPU (§12.12); `tv_mode="spatial"` gives H, W.
 """
 
@@ -33,14 +33,19 @@ import attrs
 import torch
 
 from engine.errors import TorchSAEError
+from engine.recipe.specs import LossSpec
 from kernels.dssim import dssim as _dssim
 from kernels.dssim import saehd_dssim as _saehd_dssim
 
-from .ops import TV_MODES, dloss, gaussian_blur, l1_per_sample, mean_chw, mse_per_sample, style_loss, \
-    total_variation_mse
+from .ops import dloss, gaussian_blur, l1_per_sample, mean_chw, mse_per_sample, style_loss, total_variation_mse
 
 __all__ = [
-    "LossConfig",
+    "LossRuntime",
+    "dssim_windows",
+    "gan_active",
+    "true_face_g_active",
+    "true_face_d_active",
+    "identity_recon_losses",
     "SAEHDTargets",
     "apply_blur_out_mask",
     "blur_out_mask",
@@ -60,95 +65,35 @@ DST_TERMS = ("dst_dssim", "dst_mse", "dst_em_l1", "dst_mask_mse")
 G_TERMS = ("true_face", "gan", "gan_tv", "gan_bg_mse")
 
 
-def _nonneg(_inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"LossConfig.{attribute.name} must be >= 0, got {value!r}")
-
-
 @attrs.frozen(kw_only=True)
-class LossConfig:
-    """Everything `saehd_losses` needs, with DFL's values as defaults (spec §1, §3.3, §3.4).
+class LossRuntime:
+    """What the SAEHD loss needs besides its [loss] spec: values other tables or the training state decide.
 
-    Fields
-    ------
-    resolution: R, the face resolution (derives the DSSIM windows, σm = max(1, R//32), the style radius
-        R//8 and the blur-out σ = R/128).
-    masked_training: multiply targets/predictions by the blurred face mask (DFL option, default True).
-    eyes_mouth_prio: add the eyes/mouth L1 term (DFL option, default False).
-    blur_out_mask: blur the background next to the face in the targets first (§3.2; default False).
-    pretrain: DFL pretrain mode: style and GAN terms are forced off (§1, §11.6).
-    face_style_power, bg_style_power: DFL options in percent (0..100); internally divided by 100.
-    true_face_power: 0..1, DF only (needs a code discriminator).
-    gan_power: 0..5 (needs the UNet patch discriminator).
-    dssim_weight: 10 (DFL). The structural term is ``dssim_weight · mean_C dssim(fs=int(R/11.6))`` for
-        R < 256 and ``dssim_weight/2`` on each of fs=int(R/11.6), int(R/23.2) from R = 256.
-    mse_weight: 10 (DFL), pixel MSE of the masked images.
-    eyes_mouth_weight: 300 (DFL), eyes/mouth L1.
-    mask_weight: 10 (DFL), MSE of the predicted mask against the unblurred target mask.
-    face_style_weight: 10000 (DFL); the term's loss_weight is ``face_style_weight · face_style_power/100``.
-    bg_style_weight: 10 (DFL); each bg-style term (DSSIM and MSE) is weighted ``bg_style_weight · bsp/100``.
-    gan_tv_weight: 1e-6 (DFL), total-variation term under GAN + masked training.
-    gan_bg_weight: 0.02 (DFL), the anti-blur background MSE under GAN + masked training.
-    tv_mode: "dfl_gpu" (channel and H differences, as DFL on a GPU) or "spatial" (H and W), §12.12.
-    true_face_in_pretrain: keep the true-face G term in pretrain (DFL quirk §12.10, default True).
-    mask_blur_radius / style_blur_radius / blur_out_radius: None = DFL's max(1, R//32) / R//8 / R/128.
-    kernels: DSSIM implementation, "auto" | "reference" | "fast" | "triton" (the recipe's [compile].kernels;
-        kernels.dispatch).
+    resolution: R, the face resolution ([model].resolution); derives the DSSIM windows, σm = max(1, R//32),
+        the style radius R//8 and the blur-out σ = R/128 (spec §3.3, §3.4, §3.2).
+    pretrain: DFL pretrain mode at this step ([train].pretrain or the schedule): the style and GAN terms are
+        forced off (§1, §11.6); the true-face G term stays unless `LossSpec.true_face_in_pretrain` is off.
+    kernels: DSSIM implementation, "auto" | "reference" | "fast" | "triton" ([compile].kernels; kernels.dispatch).
     """
 
-    resolution: int = attrs.field()
-    masked_training: bool = True
-    eyes_mouth_prio: bool = False
-    blur_out_mask: bool = False
+    resolution: int
     pretrain: bool = False
-    face_style_power: float = attrs.field(default=0.0, validator=_nonneg)
-    bg_style_power: float = attrs.field(default=0.0, validator=_nonneg)
-    true_face_power: float = attrs.field(default=0.0, validator=_nonneg)
-    gan_power: float = attrs.field(default=0.0, validator=_nonneg)
-    dssim_weight: float = attrs.field(default=10.0, validator=_nonneg)
-    mse_weight: float = attrs.field(default=10.0, validator=_nonneg)
-    eyes_mouth_weight: float = attrs.field(default=300.0, validator=_nonneg)
-    mask_weight: float = attrs.field(default=10.0, validator=_nonneg)
-    face_style_weight: float = attrs.field(default=10000.0, validator=_nonneg)
-    bg_style_weight: float = attrs.field(default=10.0, validator=_nonneg)
-    gan_tv_weight: float = attrs.field(default=1e-6, validator=_nonneg)
-    gan_bg_weight: float = attrs.field(default=0.02, validator=_nonneg)
-    tv_mode: str = attrs.field(default="dfl_gpu", validator=attrs.validators.in_(TV_MODES))
-    true_face_in_pretrain: bool = True
-    mask_blur_radius: float | None = None
-    style_blur_radius: float | None = None
-    blur_out_radius: float | None = None
-    kernels: str = attrs.field(default="auto", validator=attrs.validators.in_(("auto", "reference", "fast", "triton")))
+    kernels: str = "auto"
 
-    @resolution.validator
-    def _check_res(self, _attribute, value):
-        if int(value) != value or value < 16:
-            raise ValueError(f"LossConfig.resolution must be an int >= 16, got {value!r}")
-
-    # ---- derived values (DFL's formulas) ----
     @property
-    def sigma_mask(self) -> float:
+    def sigma_mask(self) -> int:
         """σm = max(1, R//32) (§3.3), an integer in DFL."""
-        return self.mask_blur_radius if self.mask_blur_radius is not None else max(1, self.resolution // 32)
+        return max(1, self.resolution // 32)
 
     @property
-    def sigma_style(self) -> float:
+    def sigma_style(self) -> int:
         """Face-style blur radius R//8 (§3.4 term 5)."""
-        return self.style_blur_radius if self.style_blur_radius is not None else self.resolution // 8
+        return self.resolution // 8
 
     @property
     def sigma_blur_out(self) -> float:
         """blur_out_mask σ = R/128, a float (§3.2)."""
-        return self.blur_out_radius if self.blur_out_radius is not None else self.resolution / 128.0
-
-    @property
-    def dssim_windows(self) -> tuple[tuple[float, int], ...]:
-        """(weight, filter_size) pairs of the structural term (§3.4 term 1): R < 256 → one window
-        int(R/11.6) with the whole dssim_weight; from 256 → int(R/11.6) and int(R/23.2), half each."""
-        r = self.resolution
-        if r < 256:
-            return ((self.dssim_weight, int(r / 11.6)),)
-        return ((self.dssim_weight / 2.0, int(r / 11.6)), (self.dssim_weight / 2.0, int(r / 23.2)))
+        return self.resolution / 128.0
 
     @property
     def bg_style_window(self) -> int:
@@ -159,19 +104,29 @@ class LossConfig:
     def style_active(self) -> bool:
         return not self.pretrain
 
-    @property
-    def gan_active(self) -> bool:
-        """GAN terms run when gan_power ≠ 0 and not pretrain (pretrain forces gan_power to 0)."""
-        return self.gan_power != 0 and not self.pretrain
 
-    @property
-    def true_face_g_active(self) -> bool:
-        return self.true_face_power != 0 and (self.true_face_in_pretrain or not self.pretrain)
+def dssim_windows(spec: LossSpec, resolution: int) -> tuple[tuple[float, int], ...]:
+    """(weight, filter_size) pairs of the structural term (§3.4 term 1): R < 256 → one window int(R/11.6)
+    with the whole dssim_weight; from 256 → int(R/11.6) and int(R/23.2), half each."""
+    r = resolution
+    if r < 256:
+        return ((spec.dssim_weight, int(r / 11.6)),)
+    return ((spec.dssim_weight / 2.0, int(r / 11.6)), (spec.dssim_weight / 2.0, int(r / 23.2)))
 
-    @property
-    def true_face_d_active(self) -> bool:
-        """The code-discriminator step is skipped in pretrain (§3.7 step 3)."""
-        return self.true_face_power != 0 and not self.pretrain
+
+def gan_active(spec: LossSpec, rt: LossRuntime) -> bool:
+    """GAN terms run when gan_power ≠ 0 and not pretrain (pretrain forces gan_power to 0)."""
+    return spec.gan_power != 0 and not rt.pretrain
+
+
+def true_face_g_active(spec: LossSpec, rt: LossRuntime) -> bool:
+    """The true-face generator term: true_face_power ≠ 0, in pretrain too unless true_face_in_pretrain is off."""
+    return spec.true_face_power != 0 and (spec.true_face_in_pretrain or not rt.pretrain)
+
+
+def true_face_d_active(spec: LossSpec, rt: LossRuntime) -> bool:
+    """The code-discriminator step: true_face_power ≠ 0 and not pretrain (§3.7 step 3)."""
+    return spec.true_face_power != 0 and not rt.pretrain
 
 
 @attrs.frozen
@@ -207,12 +162,13 @@ def blur_out_mask(target: torch.Tensor, mask: torch.Tensor, radius: float) -> to
     return target * mask + (x / y) * anti
 
 
-def apply_blur_out_mask(batch: Mapping[str, torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """A copy of `batch` with target_src/target_dst blurred out (§3.2) when cfg.blur_out_mask, else a copy."""
+def apply_blur_out_mask(batch: Mapping[str, torch.Tensor], spec: LossSpec, rt: LossRuntime
+                        ) -> dict[str, torch.Tensor]:
+    """A copy of `batch` with target_src/target_dst blurred out (§3.2) when spec.blur_out_mask, else a copy."""
     out = dict(batch)
-    if cfg.blur_out_mask:
-        out["target_src"] = blur_out_mask(batch["target_src"], batch["target_srcm"], cfg.sigma_blur_out)
-        out["target_dst"] = blur_out_mask(batch["target_dst"], batch["target_dstm"], cfg.sigma_blur_out)
+    if spec.blur_out_mask:
+        out["target_src"] = blur_out_mask(batch["target_src"], batch["target_srcm"], rt.sigma_blur_out)
+        out["target_dst"] = blur_out_mask(batch["target_dst"], batch["target_dstm"], rt.sigma_blur_out)
     return out
 
 
@@ -223,18 +179,18 @@ def _require(d: Mapping[str, torch.Tensor], keys: tuple[str, ...], what: str, wh
                             f"(needed for {why}; has: {', '.join(sorted(d))})")
 
 
-def prepare_targets(batch: Mapping[str, torch.Tensor], cfg: LossConfig) -> SAEHDTargets:
+def prepare_targets(batch: Mapping[str, torch.Tensor], spec: LossSpec, rt: LossRuntime) -> SAEHDTargets:
     """Blur-out (§3.2) and mask preparation (§3.3), computed without gradients."""
     _require(batch, ("target_src", "target_dst", "target_srcm", "target_dstm"), "the batch", "the SAEHD losses")
     with torch.no_grad():
-        b = apply_blur_out_mask(batch, cfg)
-        sm = cfg.sigma_mask
+        b = apply_blur_out_mask(batch, spec, rt)
+        sm = rt.sigma_mask
         srcm_blur = gaussian_blur(b["target_srcm"], sm).clamp(0.0, 0.5) * 2.0
         dstm_blur = gaussian_blur(b["target_dstm"], sm).clamp(0.0, 0.5) * 2.0
         # DFL computes a blur of pred_src_dstm·pred_dst_dstm here and overwrites it with the src target
         # mask (§3.3 quirk): the bg-style term uses the SRC mask on dst images.
         style_mask_blur = srcm_blur.clamp(0.0, 1.0)
-        if cfg.masked_training:
+        if spec.masked_training:
             tS = b["target_src"] * srcm_blur
             tD = b["target_dst"] * dstm_blur
         else:
@@ -255,25 +211,26 @@ def masked_dssim(target: torch.Tensor, pred: torch.Tensor, windows: tuple[tuple[
 
 
 def _recon_terms(prefix: str, t_masked, p_masked, target, pred, em, target_mask, pred_mask,
-                 cfg: LossConfig) -> dict[str, torch.Tensor]:
+                 spec: LossSpec, rt: LossRuntime) -> dict[str, torch.Tensor]:
     """§3.4 terms 1–4 for one side (src or dst)."""
     # DFL's windows in one fused pass (kernels.dssim.saehd_dssim: 10·w1, or 5·w1 + 5·w2 from R = 256),
     # rescaled when the recipe changes the weight
-    structural = _saehd_dssim(p_masked, t_masked, cfg.resolution, impl=cfg.kernels)
-    if cfg.dssim_weight != 10.0:
-        structural = structural * (cfg.dssim_weight / 10.0)
+    structural = _saehd_dssim(p_masked, t_masked, rt.resolution, impl=rt.kernels)
+    if spec.dssim_weight != 10.0:
+        structural = structural * (spec.dssim_weight / 10.0)
     terms = {
         f"{prefix}_dssim": structural,
-        f"{prefix}_mse": cfg.mse_weight * mse_per_sample(t_masked, p_masked),
+        f"{prefix}_mse": spec.mse_weight * mse_per_sample(t_masked, p_masked),
     }
-    if cfg.eyes_mouth_prio:
+    if spec.eyes_mouth_prio:
         # L1 with the raw EYES_MOUTH mask (already blurred by the data pipeline), broadcast over channels.
-        terms[f"{prefix}_em_l1"] = cfg.eyes_mouth_weight * l1_per_sample(target * em, pred * em)
-    terms[f"{prefix}_mask_mse"] = cfg.mask_weight * mse_per_sample(target_mask, pred_mask)
+        terms[f"{prefix}_em_l1"] = spec.eyes_mouth_weight * l1_per_sample(target * em, pred * em)
+    terms[f"{prefix}_mask_mse"] = spec.mask_weight * mse_per_sample(target_mask, pred_mask)
     return terms
 
 
-def saehd_losses(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], cfg: LossConfig, *,
+def saehd_losses(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], spec: LossSpec,
+                 rt: LossRuntime, *,
                  targets: SAEHDTargets | None = None,
                  code_d: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  gan_d: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -288,56 +245,56 @@ def saehd_losses(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.
     """
     _require(outputs, ("pred_src_src", "pred_src_srcm", "pred_dst_dst", "pred_dst_dstm"), "the model outputs",
              "the reconstruction terms")
-    tg = prepare_targets(batch, cfg) if targets is None else targets
+    tg = prepare_targets(batch, spec, rt) if targets is None else targets
     p_src, p_dst = outputs["pred_src_src"], outputs["pred_dst_dst"]
-    if cfg.masked_training:
+    if spec.masked_training:
         pS = p_src * tg.srcm_blur
         pD = p_dst * tg.dstm_blur
     else:
         pS, pD = p_src, p_dst
-    if cfg.eyes_mouth_prio:
+    if spec.eyes_mouth_prio:
         _require(batch, ("target_srcm_em", "target_dstm_em"), "the batch", "eyes_mouth_prio")
 
     src = _recon_terms("src", tg.tS, pS, tg.target_src, p_src, batch.get("target_srcm_em"),
-                       batch["target_srcm"], outputs["pred_src_srcm"], cfg)
-    if cfg.face_style_power != 0 and cfg.style_active:
+                       batch["target_srcm"], outputs["pred_src_srcm"], spec, rt)
+    if spec.face_style_power != 0 and rt.style_active:
         _require(outputs, ("pred_src_dst_no_code_grad", "pred_src_dstm", "pred_dst_dst", "pred_dst_dstm"),
                  "the model outputs", "face_style_power")
-        fsp = cfg.face_style_power / 100.0
+        fsp = spec.face_style_power / 100.0
         # Gradients reach the (src) decoder only, through the no-code-grad swap (§3.4 term 5).
         src["src_face_style"] = style_loss(
             outputs["pred_src_dst_no_code_grad"] * outputs["pred_src_dstm"].detach(),
             (outputs["pred_dst_dst"] * outputs["pred_dst_dstm"]).detach(),
-            gaussian_blur_radius=cfg.sigma_style, loss_weight=cfg.face_style_weight * fsp)
-    if cfg.bg_style_power != 0 and cfg.style_active:
+            gaussian_blur_radius=rt.sigma_style, loss_weight=spec.face_style_weight * fsp)
+    if spec.bg_style_power != 0 and rt.style_active:
         _require(outputs, ("pred_src_dst",), "the model outputs", "bg_style_power")
-        w = cfg.bg_style_weight * cfg.bg_style_power / 100.0
+        w = spec.bg_style_weight * spec.bg_style_power / 100.0
         a = tg.style_mask_anti_blur
         psd_a = outputs["pred_src_dst"] * a
         td_a = tg.target_dst * a
-        src["src_bg_style_dssim"] = w * _dssim(psd_a, td_a, cfg.bg_style_window, impl=cfg.kernels).mean(dim=1)
+        src["src_bg_style_dssim"] = w * _dssim(psd_a, td_a, rt.bg_style_window, impl=rt.kernels).mean(dim=1)
         src["src_bg_style_mse"] = w * mse_per_sample(psd_a, td_a)
 
     dst = _recon_terms("dst", tg.tD, pD, tg.target_dst, p_dst, batch.get("target_dstm_em"),
-                       batch["target_dstm"], outputs["pred_dst_dstm"], cfg)
+                       batch["target_dstm"], outputs["pred_dst_dstm"], spec, rt)
 
     g: dict[str, torch.Tensor] = {}
-    if cfg.true_face_g_active:
+    if true_face_g_active(spec, rt):
         if code_d is None:
             raise TorchSAEError("saehd_losses: true_face_power is "
-                                f"{cfg.true_face_power} but no code discriminator was given (pass code_d=...)")
+                                f"{spec.true_face_power} but no code discriminator was given (pass code_d=...)")
         _require(outputs, ("src_code",), "the model outputs", "true_face_power")
-        g["true_face"] = cfg.true_face_power * dloss(1.0, code_d(outputs["src_code"]))
-    if cfg.gan_active:
+        g["true_face"] = spec.true_face_power * dloss(1.0, code_d(outputs["src_code"]))
+    if gan_active(spec, rt):
         if gan_d is None:
-            raise TorchSAEError(f"saehd_losses: gan_power is {cfg.gan_power} but no GAN discriminator was given "
+            raise TorchSAEError(f"saehd_losses: gan_power is {spec.gan_power} but no GAN discriminator was given "
                                 "(pass gan_d=...)")
         d, d2 = gan_d(pS)
-        g["gan"] = cfg.gan_power * (dloss(1.0, d) + dloss(1.0, d2))
-        if cfg.masked_training:
-            g["gan_tv"] = cfg.gan_tv_weight * total_variation_mse(p_src, cfg.tv_mode)
+        g["gan"] = spec.gan_power * (dloss(1.0, d) + dloss(1.0, d2))
+        if spec.masked_training:
+            g["gan_tv"] = spec.gan_tv_weight * total_variation_mse(p_src, spec.tv_mode)
             # weak background reconstruction "to suppress random bright dots from GAN"
-            g["gan_bg_mse"] = cfg.gan_bg_weight * mean_chw(
+            g["gan_bg_mse"] = spec.gan_bg_weight * mean_chw(
                 (p_src * tg.srcm_anti_blur - tg.target_src * tg.srcm_anti_blur).square())
 
     out: dict[str, torch.Tensor] = {**src, **dst, **g}
@@ -372,7 +329,7 @@ def code_d_loss(code_d: Callable[[torch.Tensor], torch.Tensor], src_code: torch.
     return 0.5 * (dloss(1.0, code_d(dst_code)) + dloss(0.0, code_d(src_code)))
 
 
-def identity_recon_losses(model, batch: Mapping[str, torch.Tensor], identities, cfg: LossConfig
+def identity_recon_losses(model, batch: Mapping[str, torch.Tensor], identities, spec: LossSpec, rt: LossRuntime
                           ) -> dict[str, torch.Tensor]:
     """Per-identity reconstruction for explicit graphs with identities beyond src/dst (a TorchSAE addition).
 
@@ -382,16 +339,16 @@ def identity_recon_losses(model, batch: Mapping[str, torch.Tensor], identities, 
     ["X_em_l1"], "X_loss": sum}`` for each X; the training step adds every ``X_loss`` to G_loss.
     """
     out: dict[str, torch.Tensor] = {}
-    sigma = cfg.sigma_mask
+    sigma = rt.sigma_mask
     for x in identities:
         target, mask = batch[f"target_{x}"], batch[f"target_{x}m"]
         pred, pred_mask = model.reconstruct(batch[f"warped_{x}"], x)
-        if cfg.masked_training:
+        if spec.masked_training:
             blur = torch.clamp(gaussian_blur(mask, sigma), 0.0, 0.5) * 2.0
             t_m, p_m = target * blur, pred * blur
         else:
             t_m, p_m = target, pred
-        terms = _recon_terms(x, t_m, p_m, target, pred, batch.get(f"target_{x}m_em"), mask, pred_mask, cfg)
+        terms = _recon_terms(x, t_m, p_m, target, pred, batch.get(f"target_{x}m_em"), mask, pred_mask, spec, rt)
         out.update(terms)
         out[f"{x}_loss"] = _sum_in_order(terms.values())
     return out

@@ -3,14 +3,15 @@ adamw by name, SAEHD's parameter sets, and the DFL optimizer-file mapping."""
 
 from __future__ import annotations
 
-from .config import (OPTIMIZERS, SAEHD_MODULES, OptimConfig, clip_grad_norm_dfl_, freeze_untrainable, make_optimizer,
-                     saehd_param_groups)
+from .config import (OPTIMIZERS, SAEHD_MODULES, DFLUpdateSettings, clip_grad_norm_dfl_, dfl_update_settings,
+                     freeze_untrainable, make_optimizer, saehd_param_groups)
 from .dfl import AdaBelief, DFLOptimizer, RMSprop, clip_scale, global_grad_norm
 from .dfl_io import DFL_SLOTS, dfl_slot_key, optimizer_from_dfl, optimizer_to_dfl
 
 __all__ = [
     "RMSprop", "AdaBelief", "DFLOptimizer", "global_grad_norm", "clip_scale",
-    "OPTIMIZERS", "OptimConfig", "make_optimizer", "saehd_param_groups", "freeze_untrainable",
+    "OPTIMIZERS", "DFLUpdateSettings", "dfl_update_settings", "make_optimizer", "saehd_param_groups",
+    "freeze_untrainable",
     "clip_grad_norm_dfl_", "SAEHD_MODULES",
     "DFL_SLOTS", "dfl_slot_key", "optimizer_to_dfl", "optimizer_from_dfl",
 ]

@@ -1,4 +1,5 @@
-"""Optimizer selection: `OptimConfig` (DFL defaults), `make_optimizer`, and SAEHD's parameter sets (§3.6)."""
+"""Optimizer selection from the recipe's [optim] table (`make_optimizer(params, OptimSpec, ...)`), DFL's option
+mapping (`dfl_update_settings`), and SAEHD's parameter sets (§3.6)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import torch
 from torch import nn
 
 from engine.errors import RecipeError
+from engine.recipe.specs import OptimSpec
 
 from .dfl import AdaBelief, RMSprop, clip_scale, global_grad_norm
 
-__all__ = ["OPTIMIZERS", "OptimConfig", "make_optimizer", "saehd_param_groups", "freeze_untrainable",
-           "clip_grad_norm_dfl_", "SAEHD_MODULES"]
+__all__ = ["OPTIMIZERS", "DFLUpdateSettings", "dfl_update_settings", "make_optimizer", "saehd_param_groups",
+           "freeze_untrainable", "clip_grad_norm_dfl_", "SAEHD_MODULES"]
 
-OPTIMIZERS = ("adabelief", "rmsprop", "adam", "adamw")
+OPTIMIZERS = attrs.fields(OptimSpec).name.metadata["choices"]
 
 # module names per archi type, in DFL's saveable order (§3.6)
 SAEHD_MODULES: dict[str, tuple[str, ...]] = {
@@ -24,52 +26,31 @@ SAEHD_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-@attrs.frozen(kw_only=True)
-class OptimConfig:
-    """One optimizer's settings. Defaults are DFL's (§3.6) for AdaBelief.
+# DFL's constants (§3.6), the same for every optimizer here (adam/adamw too: torch's eps would be 1e-8)
+EPS = 1e-6
+RMSPROP_RHO = 0.9
+ADABELIEF_BETAS = (0.9, 0.999)  # DFL's; [optim].betas is for adam/adamw
+LR_DROPOUT_KEEP = 0.3  # DFL's lr_dropout keep probability when the option is on
+LR_COS_PERIOD = 500  # DFL's lr_cos period, on together with lr_dropout
 
-    Fields
-    ------
-    name: "adabelief" | "rmsprop" (DFL's, `engine.optim.dfl`) | "adam" | "adamw" (torch's).
-    lr: 5e-5 (DFL).
-    lr_dropout: keep probability of each update element, 1.0 = off; DFL uses 0.3 when lr_dropout is on.
-        DFL optimizers only.
-    lr_cos: cosine lr period in steps, 0 = off; DFL uses 500, and only together with lr_dropout.
-        DFL optimizers only.
-    clipnorm: global-norm clip threshold, 0 = off; DFL uses 1.0 with clipgrad. All optimizers.
-    rho: RMSprop decay, 0.9.
-    betas: (β1, β2) for adabelief/adam/adamw, (0.9, 0.999).
-    eps: 1e-6 (DFL's, outside the square root) for every optimizer, adam/adamw included (torch's default
-        would be 1e-8).
-    weight_decay: adam/adamw only (adamw: decoupled), 0.0.
-    seed: seed of the lr_dropout mask generator; None = drawn from torch's global RNG.
-    kernels: DFL optimizers' update implementation (kernels.dfl_update; the recipe's [compile].kernels).
-    """
 
-    name: str = attrs.field(default="adabelief", validator=attrs.validators.in_(OPTIMIZERS))
-    lr: float = 5e-5
-    lr_dropout: float = 1.0
-    lr_cos: int = 0
-    clipnorm: float = 0.0
-    rho: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    weight_decay: float = 0.0
-    seed: int | None = None
-    kernels: str = "auto"
+@attrs.frozen
+class DFLUpdateSettings:
+    """What SAEHD's options make of DFL's optimizer update (§3.6): lr_dropout keep probability (1.0 = off),
+    lr_cos period (0 = off) and the global-norm clip threshold (0 = off)."""
 
-    @classmethod
-    def from_dfl_options(cls, *, adabelief: bool = True, lr_dropout: str | bool = "n", clipgrad: bool = False,
-                         pretrain: bool = False, lr: float = 5e-5, seed: int | None = None) -> OptimConfig:
-        """SAEHD's mapping (§3.6): AdaBelief or RMSprop; lr_dropout 'y'/'cpu' (not in pretrain) → 0.3 with a
-        500-step cosine; clipgrad → clipnorm 1.0. Every SAEHD optimizer (G, D_code, GAN) uses these."""
-        if isinstance(lr_dropout, bool):  # legacy bool option
-            lr_dropout = "y" if lr_dropout else "n"
-        if lr_dropout not in ("n", "y", "cpu"):
-            raise RecipeError(None, "optim.lr_dropout", f"invalid value {lr_dropout!r}", hint="valid: n, y, cpu")
-        on = lr_dropout in ("y", "cpu") and not pretrain
-        return cls(name="adabelief" if adabelief else "rmsprop", lr=lr, lr_dropout=0.3 if on else 1.0,
-                   lr_cos=500 if on else 0, clipnorm=1.0 if clipgrad else 0.0, seed=seed)
+    lr_dropout: float
+    lr_cos: int
+    clipnorm: float
+
+
+def dfl_update_settings(spec: OptimSpec, *, pretrain: bool = False) -> DFLUpdateSettings:
+    """SAEHD's mapping (§3.6): lr_dropout 'y'/'cpu' (not in pretrain) → keep 0.3 with a 500-step cosine;
+    clipgrad → clipnorm 1.0. Every SAEHD optimizer (G, D_code, GAN) uses these; adam/adamw take clipnorm
+    only (lr_dropout is refused for them when the recipe is validated)."""
+    on = spec.lr_dropout in ("y", "cpu") and not pretrain and spec.name in ("adabelief", "rmsprop")
+    return DFLUpdateSettings(lr_dropout=LR_DROPOUT_KEEP if on else 1.0, lr_cos=LR_COS_PERIOD if on else 0,
+                             clipnorm=1.0 if spec.clipgrad else 0.0)
 
 
 def clip_grad_norm_dfl_(params: Iterable[torch.Tensor], clipnorm: float) -> torch.Tensor:
@@ -83,27 +64,31 @@ def clip_grad_norm_dfl_(params: Iterable[torch.Tensor], clipnorm: float) -> torc
     return norm
 
 
-def make_optimizer(params: Iterable, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Build the optimizer named by `cfg` over `params` (tensors or param-group dicts).
+def make_optimizer(params: Iterable, spec: OptimSpec, *, pretrain: bool = False, seed: int | None = None,
+                   kernels: str = "auto") -> torch.optim.Optimizer:
+    """Build the [optim] optimizer over `params` (tensors or param-group dicts).
 
-    adam/adamw are torch's (foreach), with cfg.clipnorm applied by a step pre-hook using DFL's clip rule.
-    lr_dropout/lr_cos exist only in DFL's optimizers: asking for them with adam/adamw is a RecipeError.
+    spec: the recipe's [optim] table. pretrain: DFL's pretrain mode turns lr_dropout off (§3.6). seed: seed
+    of the lr_dropout mask generator (None = drawn from torch's global RNG). kernels: the DFL optimizers'
+    update implementation (kernels.dfl_update; the recipe's [compile].kernels).
+    adabelief/rmsprop are DFL's (engine.optim.dfl, eps 1e-6, rho 0.9); adam/adamw are torch's (foreach,
+    eps 1e-6 as DFL), with clipgrad applied by a step pre-hook using DFL's clip rule.
     """
-    if cfg.name == "rmsprop":
-        return RMSprop(params, lr=cfg.lr, rho=cfg.rho, eps=cfg.eps, lr_dropout=cfg.lr_dropout, lr_cos=cfg.lr_cos,
-                       clipnorm=cfg.clipnorm, seed=cfg.seed, kernels=cfg.kernels)
-    if cfg.name == "adabelief":
-        return AdaBelief(params, lr=cfg.lr, beta_1=cfg.betas[0], beta_2=cfg.betas[1], eps=cfg.eps,
-                         lr_dropout=cfg.lr_dropout, lr_cos=cfg.lr_cos, clipnorm=cfg.clipnorm, seed=cfg.seed,
-                         kernels=cfg.kernels)
-    if cfg.lr_dropout != 1.0 or cfg.lr_cos != 0:
-        raise RecipeError(None, "optim", f"lr_dropout/lr_cos are DFL optimizer features; optimizer {cfg.name!r} "
-                          f"got lr_dropout={cfg.lr_dropout}, lr_cos={cfg.lr_cos}",
-                          hint="use name = 'adabelief' or 'rmsprop', or set lr_dropout = 'n'")
-    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    opt = cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
-    if cfg.clipnorm > 0:
-        clipnorm = cfg.clipnorm
+    dfl = dfl_update_settings(spec, pretrain=pretrain)
+    if spec.name == "rmsprop":
+        return RMSprop(params, lr=spec.lr, rho=RMSPROP_RHO, eps=EPS, lr_dropout=dfl.lr_dropout, lr_cos=dfl.lr_cos,
+                       clipnorm=dfl.clipnorm, seed=seed, kernels=kernels)
+    if spec.name == "adabelief":
+        beta_1, beta_2 = ADABELIEF_BETAS
+        return AdaBelief(params, lr=spec.lr, beta_1=beta_1, beta_2=beta_2, eps=EPS, lr_dropout=dfl.lr_dropout,
+                         lr_cos=dfl.lr_cos, clipnorm=dfl.clipnorm, seed=seed, kernels=kernels)
+    if spec.name not in ("adam", "adamw"):
+        raise RecipeError(None, "optim.name", f"unknown optimizer {spec.name!r}",
+                          hint="valid: " + ", ".join(OPTIMIZERS))
+    cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+    opt = cls(params, lr=spec.lr, betas=tuple(spec.betas), eps=EPS, weight_decay=spec.weight_decay, foreach=True)
+    if dfl.clipnorm > 0:
+        clipnorm = dfl.clipnorm
 
         def _clip(optimizer, _args, _kwargs):
             optimizer.last_grad_norm = clip_grad_norm_dfl_(

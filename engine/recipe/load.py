@@ -214,11 +214,18 @@ def _cross_checks(r: Recipe, raw: dict[str, Any], ctx: _Ctx) -> Recipe:
     if r.loss.gan_patch_size and r.loss.gan_patch_size < 3:
         ctx.error("loss", f"gan_patch_size = {r.loss.gan_patch_size} is out of range", "valid: 0 (= resolution//8) "
                   "or 3..640", table="loss", key="gan_patch_size")
-    loss_terms = [f.name for f in attrs.fields(LossSpec) if f.metadata["type"] is float]
+    loss_terms = {f.name: f for f in attrs.fields(LossSpec) if f.metadata["type"] is float}
     for i, ramp in enumerate(r.schedule.ramp):
         if ramp.term not in loss_terms:
             ctx.error(f"schedule.ramp[{i}]", f"term '{ramp.term}' is not a [loss] weight"
                       f"{did_you_mean(ramp.term, loss_terms)}", "valid: " + ", ".join(loss_terms))
+        else:
+            lo, hi = loss_terms[ramp.term].metadata["min"], loss_terms[ramp.term].metadata["max"]
+            for key in ("start_value", "end_value"):
+                v = getattr(ramp, key)
+                if (lo is not None and v < lo) or (hi is not None and v > hi):
+                    ctx.error(f"schedule.ramp[{i}]", f"{key} = {v} is out of range for [loss].{ramp.term}",
+                              f"valid: {'-inf' if lo is None else lo}..{'inf' if hi is None else hi}")
         if ramp.end < ramp.start:
             ctx.error(f"schedule.ramp[{i}]", f"end = {ramp.end} is before start = {ramp.start}")
     if (r.train.pretrain or r.schedule.pretrain_until) and not r.data.pretrain_faceset:
@@ -236,6 +243,10 @@ def _cross_checks(r: Recipe, raw: dict[str, Any], ctx: _Ctx) -> Recipe:
                 ctx.error("data", f"identities.{name}: the graph has no identity '{name}'"
                           f"{did_you_mean(name, sorted(known))}", "valid: " + ", ".join(sorted(known - {'src', 'dst'})),
                           table="data", key="identities")
+    if r.optim.name in ("adam", "adamw") and r.optim.lr_dropout != "n":
+        ctx.error("optim", f"lr_dropout = '{r.optim.lr_dropout}': lr dropout is a feature of DFL's optimizers, not of "
+                  f"{r.optim.name}", "use name = 'adabelief' or 'rmsprop', or set lr_dropout = 'n'", table="optim",
+                  key="lr_dropout")
     if r.optim.name in ("adam", "adamw") and len(r.optim.betas) != 2:
         ctx.error("optim", f"betas = {list(r.optim.betas)}: expected two floats", table="optim", key="betas")
     return r

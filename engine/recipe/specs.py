@@ -35,6 +35,8 @@ FACE_TYPES = ("h", "mf", "f", "wf", "head")
 CT_MODES = ("none", "rct", "lct", "mkl", "idt", "sot")
 ARCHI_TYPES = ("df", "liae")
 ARCHI_OPTS = "udtc"
+TV_MODES = ("dfl_gpu", "spatial")  # engine.losses.ops.total_variation_mse
+DISTILL_MODES = ("mse", "cosine")  # engine.losses.distill.latent_distill
 
 
 @attrs.frozen(kw_only=True)
@@ -100,17 +102,28 @@ class LossSpec:
     mask_weight: float = opt(10.0, type=float, min=0.0, help="mask MSE weight")
     face_style_power: float = opt(0.0, type=float, min=0.0, max=100.0, help="face style power (DFL %)",
                                   dfl="face_style_power")
+    face_style_weight: float = opt(10000.0, type=float, min=0.0,
+                                   help="face style weight; the term is weighted face_style_weight * power / 100")
     bg_style_power: float = opt(0.0, type=float, min=0.0, max=100.0, help="background style power (DFL %)",
                                 dfl="bg_style_power")
+    bg_style_weight: float = opt(10.0, type=float, min=0.0,
+                                 help="background style weight (DSSIM and MSE terms: bg_style_weight * power / 100)")
     true_face_power: float = opt(0.0, type=float, min=0.0, max=1.0, help="true-face code discriminator (df only)",
                                  dfl="true_face_power")
+    true_face_in_pretrain: bool = opt(True, type=bool,
+                                      help="keep the true-face generator term in pretrain (DFL does, spec §12.10)")
     gan_power: float = opt(0.0, type=float, min=0.0, max=5.0, help="GAN power", dfl="gan_power")
     gan_patch_size: int = opt(0, type=int, min=0, max=640, help="GAN patch size (0 = resolution // 8)",
                               dfl="gan_patch_size")
     gan_dims: int = opt(16, type=int, min=4, max=512, help="GAN discriminator base channels", dfl="gan_dims")
+    gan_tv_weight: float = opt(1e-6, type=float, min=0.0, help="total-variation weight under GAN + masked training")
+    gan_bg_weight: float = opt(0.02, type=float, min=0.0,
+                               help="background MSE weight under GAN + masked training (DFL's anti-dot term)")
+    tv_mode: str = opt("dfl_gpu", type=str, choices=TV_MODES,
+                       help="GAN TV differences: dfl_gpu (channel and H, as DFL on a GPU) or spatial (H and W)")
     latent_distill_weight: float = opt(0.0, type=float, min=0.0, help="pull the latent towards a teacher's")
     latent_distill_teacher: str = opt("", type=str, help="teacher checkpoint for latent distillation")
-    latent_distill_mode: str = opt("mse", type=str, choices=("mse", "cosine"), help="latent distance")
+    latent_distill_mode: str = opt("mse", type=str, choices=DISTILL_MODES, help="latent distance")
 
 
 @attrs.frozen(kw_only=True)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 
+import attrs
+
 from engine.recipe.specs import LossSpec, RampSpec, ScheduleSpec
 
-LR_SCHEDULES = ("constant", "warmup", "cosine")
+LR_SCHEDULES: tuple[str, ...] = attrs.fields(ScheduleSpec).lr.metadata["choices"]
 
 
 def lr_factor(spec: ScheduleSpec, step: int, target_iter: int = 0) -> float:
@@ -48,8 +50,6 @@ def loss_at(loss: LossSpec, spec: ScheduleSpec, step: int) -> LossSpec:
     """The [loss] spec in force at `step`: every ramp applied (a later ramp of the same term wins)."""
     if not spec.ramp:
         return loss
-    import attrs
-
     changes = {r.term: ramp_value(r, step) for r in spec.ramp}
     return attrs.evolve(loss, **changes)
 

@@ -10,10 +10,14 @@ target mask (XSeg mask when the faceset has one, else the landmark hull) as DFL'
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
+import torch
+from torch import nn
 
+PREVIEW_KEYS = ("target_src", "target_srcm", "target_dst", "target_dstm")  # what a preview sample keeps of a batch
 COLUMNS = ("A_original", "A_xseg_mask_overlay", "A_recon", "B_original", "B_xseg_mask_overlay", "B_recon", "A_to_B")
 GRAPH_H = 100
 
@@ -89,3 +93,29 @@ def compose(columns: dict[str, np.ndarray], *, step: int, history: np.ndarray | 
     cv2.putText(graph, text, (4, GRAPH_H - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (1, 1, 1), 1, cv2.LINE_AA)
     out = np.concatenate([label, graph, grid], axis=0)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def preview_samples(batch: Mapping[str, torch.Tensor], resolution: int) -> dict[str, torch.Tensor]:
+    """The fixed preview samples taken from a batch: up to 4 (fewer above res 200, as DFL), targets and masks."""
+    n = min(4, batch["target_src"].shape[0], max(1, 800 // resolution))
+    return {k: batch[k][:n].clone() for k in PREVIEW_KEYS}
+
+
+def render(model: nn.Module, samples: Mapping[str, torch.Tensor], *, step: int, history) -> np.ndarray:
+    """The preview image (uint8 BGR) of `model` on the fixed `samples`: originals, mask overlays,
+    reconstructions and the swap, with DFL's loss graph of `history` ([[src, dst], ...])."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.forward_train(samples["target_src"], samples["target_dst"])
+    model.train(was_training)
+    nhwc = lambda t: t.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    a, b = nhwc(samples["target_src"]), nhwc(samples["target_dst"])
+    am, bm = nhwc(samples["target_srcm"]), nhwc(samples["target_dstm"])
+    cols = {
+        "A_original": a, "A_xseg_mask_overlay": np.stack([mask_overlay(x, m) for x, m in zip(a, am)]),
+        "A_recon": nhwc(out["pred_src_src"]),
+        "B_original": b, "B_xseg_mask_overlay": np.stack([mask_overlay(x, m) for x, m in zip(b, bm)]),
+        "B_recon": nhwc(out["pred_dst_dst"]), "A_to_B": nhwc(out["pred_src_dst"]),
+    }
+    return compose(cols, step=step, history=np.asarray(history[-100000:]), loss_names=("src", "dst"))

@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from engine.errors import TorchSAEError
-from engine.losses.saehd import LossConfig, code_d_loss, gan_d_loss, prepare_targets, saehd_losses
+from engine.losses.saehd import (LossRuntime, code_d_loss, gan_active, gan_d_loss, prepare_targets, saehd_losses,
+                                 true_face_d_active, true_face_g_active)
 from engine.optim.dfl import global_grad_norm
+from engine.recipe.specs import LossSpec
 
 __all__ = ["StepResult", "saehd_train_step", "SAEHDStep", "BATCH_KEYS", "ExtraLosses"]
 
@@ -100,7 +102,7 @@ def _backward_and_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler, p
 
 
 def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapping[str, torch.Tensor],
-                     cfg: LossConfig, *,
+                     loss: LossSpec, rt: LossRuntime, *,
                      code_d: nn.Module | None = None, code_d_opt: torch.optim.Optimizer | None = None,
                      gan_d: nn.Module | None = None, gan_d_opt: torch.optim.Optimizer | None = None,
                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -112,31 +114,33 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
     ``decode(z, identity)``). g_opt steps the generator: build it over the saveable set and freeze what
     DFL does not train (`engine.optim.saehd_param_groups` / `freeze_untrainable`); parameters without a
     gradient are skipped by every optimizer here. The discriminators and their optimizers are required
-    exactly when cfg activates them. `extra_losses(outputs, batch) -> {name: (N,)}` adds TorchSAE terms
+    exactly when the loss activates them (`loss` is the [loss] spec in force, `rt` its LossRuntime).
+    `extra_losses(outputs, batch) -> {name: (N,)}` adds TorchSAE terms
     (e.g. `engine.losses.latent_distill_hook`) to G_loss; they are reported under their names.
     """
-    if cfg.true_face_g_active and code_d is None:
-        raise TorchSAEError(f"train step: true_face_power is {cfg.true_face_power} but no code discriminator "
+    run_code, run_gan = true_face_d_active(loss, rt), gan_active(loss, rt)
+    if true_face_g_active(loss, rt) and code_d is None:
+        raise TorchSAEError(f"train step: true_face_power is {loss.true_face_power} but no code discriminator "
                             "was built")
-    if cfg.true_face_d_active and code_d_opt is None:
+    if run_code and code_d_opt is None:
         raise TorchSAEError("train step: true_face_power is set but the code discriminator has no optimizer")
-    if cfg.gan_active and (gan_d is None or gan_d_opt is None):
-        raise TorchSAEError(f"train step: gan_power is {cfg.gan_power} but the GAN discriminator or its "
+    if run_gan and (gan_d is None or gan_d_opt is None):
+        raise TorchSAEError(f"train step: gan_power is {loss.gan_power} but the GAN discriminator or its "
                             "optimizer is missing")
     missing = [k for k in ("warped_src", "warped_dst") if k not in batch]
     if missing:
         raise TorchSAEError(f"train step: the batch has no {', '.join(missing)} (keys: {', '.join(sorted(batch))})")
 
     means: dict[str, torch.Tensor] = {}
-    targets = prepare_targets(batch, cfg)
-    no_code_grad = cfg.face_style_power != 0 and cfg.style_active
+    targets = prepare_targets(batch, loss, rt)
+    no_code_grad = loss.face_style_power != 0 and rt.style_active
 
     # 1. generator
     model.zero_grad(set_to_none=True)
     with _frozen(code_d, gan_d):
         with autocast():
             outs = model.forward_train(batch["warped_src"], batch["warped_dst"], no_code_grad=no_code_grad)
-            terms = saehd_losses(outs, batch, cfg, targets=targets, code_d=code_d, gan_d=gan_d)
+            terms = saehd_losses(outs, batch, loss, rt, targets=targets, code_d=code_d, gan_d=gan_d)
             if extra_losses is not None:
                 for name, v in extra_losses(outs, batch).items():
                     if name in terms:
@@ -150,8 +154,6 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
     del outs, terms
 
     # 2./3. discriminators, on a fresh forward of the updated generator
-    run_code = cfg.true_face_d_active
-    run_gan = cfg.gan_active
     if run_code or run_gan:
         with torch.no_grad(), autocast():
             src_code = model.code(batch["warped_src"], "src")
@@ -164,7 +166,7 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
             _backward_and_step(d_loss.sum(), code_d_opt, scaler, None)
             means["D_code_loss"] = d_loss.detach().float().mean()
         if run_gan:
-            p_s = pred_src_src * targets.srcm_blur if cfg.masked_training else pred_src_src
+            p_s = pred_src_src * targets.srcm_blur if loss.masked_training else pred_src_src
             gan_d.zero_grad(set_to_none=True)
             with autocast():
                 d_loss = gan_d_loss(gan_d, p_s.detach(), targets.tS)
@@ -182,12 +184,13 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
 class SAEHDStep:
     """`saehd_train_step` with its arguments bound, for a training loop: ``result = step(batch)``.
 
-    Mutable so a loop can swap `loss_cfg` (weight ramps, pretrain switch) or optimizers between steps.
+    Mutable so a loop can swap `loss` (weight ramps), `runtime` (pretrain switch) or optimizers between steps.
     """
 
     model: nn.Module
     g_opt: torch.optim.Optimizer
-    loss_cfg: LossConfig
+    loss: LossSpec
+    runtime: LossRuntime
     code_d: nn.Module | None = None
     code_d_opt: torch.optim.Optimizer | None = None
     gan_d: nn.Module | None = None
@@ -197,6 +200,6 @@ class SAEHDStep:
     extra_losses: ExtraLosses | None = None
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> StepResult:
-        return saehd_train_step(self.model, self.g_opt, batch, self.loss_cfg, code_d=self.code_d,
+        return saehd_train_step(self.model, self.g_opt, batch, self.loss, self.runtime, code_d=self.code_d,
                                 code_d_opt=self.code_d_opt, gan_d=self.gan_d, gan_d_opt=self.gan_d_opt,
                                 autocast=self.autocast, scaler=self.scaler, extra_losses=self.extra_losses)

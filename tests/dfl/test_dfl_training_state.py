@@ -18,7 +18,7 @@ from engine.errors import CheckpointError
 from engine.graph import build
 from engine.recipe.specs import ModelSpec
 from engine.train.checkpoint import load_model_payload
-from engine.train.loop import Trainer
+from engine.train.build import build_trainer
 
 TINY = dict(resolution=64, ae_dims=16, e_dims=4, d_dims=4, d_mask_dims=4)
 ITERS = 1234
@@ -106,7 +106,7 @@ def _trainer(out, tmp_path, run, *overrides):
     r = recipe_mod.loads(payload["recipe_toml"], source="imported",
                          overrides=[f"train.run_dir='{tmp_path / run}'", "train.batch_size=2", "compile.mode='off'",
                                     "train.amp='off'", *overrides])
-    return Trainer.create(r)
+    return build_trainer(r)
 
 
 def test_training_continues_with_dfl_moments(tmp_path, capsys):

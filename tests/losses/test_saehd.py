@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import TorchSAEError
-from engine.losses import (DST_TERMS, SRC_TERMS, LossConfig, blur_out_mask, code_d_loss, dloss, gan_d_loss,
-                           gaussian_blur, prepare_targets, saehd_losses, total_variation_mse)
+from engine.errors import RecipeErrors, TorchSAEError
+from engine.losses import (DST_TERMS, SRC_TERMS, LossRuntime, blur_out_mask, code_d_loss, dloss, dssim_windows,
+                           gan_d_loss, gaussian_blur, prepare_targets, saehd_losses, total_variation_mse,
+                           true_face_d_active, true_face_g_active)
+from engine.recipe import from_dict
+from engine.recipe.specs import LossSpec
 
 
 def nchw(a) -> torch.Tensor:
@@ -31,6 +34,11 @@ def case(golden):
 GOLDEN_CFG = dict(resolution=64, eyes_mouth_prio=True, face_style_power=10.0, bg_style_power=10.0)
 
 
+def loss(resolution: int, *, pretrain: bool = False, **spec) -> tuple[LossSpec, LossRuntime]:
+    """(the [loss] spec, its runtime): what saehd_losses / prepare_targets take after the batch."""
+    return LossSpec(**spec), LossRuntime(resolution=resolution, pretrain=pretrain)
+
+
 @pytest.mark.parity
 def test_inputs_are_the_train_step_batch(case):
     g, batch, _ = case
@@ -41,7 +49,7 @@ def test_inputs_are_the_train_step_batch(case):
 @pytest.mark.parity
 def test_mask_preparation_matches_dfl(case):
     g, batch, _ = case
-    tg = prepare_targets(batch, LossConfig(**GOLDEN_CFG))
+    tg = prepare_targets(batch, *loss(**GOLDEN_CFG))
     for ours, ref in (("srcm_blur", "mask/target_srcm_blur"), ("dstm_blur", "mask/target_dstm_blur"),
                       ("style_mask_blur", "mask/style_mask_blur")):
         np.testing.assert_allclose(getattr(tg, ours).numpy(), nchw(g[ref]).numpy(), rtol=0, atol=1e-6, err_msg=ours)
@@ -60,7 +68,7 @@ TERM_RTOL = {"src_face_style": 5e-4, "src_dssim": 5e-5, "dst_dssim": 5e-5, "src_
 @pytest.mark.parity
 def test_every_term_matches_dfl(case):
     g, batch, outs = case
-    got = saehd_losses(outs, batch, LossConfig(**GOLDEN_CFG))
+    got = saehd_losses(outs, batch, *loss(**GOLDEN_CFG))
     expected_terms = {k.split("/", 1)[1] for k in g.files if k.startswith("term/")}
     assert expected_terms == {k for k in got if k in SRC_TERMS + DST_TERMS}
     for name in sorted(expected_terms):
@@ -78,7 +86,7 @@ def test_every_term_matches_dfl(case):
 def test_default_options_give_the_train_step_losses(case, golden):
     # DFL's set-1 options (no emp, no styles): src/dst = dssim + mse + mask (the golden cross-check)
     g, batch, outs = case
-    got = saehd_losses(outs, batch, LossConfig(resolution=64))
+    got = saehd_losses(outs, batch, *loss(resolution=64))
     assert set(got) == {"src_dssim", "src_mse", "src_mask_mse", "dst_dssim", "dst_mse", "dst_mask_mse",
                         "src_loss", "dst_loss", "G_loss"}
     res = np.load(golden / "train_step" / "saehd_df-ud_res64_results.npz")
@@ -98,21 +106,22 @@ def test_default_options_give_the_train_step_losses(case, golden):
 ])
 def test_derived_values_table(res, windows, sm, style, blur_out):
     """Spec §3.4 'Common values by resolution'."""
-    cfg = LossConfig(resolution=res)
-    assert cfg.dssim_windows == windows
-    assert cfg.sigma_mask == sm and cfg.sigma_style == style and cfg.sigma_blur_out == blur_out
-    assert cfg.bg_style_window == windows[0][1]
+    rt = LossRuntime(resolution=res)
+    assert dssim_windows(LossSpec(), res) == windows
+    assert rt.sigma_mask == sm and rt.sigma_style == style and rt.sigma_blur_out == blur_out
+    assert rt.bg_style_window == windows[0][1]
 
 
 def test_dssim_weight_scales_windows():
-    assert LossConfig(resolution=256, dssim_weight=4.0).dssim_windows == ((2.0, 22), (2.0, 11))
+    assert dssim_windows(LossSpec(dssim_weight=4.0), 256) == ((2.0, 22), (2.0, 11))
 
 
-def test_config_validation():
-    with pytest.raises(ValueError, match="mse_weight"):
-        LossConfig(resolution=64, mse_weight=-1.0)
-    with pytest.raises(ValueError):
-        LossConfig(resolution=64, tv_mode="nhwc")
+def test_loss_options_are_validated_by_the_recipe():
+    # [loss] is the one schema: its ranges and choices are checked when the recipe is read
+    with pytest.raises(RecipeErrors, match="mse_weight"):
+        from_dict({"loss": {"mse_weight": -1.0}})
+    with pytest.raises(RecipeErrors, match="tv_mode"):
+        from_dict({"loss": {"tv_mode": "nhwc"}})
 
 
 def test_pretrain_forces_styles_and_gan_off_but_keeps_true_face(case):
@@ -120,29 +129,28 @@ def test_pretrain_forces_styles_and_gan_off_but_keeps_true_face(case):
     outs = dict(outs, src_code=torch.randn(2, 64, 8, 8))
     code_d = lambda z: z[:, :1, :3, :3]  # noqa: E731 - a fixed "discriminator" for the term's presence
     gan_d = lambda x: (x[:, :1, ::4, ::4], x[:, :1])  # noqa: E731
-    cfg = LossConfig(resolution=64, face_style_power=10, bg_style_power=10, true_face_power=0.5, gan_power=1.0,
-                     pretrain=True)
-    got = saehd_losses(outs, batch, cfg, code_d=code_d, gan_d=gan_d)
+    cfg = loss(64, face_style_power=10, bg_style_power=10, true_face_power=0.5, gan_power=1.0, pretrain=True)
+    got = saehd_losses(outs, batch, *cfg, code_d=code_d, gan_d=gan_d)
     assert "src_face_style" not in got and "src_bg_style_dssim" not in got and "gan" not in got
     assert "true_face" in got  # DFL quirk §12.10
     np.testing.assert_allclose(got["true_face"].numpy(), 0.5 * dloss(1.0, code_d(outs["src_code"])).numpy())
-    assert not cfg.true_face_d_active and cfg.true_face_g_active
-    got = saehd_losses(outs, batch, LossConfig(resolution=64, true_face_power=0.5, pretrain=True,
+    assert not true_face_d_active(*cfg) and true_face_g_active(*cfg)
+    got = saehd_losses(outs, batch, *loss(resolution=64, true_face_power=0.5, pretrain=True,
                                                true_face_in_pretrain=False), code_d=code_d)
     assert "true_face" not in got
 
 
 def test_gan_terms_hand_check(case):
     g, batch, outs = case
-    cfg = LossConfig(resolution=64, gan_power=0.7)
-    tg = prepare_targets(batch, cfg)
+    cfg = loss(resolution=64, gan_power=0.7)
+    tg = prepare_targets(batch, *cfg)
     seen = []
 
     def gan_d(x):
         seen.append(x)
         return x[:, :1, ::8, ::8] * 3 - 1, x[:, 1:2] * 2 - 0.5
 
-    got = saehd_losses(outs, batch, cfg, gan_d=gan_d)
+    got = saehd_losses(outs, batch, *cfg, gan_d=gan_d)
     pS = outs["pred_src_src"] * tg.srcm_blur
     assert len(seen) == 1 and torch.equal(seen[0], pS)
     d, d2 = gan_d(pS)
@@ -154,7 +162,7 @@ def test_gan_terms_hand_check(case):
     total = got["src_loss"] + got["dst_loss"] + got["gan"] + got["gan_tv"] + got["gan_bg_mse"]
     torch.testing.assert_close(got["G_loss"], total)
     # without masked training: unmasked inputs to D, and no TV / background terms
-    got = saehd_losses(outs, batch, LossConfig(resolution=64, gan_power=0.7, masked_training=False), gan_d=gan_d)
+    got = saehd_losses(outs, batch, *loss(resolution=64, gan_power=0.7, masked_training=False), gan_d=gan_d)
     assert torch.equal(seen[-1], outs["pred_src_src"])
     assert "gan_tv" not in got and "gan_bg_mse" not in got
 
@@ -178,16 +186,16 @@ def test_d_losses_hand_check():
 def test_bg_style_uses_the_src_target_mask(case):
     """Quirk §12.9: the predicted masks do not matter; the src target mask does."""
     g, batch, outs = case
-    cfg = LossConfig(resolution=64, bg_style_power=20.0)
-    base = saehd_losses(outs, batch, cfg)["src_bg_style_mse"]
+    cfg = loss(resolution=64, bg_style_power=20.0)
+    base = saehd_losses(outs, batch, *cfg)["src_bg_style_mse"]
     outs2 = dict(outs, pred_src_dstm=torch.zeros_like(outs["pred_src_dstm"]),
                  pred_dst_dstm=torch.ones_like(outs["pred_dst_dstm"]))
-    assert torch.equal(saehd_losses(outs2, batch, cfg)["src_bg_style_mse"], base)
+    assert torch.equal(saehd_losses(outs2, batch, *cfg)["src_bg_style_mse"], base)
     batch2 = dict(batch, target_srcm=torch.zeros_like(batch["target_srcm"]))
-    changed = saehd_losses(outs, batch2, cfg)["src_bg_style_mse"]
+    changed = saehd_losses(outs, batch2, *cfg)["src_bg_style_mse"]
     assert not torch.allclose(changed, base)
     # hand value: 10 * 0.2 * mean((psd*A - td*A)^2) with A = 1 - srcm_blur
-    a = 1 - prepare_targets(batch, cfg).srcm_blur
+    a = 1 - prepare_targets(batch, *cfg).srcm_blur
     exp = 2.0 * ((outs["pred_src_dst"] * a - batch["target_dst"] * a) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(base, exp)
 
@@ -195,7 +203,7 @@ def test_bg_style_uses_the_src_target_mask(case):
 def test_face_style_gradient_reaches_only_the_no_code_grad_prediction(case):
     g, batch, outs = case
     leaves = {k: v.clone().requires_grad_() for k, v in outs.items()}
-    got = saehd_losses(leaves, batch, LossConfig(resolution=64, face_style_power=10.0))
+    got = saehd_losses(leaves, batch, *loss(resolution=64, face_style_power=10.0))
     got["src_face_style"].sum().backward()
     assert leaves["pred_src_dst_no_code_grad"].grad.abs().sum() > 0
     for k in ("pred_src_dstm", "pred_dst_dst", "pred_dst_dstm", "pred_src_dst", "pred_src_src"):
@@ -221,14 +229,14 @@ def test_blur_out_mask_rules():
 
 def test_blur_out_mask_is_applied_to_targets(case):
     g, batch, outs = case
-    on = prepare_targets(batch, LossConfig(resolution=64, blur_out_mask=True))
+    on = prepare_targets(batch, *loss(resolution=64, blur_out_mask=True))
     torch.testing.assert_close(on.target_src, blur_out_mask(batch["target_src"], batch["target_srcm"], 0.5))
     torch.testing.assert_close(on.tD, blur_out_mask(batch["target_dst"], batch["target_dstm"], 0.5) * on.dstm_blur)
 
 
 def test_unmasked_training_uses_raw_images(case):
     g, batch, outs = case
-    got = saehd_losses(outs, batch, LossConfig(resolution=64, masked_training=False))
+    got = saehd_losses(outs, batch, *loss(resolution=64, masked_training=False))
     exp = 10 * ((batch["target_src"] - outs["pred_src_src"]) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(got["src_mse"], exp)
 
@@ -237,11 +245,11 @@ def test_missing_inputs_are_named(case):
     g, batch, outs = case
     with pytest.raises(TorchSAEError, match="pred_src_dst_no_code_grad"):
         saehd_losses({k: v for k, v in outs.items() if k != "pred_src_dst_no_code_grad"}, batch,
-                     LossConfig(resolution=64, face_style_power=5))
+                     *loss(resolution=64, face_style_power=5))
     with pytest.raises(TorchSAEError, match="code discriminator"):
-        saehd_losses(outs, batch, LossConfig(resolution=64, true_face_power=0.1))
+        saehd_losses(outs, batch, *loss(resolution=64, true_face_power=0.1))
     with pytest.raises(TorchSAEError, match="GAN discriminator"):
-        saehd_losses(outs, batch, LossConfig(resolution=64, gan_power=0.1))
+        saehd_losses(outs, batch, *loss(resolution=64, gan_power=0.1))
     with pytest.raises(TorchSAEError, match="target_dstm_em"):
         saehd_losses(outs, {k: v for k, v in batch.items() if k != "target_dstm_em"},
-                     LossConfig(resolution=64, eyes_mouth_prio=True))
+                     *loss(resolution=64, eyes_mouth_prio=True))

@@ -14,9 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine.errors import CheckpointError, RecipeError
-from engine.optim import (AdaBelief, OptimConfig, RMSprop, dfl_slot_key, freeze_untrainable, make_optimizer,
+from engine.errors import CheckpointError, RecipeError, RecipeErrors
+from engine.optim import (AdaBelief, RMSprop, dfl_slot_key, dfl_update_settings, freeze_untrainable, make_optimizer,
                           optimizer_from_dfl, optimizer_to_dfl, saehd_param_groups)
+from engine.recipe import from_dict, from_options
+from engine.recipe.specs import OptimSpec
 
 EPS = 1e-6
 
@@ -230,32 +232,40 @@ def test_invalid_arguments():
 # config / selection
 
 
-def test_from_dfl_options():
-    c = OptimConfig.from_dfl_options(adabelief=False, lr_dropout="y", clipgrad=True)
-    assert (c.name, c.lr, c.lr_dropout, c.lr_cos, c.clipnorm) == ("rmsprop", 5e-5, 0.3, 500, 1.0)
-    c = OptimConfig.from_dfl_options(lr_dropout="cpu", pretrain=True)
-    assert (c.name, c.lr_dropout, c.lr_cos, c.clipnorm) == ("adabelief", 1.0, 0, 0.0)
-    assert OptimConfig.from_dfl_options(lr_dropout=True).lr_dropout == 0.3
-    with pytest.raises(RecipeError, match="lr_dropout"):
-        OptimConfig.from_dfl_options(lr_dropout="maybe")
+def test_dfl_options_map_onto_the_update():
+    # SAEHD's mapping (§3.6): lr_dropout y/cpu -> keep 0.3 with a 500-step cosine, off in pretrain; clipgrad -> 1.0
+    s = dfl_update_settings(OptimSpec(name="rmsprop", lr_dropout="y", clipgrad=True))
+    assert (s.lr_dropout, s.lr_cos, s.clipnorm) == (0.3, 500, 1.0)
+    s = dfl_update_settings(OptimSpec(lr_dropout="cpu"), pretrain=True)
+    assert (s.lr_dropout, s.lr_cos, s.clipnorm) == (1.0, 0, 0.0)
+    opt = make_optimizer(nn.Linear(3, 2).parameters(), OptimSpec(name="rmsprop", lr_dropout="y", clipgrad=True), seed=1)
+    assert isinstance(opt, RMSprop) and opt.defaults["lr_dropout"] == 0.3 and (opt.lr_cos, opt.clipnorm) == (500, 1.0)
+    assert opt.defaults["lr"] == 5e-5 and opt.defaults["eps"] == EPS
+    # DFL's stored options reach the same spec: the legacy bool form, and unknown values refused by name
+    assert from_options({"lr_dropout": True}).optim.lr_dropout == "y"
+    with pytest.raises(RecipeErrors, match="lr_dropout"):
+        from_options({"lr_dropout": "maybe"})
 
 
 def test_make_optimizer_by_name():
     m = nn.Linear(3, 2)
-    assert isinstance(make_optimizer(m.parameters(), OptimConfig()), AdaBelief)
-    assert isinstance(make_optimizer(m.parameters(), OptimConfig(name="rmsprop")), RMSprop)
-    adam = make_optimizer(m.parameters(), OptimConfig(name="adam", lr=1e-3))
+    assert isinstance(make_optimizer(m.parameters(), OptimSpec()), AdaBelief)
+    assert isinstance(make_optimizer(m.parameters(), OptimSpec(name="rmsprop")), RMSprop)
+    adam = make_optimizer(m.parameters(), OptimSpec(name="adam", lr=1e-3))
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["eps"] == 1e-6
-    assert isinstance(make_optimizer(m.parameters(), OptimConfig(name="adamw", weight_decay=0.01)), torch.optim.AdamW)
-    with pytest.raises(RecipeError, match="lr_dropout"):
-        make_optimizer(m.parameters(), OptimConfig(name="adam", lr_dropout=0.3))
-    with pytest.raises(ValueError):
-        OptimConfig(name="sgd")
+    assert isinstance(make_optimizer(m.parameters(), OptimSpec(name="adamw", weight_decay=0.01)), torch.optim.AdamW)
+    with pytest.raises(RecipeError, match="sgd"):
+        make_optimizer(m.parameters(), OptimSpec(name="sgd"))
+    # the recipe refuses what the optimizer cannot do
+    with pytest.raises(RecipeErrors, match="lr_dropout"):
+        from_dict({"optim": {"name": "adam", "lr_dropout": "y"}})
+    with pytest.raises(RecipeErrors, match="sgd"):
+        from_dict({"optim": {"name": "sgd"}})
 
 
 def test_adam_clipnorm_hook_uses_dfl_rule():
     p = nn.Parameter(torch.zeros(2))
-    opt = make_optimizer([p], OptimConfig(name="adam", lr=0.1, clipnorm=1.0))
+    opt = make_optimizer([p], OptimSpec(name="adam", lr=0.1, clipgrad=True))
     p.grad = torch.tensor([3.0, 4.0])
     opt.step()
     assert opt.last_grad_norm.item() == pytest.approx(5.0)

@@ -6,9 +6,10 @@ import torch
 
 from engine import recipe
 from engine.graph import build
-from engine.optim import OptimConfig, make_optimizer
+from engine.losses import LossRuntime
+from engine.optim import make_optimizer
+from engine.recipe.specs import OptimSpec
 from engine.train import distributed as ddp
-from engine.train.loop import loss_config
 from engine.train.step import SAEHDStep
 
 
@@ -27,8 +28,9 @@ def one_step(r, batch, info) -> dict:
     torch.manual_seed(0)
     model = build(r)
     ddp.broadcast_module(model, info)
-    opt = ddp.GuardedOptimizer(make_optimizer(list(model.parameters()), OptimConfig(name="rmsprop", lr=1e-3)), info)
-    SAEHDStep(model=model, g_opt=opt, loss_cfg=loss_config(r, pretrain=False))(batch)
+    opt = ddp.GuardedOptimizer(make_optimizer(list(model.parameters()), OptimSpec(name="rmsprop", lr=1e-3)), info)
+    rt = LossRuntime(resolution=r.model.resolution, kernels=r.compile.kernels)
+    SAEHDStep(model=model, g_opt=opt, loss=r.loss, runtime=rt)(batch)
     # the gradients the optimizer applied (after the all-reduce), and the updated weights
     out = {"grad." + n: p.grad.detach().clone() for n, p in model.named_parameters()}
     out.update({"weight." + n: p.detach().clone() for n, p in model.named_parameters()})

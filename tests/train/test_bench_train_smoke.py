@@ -66,28 +66,28 @@ def test_tiny_trainer_step_flops_and_timer(tmp_path, monkeypatch):
     cl = common.load_recipe(TINY, "eager-bf16-cl", run_dir=tmp_path / "run")
     assert (cl.train.amp, cl.compile.mode, cl.compile.channels_last) == ("bf16", "off", True)
     assert [v.warmup for v in common.VARIANTS.values()] == [1, 1, 1, 2, 2]
-    t = common.make_trainer(r)
-    batch = common.synthetic_batch(r.train.batch_size, r.model.resolution)
-    flops = common.step_flops(t, batch)
-    # plus the loss's mask blur (prepare_targets, §3.3): 2 masks × 2 separable passes of ks taps, no grad,
-    # ks = max(3, int(4σ)) made odd (DFL gaussian_blur, §4.2)
-    sigma = t.step_fn.loss_cfg.sigma_mask
-    ks = max(3, int(4 * sigma))
-    ks += 1 - ks % 2
-    n, res = r.train.batch_size, r.model.resolution
-    blur = 2 * 2 * (2 * n * res * res * ks)
-    assert flops == _analytic_step_flops(t.model, batch) + blur > blur
-    assert all(p.grad is None for p in t.model.parameters())  # counting leaves no gradients behind
-    before = [p.detach().clone() for p in t.model.parameters() if p.requires_grad]
-    timer = common.CallTimer(lambda: t.train_one(batch))
-    for _ in range(2):
-        timer()
-    assert t.step == 2 and t.skipped == 0
-    assert any(not torch.equal(a, p) for a, p in zip(before, (p for p in t.model.parameters() if p.requires_grad)))
-    wall, cpu = timer.medians()
-    assert len(timer.wall) == len(timer.cpu) == len(timer.others) == 2 and wall > 0 and cpu > 0
-    assert all(o >= 0 for o in timer.others)
-    assert common.trainable_params(t.model) == sum(p.numel() for p in t.model.parameters() if p.requires_grad)
+    with common.make_trainer(r) as t:
+        batch = common.synthetic_batch(r.train.batch_size, r.model.resolution)
+        flops = common.step_flops(t, batch)
+        # plus the loss's mask blur (prepare_targets, §3.3): 2 masks × 2 separable passes of ks taps, no grad,
+        # ks = max(3, int(4σ)) made odd (DFL gaussian_blur, §4.2)
+        sigma = t.step_fn.runtime.sigma_mask
+        ks = max(3, int(4 * sigma))
+        ks += 1 - ks % 2
+        n, res = r.train.batch_size, r.model.resolution
+        blur = 2 * 2 * (2 * n * res * res * ks)
+        assert flops == _analytic_step_flops(t.model, batch) + blur > blur
+        assert all(p.grad is None for p in t.model.parameters())  # counting leaves no gradients behind
+        before = [p.detach().clone() for p in t.model.parameters() if p.requires_grad]
+        timer = common.CallTimer(lambda: t.train_one(batch))
+        for _ in range(2):
+            timer()
+        assert t.step == 2 and t.skipped == 0
+        assert any(not torch.equal(a, p) for a, p in zip(before, (p for p in t.model.parameters() if p.requires_grad)))
+        wall, cpu = timer.medians()
+        assert len(timer.wall) == len(timer.cpu) == len(timer.others) == 2 and wall > 0 and cpu > 0
+        assert all(o >= 0 for o in timer.others)
+        assert common.trainable_params(t.model) == sum(p.numel() for p in t.model.parameters() if p.requires_grad)
 
 
 def test_call_timer_quiet_uses_dfls_ten_percent_criterion():

@@ -26,11 +26,17 @@ import torch
 from engine.dfl import load_dfl_weights
 from engine.dfl.keymap import torch_to_dfl_array, torch_to_dfl_name
 from engine.graph import build
-from engine.losses import LossConfig, code_d_loss, gan_d_loss, prepare_targets, saehd_losses
+from engine.losses import LossRuntime, code_d_loss, gan_d_loss, prepare_targets, saehd_losses
 from engine.modules.discriminators import CodeDiscriminator, UNetPatchDiscriminator
 from engine.optim import AdaBelief, RMSprop, freeze_untrainable, global_grad_norm, saehd_param_groups
-from engine.recipe.specs import ModelSpec
+from engine.recipe.specs import LossSpec, ModelSpec
 from engine.train.step import SAEHDStep, saehd_train_step
+
+
+def loss(resolution: int = 64, *, pretrain: bool = False, **spec) -> tuple[LossSpec, LossRuntime]:
+    """(the [loss] spec, its runtime) for the step and loss functions."""
+    return LossSpec(**spec), LossRuntime(resolution=resolution, pretrain=pretrain)
+
 
 STEM = "saehd_df-ud_res64"
 SPEC = ModelSpec(archi="df-ud", resolution=64, face_type="f", ae_dims=64, e_dims=16, d_dims=16, d_mask_dims=16)
@@ -87,7 +93,7 @@ def tf_arrays(model, what: str):
 def eval_losses(model, batch):
     with torch.no_grad():
         outs = model.forward_train(batch["warped_src"], batch["warped_dst"])
-        return saehd_losses(outs, batch, LossConfig(resolution=64))
+        return saehd_losses(outs, batch, *loss())
 
 
 @pytest.mark.parity
@@ -101,7 +107,7 @@ def test_forward_and_per_sample_losses(init_weights, data):
         outs = model.forward_train(b["warped_src"], b["warped_dst"])
     for k in ("pred_src_src", "pred_dst_dst", "pred_dst_dstm", "pred_src_dst", "pred_src_dstm"):
         np.testing.assert_allclose(view[k].permute(0, 2, 3, 1).numpy(), res[k], rtol=0, atol=2e-5, err_msg=k)
-    losses = saehd_losses(outs, b, LossConfig(resolution=64))
+    losses = saehd_losses(outs, b, *loss())
     np.testing.assert_allclose(losses["src_loss"].numpy(), res["src_loss"], rtol=2e-5)
     np.testing.assert_allclose(losses["dst_loss"].numpy(), res["dst_loss"], rtol=2e-5)
 
@@ -141,7 +147,7 @@ def _check_step(model, data, opt_name, result):
 def test_one_rmsprop_step_matches_dfl(init_weights, data):
     model = dfl_model(init_weights)
     opt = RMSprop(model.parameters(), lr=5e-5)
-    result = saehd_train_step(model, opt, data["batch"], LossConfig(resolution=64))
+    result = saehd_train_step(model, opt, data["batch"], *loss())
     _check_step(model, data, "rmsprop", result)
 
 
@@ -153,7 +159,7 @@ def test_one_adabelief_step_matches_dfl(init_weights, data):
 
     model = dfl_model(init_weights)
     step = SAEHDStep(model, GuardedOptimizer(AdaBelief(model.parameters(), lr=5e-5), DistInfo()),
-                     LossConfig(resolution=64))
+                     *loss())
     _check_step(model, data, "adabelief", step(data["batch"]))
 
 
@@ -176,19 +182,19 @@ def test_d_steps_follow_the_generator_update(init_weights):
     torch.manual_seed(1)
     code_d = CodeDiscriminator(64, 8)
     gan_d = UNetPatchDiscriminator(8, 3, 16)
-    cfg = LossConfig(resolution=64, true_face_power=0.3, gan_power=0.5)
+    cfg = loss(true_face_power=0.3, gan_power=0.5)
     batch = _small_batch()
     model0, code_d0, gan_d0 = copy.deepcopy(model), copy.deepcopy(code_d), copy.deepcopy(gan_d)
-    res = saehd_train_step(model, RMSprop(model.parameters()), batch, cfg, code_d=code_d,
+    res = saehd_train_step(model, RMSprop(model.parameters()), batch, *cfg, code_d=code_d,
                            code_d_opt=RMSprop(code_d.parameters()), gan_d=gan_d, gan_d_opt=RMSprop(gan_d.parameters()))
     # G terms used the discriminators as they were before their own steps
     with torch.no_grad():
         outs0 = model0.forward_train(batch["warped_src"], batch["warped_dst"])
-        g0 = saehd_losses(outs0, batch, cfg, code_d=code_d0, gan_d=gan_d0)
+        g0 = saehd_losses(outs0, batch, *cfg, code_d=code_d0, gan_d=gan_d0)
     for k in ("true_face", "gan", "gan_tv", "gan_bg_mse", "G_loss"):
         assert res.losses[k] == pytest.approx(g0[k].mean().item(), rel=1e-5), k
     # D losses are computed with the UPDATED generator and the pre-step discriminators
-    tg = prepare_targets(batch, cfg)
+    tg = prepare_targets(batch, *cfg)
     code_d0.zero_grad()
     gan_d0.zero_grad()
     with torch.no_grad():
@@ -210,8 +216,8 @@ def test_pretrain_skips_the_code_d_step_but_keeps_the_true_face_term(init_weight
     model = dfl_model(init_weights)
     code_d = CodeDiscriminator(64, 8)
     before = copy.deepcopy(code_d.state_dict())
-    cfg = LossConfig(resolution=64, true_face_power=0.3, gan_power=0.5, pretrain=True)
-    res = saehd_train_step(model, RMSprop(model.parameters()), _small_batch(), cfg, code_d=code_d,
+    cfg = loss(true_face_power=0.3, gan_power=0.5, pretrain=True)
+    res = saehd_train_step(model, RMSprop(model.parameters()), _small_batch(), *cfg, code_d=code_d,
                            code_d_opt=RMSprop(code_d.parameters()))
     assert "true_face" in res.losses and "D_code_loss" not in res.losses and "gan" not in res.losses
     for k, v in code_d.state_dict().items():
@@ -225,7 +231,7 @@ def test_liae_without_random_warp_freezes_inter_ab():
     freeze_untrainable(saveable, trainable)
     opt = AdaBelief(saveable.values())
     before = {k: v.detach().clone() for k, v in saveable.items()}
-    saehd_train_step(model, opt, _small_batch(), LossConfig(resolution=64))
+    saehd_train_step(model, opt, _small_batch(), *loss())
     for k, p in saveable.items():
         changed = not torch.equal(p.detach(), before[k])
         assert changed == (not k.startswith("inter_AB.")), k
@@ -233,7 +239,7 @@ def test_liae_without_random_warp_freezes_inter_ab():
 
 def test_step_with_cpu_autocast_is_finite(init_weights):
     model = dfl_model(init_weights)
-    res = saehd_train_step(model, AdaBelief(model.parameters()), _small_batch(), LossConfig(resolution=64),
+    res = saehd_train_step(model, AdaBelief(model.parameters()), _small_batch(), *loss(),
                            autocast=lambda: torch.autocast("cpu", torch.bfloat16))
     assert all(np.isfinite(v) for v in res.losses.values()) and np.isfinite(res.grad_norm)
 
@@ -247,13 +253,13 @@ def test_latent_distill_hook_adds_to_g_loss_and_leaves_the_teacher_alone(init_we
     t_before = copy.deepcopy(teacher.state_dict())
     model0 = copy.deepcopy(model)
     batch = _small_batch()
-    res = saehd_train_step(model, RMSprop(model.parameters()), batch, LossConfig(resolution=64),
+    res = saehd_train_step(model, RMSprop(model.parameters()), batch, *loss(),
                            extra_losses=latent_distill_hook(teacher, weight=3.0))
     with torch.no_grad():
         outs = model0.forward_train(batch["warped_src"], batch["warped_dst"])
         exp = (latent_distill(outs["src_code"], teacher.code(batch["warped_src"], "src"), "mse", 3.0)
                + latent_distill(outs["dst_code"], teacher.code(batch["warped_dst"], "dst"), "mse", 3.0))
-        base = saehd_losses(outs, batch, LossConfig(resolution=64))["G_loss"]
+        base = saehd_losses(outs, batch, *loss())["G_loss"]
     assert res.losses["latent_distill"] == pytest.approx(exp.mean().item(), rel=1e-5)
     assert res.losses["G_loss"] == pytest.approx((base + exp).mean().item(), rel=1e-5)
     for k, v in teacher.state_dict().items():

@@ -13,7 +13,8 @@ import torch
 from engine import recipe
 from engine.errors import CheckpointError
 from engine.train import checkpoint as ck
-from engine.train.loop import Trainer, train
+from engine.train.build import build_trainer
+from engine.train.loop import run, train
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
@@ -33,7 +34,7 @@ def test_every_recipe_runs_a_step(path, facesets, tmp_path):
     # No checkpoint is written here: saving a 145M-parameter model and its optimizer state is disk time, not
     # what this test is about (the tiny recipes exercise saving).
     r = _load(path, facesets, tmp_path / "run", "train.batch_size=1", "compile.mode='off'", "train.amp='off'")
-    t = Trainer.create(r)
+    t = build_trainer(r)
     t.make_loader()
     try:
         t.apply_schedules()
@@ -108,9 +109,9 @@ def test_preview_and_summary(facesets, tmp_path):
 def test_nan_guard_skips_then_rolls_back(facesets, tmp_path):
     r = _load(ROOT / "recipes" / "tests" / "tiny_df.toml", facesets, tmp_path / "run", "train.max_bad_steps=2",
               "train.lr_backoff=0.5")
-    t = Trainer.create(r)
+    t = build_trainer(r)
     t.make_loader()
-    t.run(max_steps=1, progress=False)  # a good checkpoint at step 1
+    run(t, max_steps=1, progress=False)  # a good checkpoint at step 1
     good = {k: v.clone() for k, v in t.model.state_dict().items()}
     batch = {k: v for k, v in next(iter(t.loader)).items() if torch.is_tensor(v)}
     bad = dict(batch, warped_src=torch.full_like(batch["warped_src"], float("nan")))
@@ -138,7 +139,7 @@ def test_modular_graph_trains_every_identity_and_freezes_and_reuses_parts(facese
     first = _load(path, facesets, tmp_path / "first", "train.target_iter=0")
     s = train(first, max_steps=2, progress=False)
     assert {"src_loss", "dst_loss", "alice_loss"} <= set(s["final_losses"])
-    t0 = Trainer.create(first, run_dir=tmp_path / "fresh")
+    t0 = build_trainer(first, run_dir=tmp_path / "fresh")
     init = {k: v for k, v in t0.model.state_dict().items() if k.startswith("decoder_alice.")}
     trained = _part(tmp_path / "first", "decoder_alice")
     assert any(not torch.equal(init[k], trained[k]) for k in init), "alice's decoder did not train"
@@ -153,7 +154,7 @@ def test_modular_graph_trains_every_identity_and_freezes_and_reuses_parts(facese
                                                      _part(tmp_path / "first", "encoder").values()))
     bad = _load(path, facesets, tmp_path / "third", "train.freeze=['decoder_bob']")
     with pytest.raises(Exception, match="no model part named 'decoder_bob'"):
-        Trainer.create(bad)
+        build_trainer(bad)
 
 
 def test_latent_distillation_from_a_teacher(facesets, tmp_path):
@@ -220,10 +221,10 @@ def test_compile_kernels_reaches_losses_optimizer_and_loader(facesets, tmp_path,
     monkeypatch.delenv("TORCHSAE_KERNELS", raising=False)
     monkeypatch.setattr(dispatch, "_logged", set())
     r = _load(ROOT / "recipes" / "tests" / "tiny_df.toml", facesets, tmp_path / "run", "compile.kernels='reference'")
-    t = Trainer.create(r)
+    t = build_trainer(r)
     t.make_loader()
     try:
-        assert t.step_fn.loss_cfg.kernels == "reference"
+        assert t.step_fn.runtime.kernels == "reference"
         assert t.g_opt.opt.kernels == "reference"
         assert t.loader._loader.batches.warp_impl == "reference"
         t.apply_schedules()
@@ -234,3 +235,30 @@ def test_compile_kernels_reaches_losses_optimizer_and_loader(facesets, tmp_path,
         t.loader.close()
     assert "dssim: reference (requested)" in caplog.text and "dfl_update: reference (requested)" in caplog.text
     assert "fast" not in caplog.text
+
+
+def _denormals_kept() -> bool:
+    return (torch.tensor([1e-40]) * 1.0).item() != 0.0  # a float32 denormal survives unless flushed to zero
+
+
+def test_training_scopes_its_process_settings(facesets, tmp_path):
+    """Flush-to-zero, [train].threads and [train].deterministic hold while a run trains and are undone after:
+    building a trainer changes none of them, and train() leaves torch as it found it."""
+    from engine.train.device import process_settings
+
+    threads = torch.get_num_threads()
+    r = _load(ROOT / "recipes" / "tests" / "tiny_df.toml", facesets, tmp_path / "run", f"train.threads={threads + 1}",
+              "train.deterministic=true")
+    assert _denormals_kept() and not torch.are_deterministic_algorithms_enabled()
+    with process_settings(r.train):
+        assert torch.get_num_threads() == threads + 1 and torch.are_deterministic_algorithms_enabled()
+        if torch.set_flush_denormal(True):  # the CPU can flush (x86 with SSE3)
+            assert not _denormals_kept()
+    assert _denormals_kept() and torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+    build_trainer(r)
+    assert _denormals_kept() and torch.get_num_threads() == threads
+    train(r, max_steps=1, progress=False)
+    assert _denormals_kept() and torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+

@@ -1,0 +1,296 @@
+"""`Trainer`: the live objects of a training run and what happens to them between steps.
+
+Built by `engine.train.build.build_trainer(recipe)`, driven by `engine.train.loop.run`. It holds the model,
+the SAEHD step (engine.train.step) with its optimizers and discriminators, the loader, the counters, and:
+
+- `apply_schedules()`: before each step, lr (schedule x rollback back-off), loss-weight ramps, random warp
+  off, DFL's pretrain -> normal switch (spec §11.6);
+- `next_batch(batches)`: the loader's next batch on the device (the fixed preview samples are taken from
+  the first one);
+- `train_one(batch)`: one guarded step: a non-finite loss or gradient skips the update, `max_bad_steps`
+  in a row `rollback()` to the last checkpoint with the lr scaled by `lr_backoff`;
+- `train_state()` / `load(path)` / `save()`: everything that decides the next step is checkpointed (model,
+  optimizers incl. their lr-dropout RNG, scaler, step, RNG states, loader position, preview samples,
+  loss history, lr back-off), so on CPU N steps + resume + N steps equals 2N steps bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from engine import schedules
+from engine.data.train_loader import TrainLoader, make_loader
+from engine.errors import CheckpointError
+from engine.recipe.specs import Recipe
+from engine.train import checkpoint as ck
+from engine.train import distributed as ddp
+from engine.train import parts
+from engine.train.preview import preview_samples
+from engine.train.rng import rng_state, set_rng_state
+from engine.train.step import SAEHDStep
+
+__all__ = ["Trainer"]
+
+log = logging.getLogger("torchsae.train")
+
+_DISCRIMINATORS = ("code_d", "gan_d")  # Trainer attributes, each with its "<name>_opt"
+
+
+@attrs.define
+class Trainer:
+    """All live training objects (see the module docstring). `step_fn` owns the loss spec in force
+    (`step_fn.loss`, ramps applied) and its runtime (`step_fn.runtime`: resolution, pretrain, kernels)."""
+
+    recipe: Recipe
+    recipe_toml: str
+    run_dir: Path
+    device: torch.device
+    dist: ddp.DistInfo
+    model: torch.nn.Module
+    step_fn: SAEHDStep
+    g_opt: ddp.GuardedOptimizer
+    code_d: torch.nn.Module | None = None
+    code_d_opt: ddp.GuardedOptimizer | None = None
+    gan_d: torch.nn.Module | None = None
+    gan_d_opt: ddp.GuardedOptimizer | None = None
+    scaler: torch.amp.GradScaler | None = None
+    loader: TrainLoader | None = None
+    step: int = 0
+    lr_scale: float = 1.0
+    history: list = attrs.field(factory=list)  # [[src_loss, dst_loss], ...] per step (DFL's loss_history)
+    preview_batch: dict | None = None
+    random_warp: bool = True
+    pretrain: bool = False
+    bad_steps: int = 0
+    rollbacks: int = 0
+    skipped: int = 0
+    last_losses: dict = attrs.field(factory=dict)
+    step_times: list = attrs.field(factory=list)  # seconds per completed step (summary, it/s)
+
+    # ------------------------------------------------------------------ data
+    def make_loader(self) -> None:
+        self.loader = make_loader(self.recipe, rank=self.dist.rank, world=self.dist.world, device=self.device,
+                                  random_warp=self.random_warp, pretrain=self.pretrain)
+
+    def next_batch(self, batches: Iterator[dict]) -> dict[str, torch.Tensor]:
+        """The loader's next batch, its tensors on the device; the first one also gives the preview samples."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if torch.is_tensor(v)}
+        if self.preview_batch is None:
+            self.preview_batch = preview_samples(batch, self.recipe.model.resolution)
+        return batch
+
+    # ------------------------------------------------------------------ schedules
+    def apply_schedules(self) -> None:
+        """The schedules' values at this step: lr, pretrain mode, random warp, loss weights."""
+        r, s = self.recipe, self.step
+        factor = schedules.lr_factor(r.schedule, s, r.train.target_iter) * self.lr_scale
+        for opt in self._optimizers():
+            for g in opt.param_groups:
+                g.setdefault("base_lr", r.optim.lr)
+                g["lr"] = g["base_lr"] * factor
+        pretrain = schedules.pretrain_at(r.train.pretrain, r.schedule, s)
+        if pretrain != self.pretrain:
+            self._switch_pretrain(pretrain)
+        random_warp = schedules.random_warp_at(r.data.random_warp, r.schedule, s) and not self.pretrain
+        if random_warp != self.random_warp:
+            self._switch_random_warp(random_warp)
+        self.step_fn.loss = schedules.loss_at(r.loss, r.schedule, s)
+
+    def _optimizers(self) -> list[ddp.GuardedOptimizer]:
+        return [o for o in (self.g_opt, self.code_d_opt, self.gan_d_opt) if o is not None]
+
+    def _switch_random_warp(self, on: bool) -> None:
+        """Random warp on/off: the loader changes how it makes samples; LIAE (un)freezes inter_AB (§12.11)."""
+        self.random_warp = on
+        if self.loader is not None:
+            self.loader.set_random_warp(on)
+        if parts.archi_type(self.recipe) == "liae":
+            parts.parameter_sets(self.model, self.recipe, on)
+        log.info("step %d: random warp %s", self.step, "on" if on else "off")
+
+    def _switch_pretrain(self, pretrain: bool) -> None:
+        """DFL's pretrain -> normal switch (spec §11.6): step and history restart at 0, the inter(s) are
+        re-initialised, the preview sample is redrawn; data and loss forcing follow the new mode."""
+        self.pretrain = pretrain
+        self.step_fn.runtime = attrs.evolve(self.step_fn.runtime, pretrain=pretrain)
+        if not pretrain:
+            names = parts.reinit_inters(self.model, self.recipe, self.dist)
+            self.history.clear()
+            self.preview_batch = None
+            log.info("pretrain finished at step %d: inter re-initialised (%s), step counter restarts at 0",
+                     self.step, ", ".join(names))
+            self.step = 0
+        if self.loader is not None:
+            self.loader.set_pretrain(pretrain)
+
+    # ------------------------------------------------------------------ one step with the guard
+    def train_one(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One SAEHD step on `batch`; returns its losses (and grad_norm). Counts the step only when the
+        update was applied and finite."""
+        t0 = time.perf_counter()
+        scale = self.scaler.get_scale() if self.scaler is not None else None
+        res = self.step_fn(batch)
+        losses = dict(res.losses)
+        losses["grad_norm"] = res.grad_norm
+        if scale is not None and self.scaler.get_scale() < scale:
+            # fp16: the grad scaler found inf/nan in the scaled gradients, skipped the update and lowered its
+            # scale (calibration, not divergence): retry with the next batch without counting a bad step
+            log.debug("step %d: fp16 gradient overflow, loss scale %g -> %g", self.step, scale, self.scaler.get_scale())
+            return losses
+        if self.g_opt.skipped or not all(math.isfinite(v) for v in losses.values()):
+            self.bad_steps += 1
+            self.skipped += 1
+            log.warning("step %d: non-finite loss or gradient (%s); update skipped (%d in a row)", self.step,
+                        ", ".join(f"{k}={v:.4g}" for k, v in losses.items()), self.bad_steps)
+            if self.bad_steps >= self.recipe.train.max_bad_steps:
+                self.rollback()
+            return losses
+        self.bad_steps = 0
+        self.history.append([losses.get("src_loss", float("nan")), losses.get("dst_loss", float("nan"))])
+        self.step += 1
+        self.step_times.append(time.perf_counter() - t0)
+        self.last_losses = losses
+        return losses
+
+    def rollback(self) -> None:
+        """After `max_bad_steps` non-finite steps in a row: back to the latest checkpoint, lr x lr_backoff."""
+        latest = ck.resolve_latest(self.run_dir, required=False)
+        self.lr_scale *= self.recipe.train.lr_backoff
+        self.rollbacks += 1
+        self.bad_steps = 0
+        if latest is None:
+            log.error("repeated non-finite steps and no checkpoint to roll back to; lr scaled to %.3g", self.lr_scale)
+            return
+        scale, rollbacks = self.lr_scale, self.rollbacks
+        self.load(latest)
+        self.lr_scale, self.rollbacks = scale, rollbacks
+        log.error("repeated non-finite steps: rolled back to %s (step %d), lr scaled to %.3g", latest.name, self.step,
+                  self.lr_scale)
+
+    # ------------------------------------------------------------------ what the loop asks
+    def target_reached(self) -> bool:
+        target = self.recipe.train.target_iter
+        return bool(target) and self.step >= target
+
+    def preview_every(self) -> int:
+        """[train].preview_every, or DFL's 10 * max(1, R // 64)."""
+        return self.recipe.train.preview_every or 10 * max(1, self.recipe.model.resolution // 64)
+
+    def preview_due(self) -> bool:
+        return self.step > 0 and self.step % self.preview_every() == 0
+
+    def lr(self) -> float:
+        return self.g_opt.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ checkpoints
+    def train_state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "g_opt": self.g_opt.state_dict(),
+            "step": self.step,
+            "lr_scale": self.lr_scale,
+            "history": torch.tensor(self.history, dtype=torch.float64) if self.history
+            else torch.zeros(0, 2, dtype=torch.float64),
+            "rng": rng_state(),
+            "rollbacks": self.rollbacks,
+        }
+        if self.loader is not None:
+            st["loader"] = self.loader.state_dict()
+        if self.preview_batch is not None:
+            st["preview"] = {k: v.cpu() for k, v in self.preview_batch.items()}
+        for name in _DISCRIMINATORS:
+            mod = getattr(self, name)
+            if mod is not None:
+                st[name] = mod.state_dict()
+                st[name + "_opt"] = getattr(self, name + "_opt").state_dict()
+        if self.scaler is not None:
+            st["scaler"] = self.scaler.state_dict()
+        return st
+
+    def save(self) -> Path | None:
+        """A checkpoint of this step (rank 0 only; None elsewhere)."""
+        if not self.dist.is_main:
+            return None
+        p = ck.save(self.run_dir, step=self.step, model=self.model, recipe_toml=self.recipe_toml,
+                    train_state=self.train_state(), keep_last=self.recipe.train.keep_last)
+        log.info("saved %s", p)
+        return p
+
+    def load(self, path: str | Path, *, weights_only_model: bool = False) -> None:
+        """Resume from a checkpoint (file, step folder or run folder). Without train_state.pt (an inference
+        checkpoint, or one imported from DFL) the weights load and the optimizer starts fresh, or from
+        DFL's imported optimizer and discriminator state when the checkpoint carries it."""
+        payload = ck.load_model_payload(path)
+        ck.check_compatible(payload["recipe_toml"], self.recipe, str(path))
+        self.model.load_state_dict(payload["model"])
+        state = None if weights_only_model else ck.load_train_state(path)
+        if state is None:
+            self._load_weights_only(payload, path)
+            return
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.step = int(state["step"])
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self.history = state["history"].tolist()
+        for name in _DISCRIMINATORS:
+            mod = getattr(self, name)
+            if mod is not None and name in state:
+                mod.load_state_dict(state[name])
+                getattr(self, name + "_opt").load_state_dict(state[name + "_opt"])
+            elif mod is not None:
+                log.info("%s: not in the checkpoint, starts fresh (DFL re-initialises a changed discriminator)", name)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if "preview" in state:
+            self.preview_batch = {k: v.to(self.device) for k, v in state["preview"].items()}
+        if self.loader is not None and "loader" in state:
+            self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def _load_weights_only(self, payload: dict[str, Any], path: str | Path) -> None:
+        self.step = int(payload.get("step", 0))
+        dfl_opt = payload.get("dfl_optimizer")
+        if dfl_opt is not None and self._load_dfl_optimizer(self.g_opt, self.model, dfl_opt, path):
+            log.info("loaded weights and DFL's optimizer state from %s (step %d)", path, self.step)
+        else:
+            log.info("loaded weights from %s (step %d); optimizer state starts fresh", path, self.step)
+        for name in _DISCRIMINATORS:  # discriminators imported from DFL (engine.dfl.import_dfl_discriminators)
+            mod, entry = getattr(self, name), payload.get("dfl_" + name)
+            if mod is None or entry is None:
+                continue
+            mod.load_state_dict(entry["model"])
+            if entry.get("optimizer") is not None:
+                self._load_dfl_optimizer(getattr(self, name + "_opt"), mod, entry["optimizer"], path)
+            log.info("%s: DFL's weights%s from %s", name, " and optimizer state" if entry.get("optimizer") else "",
+                     path)
+
+    def _load_dfl_optimizer(self, guarded: ddp.GuardedOptimizer, module: torch.nn.Module, dfl_opt: dict,
+                            path: str | Path) -> bool:
+        """Put optimizer state imported from DFL (`engine.dfl.import_dfl_optimizer`: slots per parameter
+        name of `module`, torch layout) into `guarded`'s optimizer. False (state stays fresh, with a
+        warning) when the recipe now names another optimizer; CheckpointError when a parameter is unknown."""
+        opt = guarded.opt
+        if dfl_opt.get("name") != self.recipe.optim.name:
+            log.warning("%s: holds DFL %s optimizer state but the recipe uses optim.name = %r; starting with "
+                        "fresh optimizer state", path, dfl_opt.get("name"), self.recipe.optim.name)
+            return False
+        params = dict(module.named_parameters())
+        owned = {p for g in opt.param_groups for p in g["params"]}
+        unknown = [n for n in dfl_opt["state"] if n not in params or params[n] not in owned]
+        if unknown:
+            raise CheckpointError(f"{path}: DFL optimizer state for parameters this training does not optimize: "
+                                  + ", ".join(unknown[:8]))
+        for n, slots in dfl_opt["state"].items():
+            p = params[n]
+            # empty_like keeps the parameter's memory format (channels_last), as fresh state would have
+            opt.state[p] = {k: torch.empty_like(p).copy_(v) for k, v in slots.items()}
+        opt.iterations = int(dfl_opt["iterations"])
+        return True
