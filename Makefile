@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) -m bench $(if $(SUITE),--suite $(SUITE),) $(if $(OVERWRITE),--overwrite,)
 
 data: $(STAMP)
-	$(PY) -m engine demo-data --workspace workspace/demo
+	$(PY) -m engine demo-data --out workspace/demo
 
 train: $(STAMP)
 	@if [ "$(RECIPE)" = "recipes/quickstart.toml" ] && [ ! -d workspace/demo/data_src/aligned ]; then $(MAKE) data; fi
@@ -42,10 +42,10 @@ train: $(STAMP)
 	fi
 
 export: $(STAMP)
-	$(PY) -m engine export $(if $(CKPT),$(CKPT),--latest $(RECIPE)) --format $(FORMAT) $(ARGS)
+	$(PY) -m engine export $(if $(CKPT),$(CKPT),$(RECIPE)) --format $(FORMAT) $(ARGS)
 
 merge: $(STAMP)
-	$(PY) -m engine merge --recipe $(RECIPE) $(ARGS)
+	$(PY) -m engine merge $(RECIPE) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,7 +1,10 @@
 """`torchsae` / `python -m engine`: subcommand -> module table.
 
-Each command module defines `add_arguments(parser)` and `run(args) -> int`; it is imported only when
-its command runs, so `torchsae validate` never imports torch.
+Every command lives in `engine/<package>/cli_<command>.py` and defines `add_arguments(parser)` and
+`run(args) -> int`; it is imported only when its command runs, so `torchsae validate` never imports torch.
+Conventions: the main input (a recipe, a checkpoint, a folder) is positional, output paths are `--out`,
+and `table.key=value` / `~table.key` recipe overrides may come anywhere on the line (intermixed parsing:
+`torchsae describe recipes/df256.toml --json model.resolution=288`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
+
+from engine.errors import TorchSAEError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,12 +25,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("engine.train.cli_train", "train a recipe"),
     "import-dfl": ("engine.dfl.cli_import_dfl", "convert a DFL SAEHD model folder to a TorchSAE checkpoint"),
     "export-dfl": ("engine.dfl.cli_export_dfl", "write a checkpoint as a DFL SAEHD model folder (DFL continues it)"),
-    "export": ("engine.export.cli_export", "export a checkpoint to ONNX or DFM"),
+    "export": ("engine.export.cli_export", "export a checkpoint (or a recipe's newest) to ONNX or DFM"),
     "swap": ("engine.export.cli_swap", "run a model over a folder of aligned faces"),
     "faceset": ("engine.faces.cli_faceset", "faceset tools: info, pack"),
     "extract": ("engine.extract.cli_extract", "videos/photos -> aligned DFLJPG faceset"),
     "sort": ("engine.extract.cli_sort", "sort or clean an aligned faceset"),
-    "demo-data": ("engine.extract.demo", "fetch and extract the bundled demo faces"),
+    "demo-data": ("engine.extract.cli_demo_data", "fetch and extract the bundled demo faces"),
     "merge": ("engine.merge.cli_merge", "composite swapped faces back into frames and write the video"),
 }
 
@@ -36,6 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, (_mod, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return p
+
+
+def parse_command(name: str, argv: list[str]) -> tuple[ModuleType, argparse.Namespace]:
+    """The command's module and its parsed arguments; flags and positionals (overrides) may interleave."""
+    mod = importlib.import_module(COMMANDS[name][0])
+    p = argparse.ArgumentParser(prog=f"torchsae {name}", description=COMMANDS[name][1])
+    mod.add_arguments(p)
+    return mod, p.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = top.parse_args(argv[:i])
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(message)s")
     name = argv[i]
-    mod = importlib.import_module(COMMANDS[name][0])
-    p = argparse.ArgumentParser(prog=f"torchsae {name}", description=COMMANDS[name][1])
-    mod.add_arguments(p)
-    args = p.parse_args(argv[i + 1:])
-    from engine.errors import TorchSAEError
-
+    mod, args = parse_command(name, argv[i + 1:])
     try:
         return int(mod.run(args) or 0)
     except TorchSAEError as e:

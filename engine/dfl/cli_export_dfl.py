@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from engine import recipe as recipe_mod
+from engine.dfl.convert import export_dfl_checkpoint
+from engine.dfl.files import data_path
+from engine.errors import TorchSAEError
+from engine.train import checkpoint as ck
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="TorchSAE checkpoint: a step_* folder or run folder (with optimizer state), or "
@@ -19,12 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import recipe as recipe_mod
-    from engine.dfl.convert import export_dfl_checkpoint
-    from engine.dfl.files import data_path
-    from engine.errors import TorchSAEError
-    from engine.train import checkpoint as ck
-
     name = args.name
     if name is None:
         name = recipe_mod.loads(ck.load_model_payload(args.checkpoint)["recipe_toml"]).name or "model"

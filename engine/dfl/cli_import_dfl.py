@@ -15,6 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 
+from engine.dfl.convert import import_dfl_training_state, import_model
+from engine.fileio import write_atomic
+from engine.recipe import dumps
+from engine.train.checkpoint import save_model_file
+
 log = logging.getLogger("torchsae.dfl")
 
 # command-line flag -> DFL option name
@@ -34,11 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.dfl.convert import import_dfl_training_state, import_model
-    from engine.recipe import dumps
-    from engine.fileio import write_atomic
-    from engine.train.checkpoint import save_model_file
-
     options = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
     recipe, model = import_model(args.model_dir, name=args.name, options=options or None)
     st = import_dfl_training_state(args.model_dir, model, recipe, name=args.name)

@@ -1,8 +1,11 @@
-"""`torchsae export CKPT --format onnx|dfm`: export a trained model (spec §9).
+"""`torchsae export SOURCE --format onnx|dfm`: export a trained model (spec §9).
+
+SOURCE is a checkpoint (model.pt, step_* folder or run folder), a DFL SAEHD model folder, or a recipe
+(`.toml`: the newest checkpoint of its run folder).
 
     torchsae export runs/df128/checkpoints/step_000500.pt --format dfm --out df128.dfm
-    torchsae export --latest recipes/quickstart.toml --format onnx --opset 17 --fp16
-    torchsae export --latest recipes/quickstart.toml --format onnx --int8   # int8 for CPU inference
+    torchsae export recipes/quickstart.toml --format onnx --opset 17 --fp16
+    torchsae export recipes/quickstart.toml --format onnx --int8   # int8 for CPU inference
     torchsae export workspace/model --format dfm            # a DFL SAEHD model folder
     torchsae export CKPT --parts --out parts/               # one ONNX per part + parts.json
 
@@ -19,14 +22,18 @@ import logging
 from pathlib import Path
 
 from engine.errors import TorchSAEError
+from engine.export.faces import list_images
+from engine.export.inference import default_export_path, load_for_inference, model_source
+from engine.export.onnx_export import export_model
+from engine.export.parts import export_parts
 
 log = logging.getLogger("torchsae.export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="TorchSAE checkpoint (model.pt, step_* folder or run folder) or a "
-                   "DFL SAEHD model folder with its data.dat (bare part files: run `torchsae import-dfl` first)")
-    p.add_argument("--latest", metavar="RECIPE", help="export the newest checkpoint of this recipe's run folder")
+    p.add_argument("source", help="TorchSAE checkpoint (model.pt, step_* folder or run folder), a DFL SAEHD model "
+                   "folder with its data.dat (bare part files: run `torchsae import-dfl` first), or a recipe .toml "
+                   "(its run folder's newest checkpoint)")
     p.add_argument("--format", choices=("onnx", "dfm"), help="onnx (NCHW, opset --opset) or dfm (DeepFaceLive, "
                    "opset 12); default: the recipe's [export].format (onnx with --int8)")
     p.add_argument("--out", help="output file (folder with --parts)")
@@ -48,19 +55,13 @@ def _faces_for_verification(args, recipe) -> str | None:
         return args.verify_faces
     dst = Path(recipe.data.dst)
     if dst.is_dir():
-        from engine.export.faces import list_images
-
         if list_images(dst):
             return str(dst)
     return None
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.export.inference import default_export_path, latest_checkpoint, load_for_inference
-
-    if bool(args.checkpoint) == bool(args.latest):
-        raise TorchSAEError("give a checkpoint (or DFL model folder) or --latest RECIPE, not both and not neither")
-    source = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.latest)
+    source = model_source(args.source)
     recipe, model = load_for_inference(source)
     spec = recipe.export
     fmt = args.format or ("onnx" if args.int8 else spec.format)  # int8 exists for format onnx only
@@ -75,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if args.parts and args.int8:
         raise TorchSAEError("--int8 applies to whole models, not --parts")
     if args.parts:
-        from engine.export.parts import export_parts
-
         if fmt == "dfm":
             log.info("export --parts: parts are ONNX files (NCHW); the dfm format applies to whole models only")
         opset = args.opset if args.opset is not None else spec.opset
@@ -86,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(rep.manifest['nodes'])} nodes ({sum(1 for n in rep.manifest['nodes'] if n['file'])} "
               f"ONNX parts) to {rep.folder}; max |ORT - torch| {worst:.2g}")
         return 0
-    from engine.export.onnx_export import export_model
-
     if fmt == "dfm":
         if args.opset not in (None, 12):
             raise TorchSAEError(f"--opset {args.opset} with --format dfm: DeepFaceLive's .dfm contract is opset 12 "

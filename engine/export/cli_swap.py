@@ -20,8 +20,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from engine.errors import DataError
+from engine.export.faces import list_images, read_face, resize, write_image
+from engine.export.runtime import open_model
 
 log = logging.getLogger("torchsae.export")
 
@@ -52,10 +55,6 @@ def swap_folder(model, faces_dir: str | Path, out_dir: str | Path, *, batch_size
                 size: str = "input", progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Swap every face of `faces_dir` with `model` (a swapper from engine.export.runtime); returns
     (written face files, [(skipped file, reason)])."""
-    from tqdm import tqdm
-
-    from engine.export.faces import list_images, read_face, resize, write_image
-
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size}: must be at least 1")
     files = list_images(faces_dir)
@@ -99,8 +98,6 @@ def swap_folder(model, faces_dir: str | Path, out_dir: str | Path, *, batch_size
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.export.runtime import open_model
-
     model = open_model(args.model)
     log.info("swap: %s at %dx%d, faces from %s", model.description, model.resolution, model.resolution, args.faces)
     written, bad = swap_folder(model, args.faces, args.out, batch_size=args.batch_size, mask=args.mask,

@@ -18,38 +18,48 @@ from pathlib import Path
 
 import attrs
 
+from engine import graph
+from engine import recipe as recipe_mod
+from engine.dfl import import_model
 from engine.errors import CheckpointError, TorchSAEError
-from engine.train.checkpoint import run_dir_of
+from engine.recipe.specs import Recipe
+from engine.train.checkpoint import load_model_payload, resolve_latest, run_dir_of
 
 log = logging.getLogger("torchsae.export")
 
-__all__ = ["load_for_inference", "latest_checkpoint", "run_dir_of", "default_export_path"]
+__all__ = ["load_for_inference", "latest_checkpoint", "model_source", "run_dir_of", "default_export_path"]
 
 _NAME_RE = re.compile(r"^#\s*resolved recipe '([^']+)'", re.MULTILINE)
 
 
-def latest_checkpoint(recipe_path: str | Path) -> Path:
-    """The newest checkpoint of a recipe (``--latest RECIPE``), in its run folder (`run_dir_of`):
+def latest_checkpoint(recipe: Recipe | str | Path) -> Path:
+    """The newest checkpoint of a recipe (a Recipe, or a recipe file), in its run folder (`run_dir_of`):
     the trainer's ``checkpoints/latest`` (else its newest complete ``checkpoints/step_*``), else the newest
     ``checkpoints/*.pt`` or ``*.pt`` file (by modification time, ties by name; e.g. what
     ``torchsae import-dfl --out`` wrote). Raises CheckpointError naming the folder when there is none."""
-    from engine import recipe as recipe_mod
-    from engine.train.checkpoint import resolve_latest
-
-    recipe = recipe_mod.load(recipe_path)
+    if not isinstance(recipe, Recipe):
+        recipe = recipe_mod.load(recipe)
+    what = recipe.source or recipe.name
     run = run_dir_of(recipe)
     found = resolve_latest(run, required=False)
     if found is not None:
-        log.info("latest checkpoint of %s: %s", recipe_path, found)
+        log.info("latest checkpoint of %s: %s", what, found)
         return found
     for folder in (run / "checkpoints", run):
         files = [p for p in folder.glob("*.pt") if p.is_file()] if folder.is_dir() else []
         if files:
             best = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-            log.info("latest checkpoint of %s: %s", recipe_path, best)
+            log.info("latest checkpoint of %s: %s", what, best)
             return best
-    raise CheckpointError(f"{recipe_path}: no checkpoint in run folder {run} (looked for checkpoints/step_*/model.pt, "
+    raise CheckpointError(f"{what}: no checkpoint in run folder {run} (looked for checkpoints/step_*/model.pt, "
                           "checkpoints/*.pt and *.pt); train the recipe first or pass a checkpoint path")
+
+
+def model_source(path: str | Path) -> Path:
+    """What a command's model argument names: a recipe (`.toml`) means its newest checkpoint
+    (`latest_checkpoint`); anything else (checkpoint, run folder, DFL model folder) is taken as it is."""
+    path = Path(path)
+    return latest_checkpoint(path) if path.suffix == ".toml" else path
 
 
 def _is_dfl_folder(path: Path) -> bool:
@@ -67,18 +77,12 @@ def load_for_inference(path: str | Path, *, dfl_options: dict | None = None):
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder (expected a TorchSAE checkpoint or a DFL model folder)")
     if _is_dfl_folder(path):
-        from engine.dfl import import_model
-
         recipe, model = import_model(path, options=dfl_options)
         return recipe, model.eval()
-    from engine.train.checkpoint import load_model_payload
-
     return _from_payload(load_model_payload(path), path)
 
 
 def _from_payload(payload: dict, path: Path):
-    from engine import graph, recipe as recipe_mod
-
     missing = [k for k in ("recipe_toml", "model") if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; an inference checkpoint stores the resolved recipe "

@@ -1,7 +1,7 @@
 """`torchsae extract`: a video, an image folder or an image -> aligned DFLJPG faceset.
 
-    torchsae extract --input data_dst.mp4 --out workspace/data_dst/aligned
-    torchsae extract --input photos/ --out faces/ --face-type f --size 256 --backend dlib --max-faces 1
+    torchsae extract data_dst.mp4 --out workspace/data_dst/aligned
+    torchsae extract photos/ --out faces/ --face-type f --size 256 --backend dlib --max-faces 1
 
 See engine.extract.extractor for the steps, file names, frames folder and resume behaviour.
 """
@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from engine.errors import TorchSAEError
+from engine.extract.extractor import extract
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="video file, folder of images, or one image")
+    p.add_argument("input", nargs="?", help="video file, folder of images, or one image")
+    p.add_argument("--input", dest="input_flag", help=argparse.SUPPRESS)  # the old form, kept as an alias
     p.add_argument("--out", required=True, help="folder for the aligned faces (created)")
     p.add_argument("--face-type", default="wf", help="h, mf, f, wf (default), head, or a DFL long name")
     p.add_argument("--size", type=int, default=None, help="aligned face size in px (default 512; 768 for head)")
@@ -31,10 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.extract.extractor import extract
-
+    source = args.input or args.input_flag
+    if source is None or (args.input and args.input_flag):
+        raise TorchSAEError("extract: give one input (a video file, a folder of images or an image)")
     s = extract(
-        args.input,
+        source,
         args.out,
         face_type=args.face_type,
         size=args.size,

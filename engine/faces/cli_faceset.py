@@ -15,25 +15,26 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import DataError, TorchSAEError
+from engine.faces.faceset import load_faceset, scan_faceset, summarize
+from engine.faces.pak import TSPAK_FILENAME, pack_faceset
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="faceset_command", metavar="SUBCOMMAND", required=True)
-    info = sub.add_parser("info", help="counts, face types, resolutions, masks and pose range of a faceset")
-    info.add_argument("path", help="aligned faces folder, faceset.pak or faceset.tspak")
-    info.add_argument("--face-type", default="wf", help="face type of plain images with <name>_landmarks.npy (default wf)")
-    info.add_argument("--json", action="store_true", help="print the summary as JSON")
-    pack = sub.add_parser("pack", help="write a memory-mappable packed faceset (faceset.tspak)")
-    pack.add_argument("path", help="aligned faces folder")
-    pack.add_argument("--out", default=None, help="output file (default DIR/faceset.tspak)")
-    pack.add_argument("--face-type", default="wf", help="face type of plain images with <name>_landmarks.npy (default wf)")
-    pack.add_argument("--decoded", action="store_true", help="store decoded pixels (bigger file, no JPEG decode in training)")
+    parser.add_argument("action", choices=("info", "pack"), help="info: counts, face types, resolutions, masks "
+                        "and pose range; pack: write a memory-mappable packed faceset (faceset.tspak)")
+    parser.add_argument("path", help="aligned faces folder (info also reads faceset.pak / faceset.tspak)")
+    parser.add_argument("--face-type", default="wf",
+                        help="face type of plain images with <name>_landmarks.npy (default wf)")
+    parser.add_argument("--json", action="store_true", help="info: print the summary as JSON")
+    parser.add_argument("--out", default=None, help="pack: output file (default DIR/faceset.tspak)")
+    parser.add_argument("--decoded", action="store_true",
+                        help="pack: store decoded pixels (bigger file, no JPEG decode in training)")
 
 
 def _info(args) -> int:
-    from engine.faces.faceset import load_faceset, summarize
-
     samples = load_faceset(args.path, face_type=args.face_type)
     summary = summarize(samples)
     poses = np.array([s.pitch_yaw_roll() for s in samples], dtype=np.float64)
@@ -55,10 +56,6 @@ def _info(args) -> int:
 
 
 def _pack(args) -> int:
-    from engine.faces.faceset import scan_faceset
-    from engine.faces.pak import TSPAK_FILENAME, pack_faceset
-    from engine.errors import DataError
-
     folder = Path(args.path)
     if not folder.is_dir():
         raise DataError(f"{folder}: faceset folder does not exist (pack takes a folder of aligned faces)")
@@ -71,8 +68,9 @@ def _pack(args) -> int:
 
 
 def run(args) -> int:
-    if args.faceset_command == "info":
-        return _info(args)
-    if args.faceset_command == "pack":
-        return _pack(args)
-    raise SystemExit(f"torchsae faceset: unknown subcommand {args.faceset_command!r} (valid: info, pack)")
+    misplaced = {"info": [f for f in ("out", "decoded") if getattr(args, f)],
+                 "pack": ["json"] if args.json else []}[args.action]
+    if misplaced:
+        raise TorchSAEError(f"faceset {args.action}: --{misplaced[0]} belongs to "
+                            f"{'pack' if args.action == 'info' else 'info'}")
+    return _info(args) if args.action == "info" else _pack(args)

@@ -1,15 +1,22 @@
-"""`torchsae describe RECIPE [--json] [--graph-toml] [table.key=value ...]`.
+"""`torchsae describe RECIPE [table.key=value ...] [--json] [--graph-toml]`.
 
 Prints the recipe's network: nodes with their layers, tensor shapes on every edge, parameters per part
-and in total, and the values derived from the resolution (DSSIM windows, blur sigmas, GAN patch).
-``--graph-toml`` prints the graph as an explicit ``[graph]`` table (a preset expanded), a starting point
-for custom wirings.
+and in total, and the values derived from the resolution (DSSIM windows, blur sigmas, GAN patch), then the
+`torchsae train` shorthand flags with the recipe values they set. ``--graph-toml`` prints the graph as an
+explicit ``[graph]`` table (a preset expanded), a starting point for custom wirings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from engine.graph import describe, render
+from engine.graph.plan import graph_of
+from engine.graph.spec import graph_to_dict
+from engine.recipe import load_command_line
+from engine.recipe.specs import TRAIN_FLAGS
+from engine.recipe.toml_write import dumps
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,25 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.recipe import load
-
-    recipe = load(args.recipe, args.overrides)
+    recipe = load_command_line([args.recipe, *args.overrides])
     if args.graph_toml:
-        from engine.graph.plan import graph_of
-        from engine.graph.spec import graph_to_dict
-        from engine.recipe.toml_write import dumps
-
         graph, _ = graph_of(recipe.model)
         print(dumps({"graph": graph_to_dict(graph)}), end="")
         return 0
-    from engine.graph import describe, render
-
-    from engine.train.cli_train import FLAG_KEYS
-
     d = describe(recipe)
-    # the original TorchSAE CLI's train flags and the resolved recipe values they set
     d["train_flags"] = {f"--{flag.replace('_', '-')}": {"key": key, "value": _value(recipe, key)}
-                        for flag, key in FLAG_KEYS.items()}
+                        for flag, key in TRAIN_FLAGS.items()}
     if args.json:
         print(json.dumps(d, indent=1))
     else:

@@ -1,13 +1,15 @@
-"""`torchsae merge`: put the swapped faces back into the frames and write the video (DFL's merger, §10).
+"""`torchsae merge [RECIPE] [table.key=value ...]`: put the swapped faces back into the frames and write the
+video (DFL's merger, §10).
 
-    torchsae merge --recipe recipes/quickstart.toml                       # everything from the recipe
+    torchsae merge recipes/quickstart.toml                                # everything from the recipe
+    torchsae merge recipes/quickstart.toml merge.mode=seamless --no-video  # overrides like `train`
     torchsae merge --model runs/x/checkpoints/latest --aligned ws/data_dst/aligned --frames ws/data_dst \\
                    --out ws/merged --video ws/result.mp4 --mode seamless --erode 20 --blur 40
     torchsae merge --model model.dfm --aligned A --frames clip.mp4 --out M --video out.mp4 --face-type wf
-    torchsae merge --recipe R --mask-mode XSeg-dst --xseg-model models/xseg   # folder with XSeg_256.npy
+    torchsae merge R --mask-mode XSeg-dst --xseg-model models/xseg   # folder with XSeg_256.npy
 
 Defaults (each overridable by its flag):
-- recipe: --recipe, else the recipe stored in the model checkpoint (none for .onnx/.dfm);
+- recipe: RECIPE (with its overrides), else the recipe stored in the model checkpoint (none for .onnx/.dfm);
 - --model: the newest checkpoint of the recipe's run folder ([train].run_dir, else runs/<recipe name>);
 - --aligned: the recipe's [data].dst (e.g. workspace/demo/data_dst/aligned);
 - --frames: the aligned folder's parent (data_dst/, where `torchsae extract` writes the frames);
@@ -29,7 +31,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from engine import recipe as recipe_mod
 from engine.errors import TorchSAEError
+from engine.export.inference import latest_checkpoint
+from engine.faces.facetypes import FaceType
+from engine.merge.config import CT_MODES, MASK_MODES, MODES, SHARPEN_MODES, SPEC_TO_CONFIG, config_from_spec
+from engine.merge.model import open_merge_model
+from engine.merge.runner import merge_frames, output_path
+from engine.merge.sources import index_aligned, open_frames, source_video_of, video_fps
+from engine.merge.video import write_video
+from engine.modules.xseg import open_xseg
+from engine.recipe import split_command_line
+from engine.recipe.specs import MergeSpec, Recipe
 
 __all__ = ["add_arguments", "run", "resolve_paths"]
 
@@ -39,10 +54,9 @@ DEFAULT_FPS = 25.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from engine.merge.config import CT_MODES, MASK_MODES, MODES, SHARPEN_MODES
-
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--recipe", help="recipe whose run folder, faceset and [merge] table give the defaults")
+    io.add_argument("recipe", nargs="?", help="recipe whose run folder, faceset and [merge] table give the defaults")
+    io.add_argument("overrides", nargs="*", help="table.key=value or ~table.key (with RECIPE)")
     io.add_argument("--model", help="checkpoint (model.pt, step_* folder, run folder), DFL model folder, .onnx/.dfm "
                     "or parts folder; default: the recipe's newest checkpoint")
     io.add_argument("--aligned", help="aligned dst faces (DFLJPG with source_filename/source_landmarks); default: "
@@ -85,32 +99,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--hist-match-threshold", type=int, help="0..255 (default 238)")
 
 
-def _recipe_of(args) -> tuple[Any, str | None]:
-    from engine import recipe as recipe_mod
+def _recipe_of(args) -> Recipe | None:
+    """The recipe with its overrides (in any order around it), or None when the line names none."""
+    path, overrides = split_command_line([args.recipe, *args.overrides])
+    if path is None and overrides:
+        raise TorchSAEError(f"merge: overrides ({' '.join(overrides)}) need a recipe to apply to")
+    return recipe_mod.load(path, overrides) if path is not None else None
 
-    if args.recipe:
-        return recipe_mod.load(args.recipe), args.recipe
-    return None, None
 
-
-def resolve_paths(args, recipe: Any, recipe_path: str | None) -> dict[str, Any]:
+def resolve_paths(args, recipe: Recipe | None) -> dict[str, Any]:
     """The model/aligned/frames/out/video paths after applying the defaults in the module doc."""
     paths: dict[str, Any] = {}
     if args.model:
         paths["model"] = Path(args.model)
-    elif recipe_path:
-        from engine.export.inference import latest_checkpoint
-
-        paths["model"] = latest_checkpoint(recipe_path)
+    elif recipe is not None:
+        paths["model"] = latest_checkpoint(recipe)
     else:
-        raise TorchSAEError("merge: give --model (a checkpoint, DFL model folder, .onnx or .dfm) or --recipe")
+        raise TorchSAEError("merge: give a RECIPE or --model (a checkpoint, DFL model folder, .onnx or .dfm)")
     from_recipe = False
     if args.aligned:
         aligned = Path(args.aligned)
     elif recipe is not None:
         aligned, from_recipe = Path(recipe.data.dst), True
     else:
-        raise TorchSAEError("merge: give --aligned DIR (the dst faces, e.g. data_dst/aligned) or --recipe")
+        raise TorchSAEError("merge: give --aligned DIR (the dst faces, e.g. data_dst/aligned) or a RECIPE")
     frames = Path(args.frames) if args.frames else aligned.parent
     workspace = frames.parent  # data_dst/ -> workspace/; a video file -> its folder
     out = Path(args.out) if args.out else workspace / "merged"
@@ -125,15 +137,8 @@ def resolve_paths(args, recipe: Any, recipe_path: str | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.faces.facetypes import FaceType
-    from engine.merge.config import SPEC_TO_CONFIG, config_from_spec
-    from engine.merge.model import open_merge_model
-    from engine.merge.runner import merge_frames
-    from engine.merge.sources import index_aligned, open_frames, source_video_of, video_fps
-    from engine.recipe.specs import MergeSpec
-
-    recipe, recipe_path = _recipe_of(args)
-    paths = resolve_paths(args, recipe, recipe_path)
+    recipe = _recipe_of(args)
+    paths = resolve_paths(args, recipe)
     aligned = index_aligned(paths["aligned"])
     frames = open_frames(paths["frames"])
     model = open_merge_model(paths["model"])
@@ -157,10 +162,6 @@ def run(args: argparse.Namespace) -> int:
 
     xseg = None
     if args.xseg_model:
-        import torch
-
-        from engine.modules.xseg import open_xseg
-
         # DFL runs XSeg on the CPU; a GPU is simply faster and gives the same mask within float tolerance
         xseg = open_xseg(args.xseg_model, device="cuda" if torch.cuda.is_available() else "cpu")
     elif cfg.needs_xseg:
@@ -173,9 +174,6 @@ def run(args: argparse.Namespace) -> int:
     result = summary.to_dict()
 
     if paths["video"] is not None:
-        from engine.merge.runner import output_path
-        from engine.merge.video import write_video
-
         source = frames.path if frames.kind == "video" else source_video_of(paths["aligned"])
         fps = args.fps or (video_fps(source) if source is not None else None) or DEFAULT_FPS
         audio = None if args.no_audio else (Path(args.audio_from) if args.audio_from else source)

@@ -1,7 +1,16 @@
-"""The public vocabulary: archis, blocks, losses, schedules, optimizers — and `torchsae ls`.
+"""`torchsae ls [FAMILY] [--json]`: the names a recipe can use, read from where they are defined.
 
-Each family is a small closed registry owned by its package (engine.losses.LOSSES, engine.modules,
-engine.schedules, engine.optim); this module only gathers their names for users.
+    archis      [model].archi: df|liae with any subset of DFL's options u, d, t, c (engine.recipe.specs)
+    blocks      [graph] node types (engine.graph.spec.NODE_TYPES)
+    losses      the [loss] weights and powers, the terms a [[schedule.ramp]] can name (LossSpec)
+    schedules   [schedule].lr's schedules, plus the other [schedule] switches
+    optimizers  [optim].name
+    kernels     [compile].kernels
+    face_types  [model].face_type / [data].plain_face_type
+    ct_modes    [data].ct_mode
+    merge_modes [merge].mode
+
+Imports no torch.
 """
 
 from __future__ import annotations
@@ -10,11 +19,17 @@ import argparse
 import itertools
 import json
 
+import attrs
+
+from engine.graph.spec import NODE_TYPES
+from engine.recipe.specs import (ARCHI_OPTS, ARCHI_TYPES, CT_MODES, FACE_TYPES, CompileSpec, LossSpec, MergeSpec,
+                                 OptimSpec, ScheduleSpec)
+
+__all__ = ["archis", "vocabulary", "add_arguments", "run"]
+
 
 def archis() -> list[str]:
     """Every DFL archi string: df|liae with any subset of u, d, t, c (in DFL's usual letter order)."""
-    from engine.recipe.specs import ARCHI_OPTS, ARCHI_TYPES
-
     out = []
     for t in ARCHI_TYPES:
         out.append(t)
@@ -23,29 +38,33 @@ def archis() -> list[str]:
     return out
 
 
+def _choices(spec: type, field: str) -> list[str]:
+    return list(getattr(attrs.fields(spec), field).metadata["choices"])
+
+
+_LR_KEYS = ("lr", "warmup_steps", "decay_steps", "min_lr_ratio")  # [schedule] keys of the lr schedule itself
+
+
 def vocabulary() -> dict[str, list[str]]:
-    from engine.graph.spec import NODE_TYPES
-    from engine.losses import LOSSES
-    from engine.recipe.specs import CT_MODES, FACE_TYPES, TABLES
-    from engine.schedules import LR_SCHEDULES
-
-    import attrs
-
-    optim_names = list(attrs.fields(TABLES["optim"]).name.metadata["choices"])
+    schedule_switches = [f.name for f in attrs.fields(ScheduleSpec) if f.name not in _LR_KEYS]
     return {
         "archis": archis(),
         "blocks": list(NODE_TYPES),
-        "losses": sorted(LOSSES),
-        "schedules": list(LR_SCHEDULES) + ["ramp", "random_warp_off_at", "pretrain_until"],
-        "optimizers": optim_names,
+        "losses": [f.name for f in attrs.fields(LossSpec) if f.metadata["type"] is float],
+        "schedules": _choices(ScheduleSpec, "lr") + schedule_switches,
+        "optimizers": _choices(OptimSpec, "name"),
+        "kernels": _choices(CompileSpec, "kernels"),
         "face_types": list(FACE_TYPES),
         "ct_modes": list(CT_MODES),
+        "merge_modes": _choices(MergeSpec, "mode"),
     }
 
 
+FAMILIES = tuple(vocabulary())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", nargs="?", choices=["archis", "blocks", "losses", "schedules", "optimizers",
-                                               "face_types", "ct_modes"], help="one family (default: all)")
+    p.add_argument("what", nargs="?", choices=FAMILIES, help="one family (default: all)")
     p.add_argument("--json", action="store_true")
 
 

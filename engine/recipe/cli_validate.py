@@ -1,8 +1,11 @@
-"""`torchsae validate RECIPE [key.path=value ...]`: report every problem, or print the resolved recipe."""
+"""`torchsae validate RECIPE [table.key=value ...] [--print]`: report every problem, or print the resolved
+recipe. Imports no torch (instant)."""
 
 from __future__ import annotations
 
 import argparse
+
+from engine.recipe import dumps, load_command_line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,9 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.recipe import dumps, load
-
-    r = load(args.recipe, args.overrides)
+    r = load_command_line([args.recipe, *args.overrides])
     if args.print:
         print(dumps(r), end="")
     else:

@@ -256,6 +256,37 @@ def _cross_checks(r: Recipe, raw: dict[str, Any], ctx: _Ctx) -> Recipe:
 # overrides
 
 
+_OVERRIDE_RE = re.compile(r"^(~[A-Za-z_]\w*\.[A-Za-z_]\w*|[A-Za-z_]\w*\.[A-Za-z_]\w*\s*=.*)$", re.DOTALL)
+
+
+def is_override(text: str) -> bool:
+    """Whether a command-line word has the form of an override (`table.key=value` or `~table.key`), so a
+    CLI can tell it from a path (`model.pt` is not one: it has no '=')."""
+    return bool(_OVERRIDE_RE.match(text))
+
+
+def split_command_line(words: Iterable[str | None]) -> tuple[str | None, list[str]]:
+    """A command line's positional words -> (the recipe path or None, the overrides), in any order:
+    `torchsae train optim.lr=1e-4 R` is `torchsae train R optim.lr=1e-4`. More than one word that is not an
+    override is an error naming them."""
+    words = [w for w in words if w is not None]
+    paths = [w for w in words if not is_override(w)]
+    if len(paths) > 1:
+        raise RecipeErrors([RecipeError(None, None, f"more than one recipe on the command line: {', '.join(paths)}",
+                                        "give one recipe; overrides have the form table.key=value or ~table.key")])
+    return (paths[0] if paths else None), [w for w in words if is_override(w)]
+
+
+def load_command_line(words: Iterable[str | None], extra_overrides: Iterable[str] = ()) -> Recipe:
+    """`load` for a command's positional words (`split_command_line`), then `extra_overrides` (e.g. what a
+    command's shorthand flags set). RecipeErrors when no word names a recipe."""
+    path, overrides = split_command_line(words)
+    if path is None:
+        raise RecipeErrors([RecipeError(None, None, "no recipe on the command line (only overrides: "
+                                        f"{' '.join(overrides)})", "give the recipe TOML file")])
+    return load(path, [*overrides, *extra_overrides])
+
+
 def _parse_override_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -440,4 +471,5 @@ def diff(a: Recipe, b: Recipe) -> list[str]:
     return out
 
 
-__all__ = ["load", "loads", "from_dict", "dumps", "to_dict", "diff", "parse_archi", "ModelSpec"]
+__all__ = ["load", "loads", "from_dict", "dumps", "to_dict", "diff", "parse_archi", "is_override",
+           "split_command_line", "load_command_line", "ModelSpec"]

@@ -258,6 +258,21 @@ TABLES: dict[str, type] = {
 }
 
 
+# `torchsae train` flags that are shorthands for recipe keys (flag dest -> table.key; `describe` lists them)
+TRAIN_FLAGS: dict[str, str] = {
+    "src": "data.src",
+    "dst": "data.dst",
+    "resolution": "model.resolution",
+    "batch_size": "train.batch_size",
+    "steps": "train.target_iter",
+    "preview_every": "train.preview_every",
+    "run_dir": "train.run_dir",
+    "amp": "train.amp",
+    "compile": "compile.mode",
+    "device": "train.device",
+}
+
+
 @attrs.frozen(kw_only=True)
 class Recipe:
     """A whole, resolved recipe. `source` is the file it came from (for messages), `name` its stem."""

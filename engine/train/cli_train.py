@@ -1,27 +1,21 @@
 """`torchsae train RECIPE [table.key=value ...] [flags]` (also `make train RECIPE=... ARGS=...`).
 
-The flags of the original TorchSAE CLI are kept as shorthands for recipe keys (`torchsae describe` shows
-the resolved values): --src data.src, --dst data.dst, --resolution model.resolution, --batch-size
-train.batch_size, --steps train.target_iter, --preview-every train.preview_every, --run-dir train.run_dir.
+Overrides and flags may come in any order. The flags are shorthands for recipe keys
+(engine.recipe.specs.TRAIN_FLAGS; `torchsae describe` shows the resolved values): --src data.src, --dst
+data.dst, --resolution model.resolution, --batch-size train.batch_size, --steps train.target_iter,
+--preview-every train.preview_every, --run-dir train.run_dir, --amp train.amp, --compile compile.mode,
+--device train.device.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-FLAG_KEYS = {
-    "src": "data.src",
-    "dst": "data.dst",
-    "resolution": "model.resolution",
-    "batch_size": "train.batch_size",
-    "steps": "train.target_iter",
-    "preview_every": "train.preview_every",
-    "run_dir": "train.run_dir",
-    "amp": "train.amp",
-    "compile": "compile.mode",
-    "device": "train.device",
-}
-
+from engine.recipe import is_override, load_command_line
+from engine.recipe.specs import Recipe
+from engine.recipe.specs import TRAIN_FLAGS
+from engine.train.loop import train
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe TOML")
@@ -30,13 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run (latest checkpoint by default, or the given one)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps of this run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for flag, key in FLAG_KEYS.items():
+    for flag, key in TRAIN_FLAGS.items():
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"= {key}")
 
 
-def overrides_from(args: argparse.Namespace) -> list[str]:
-    out = list(args.overrides)
-    for flag, key in FLAG_KEYS.items():
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """One override per shorthand flag given."""
+    out = []
+    for flag, key in TRAIN_FLAGS.items():
         v = getattr(args, flag)
         if v is not None:
             out.append(f"{key}={v}" if not isinstance(v, str) or v.replace('.', '').replace('-', '').isdigit()
@@ -44,12 +39,25 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from engine.recipe import load
-    from engine.train.loop import train
+def resume_from(args: argparse.Namespace) -> bool | str | None:
+    """--resume's value. `--resume model.ae_dims=384` means "resume the latest" followed by an override (the
+    optional CKPT would otherwise swallow it): the override goes back to the others."""
+    r = args.resume
+    if isinstance(r, str) and is_override(r) and not Path(r).exists():
+        args.overrides.append(r)
+        return True
+    return r
 
-    r = load(args.recipe, overrides_from(args))
-    summary = train(r, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
+
+def recipe_from(args: argparse.Namespace) -> Recipe:
+    """The recipe with the command line's overrides (in any order around it), then the flags' keys."""
+    return load_command_line([args.recipe, *args.overrides], flag_overrides(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    resume = resume_from(args)
+    r = recipe_from(args)
+    summary = train(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress)
     print(f"trained {summary['steps_done']} steps (now at step {summary['step']}); "
           f"median {summary['median_s_per_step']:.3f} s/step; checkpoint {summary['checkpoint']}"
           if summary["median_s_per_step"] is not None else f"no steps run; checkpoint {summary['checkpoint']}")

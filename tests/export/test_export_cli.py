@@ -1,4 +1,5 @@
-"""`torchsae export`: checkpoints in, files out; `load_for_inference`, `--latest`, default paths, errors."""
+"""`torchsae export`: checkpoints in, files out; `load_for_inference`, a recipe as the source, default paths,
+errors."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def test_default_export_paths(tiny_df, tmp_path):
     assert default_export_path(tmp_path / "imported" / "model.pt", recipe, "dfm") == tmp_path / "imported" / "export" / "tiny_df.dfm"
 
 
-def test_cli_export_latest_and_default_out(tiny_df, tmp_path, capsys):
+def test_cli_export_recipe_source_and_default_out(tiny_df, tmp_path, capsys):
     from engine.recipe import dumps
     from engine.train.checkpoint import save
 
@@ -120,7 +121,7 @@ def test_cli_export_latest_and_default_out(tiny_df, tmp_path, capsys):
     run = tmp_path / "run"
     save(run, step=3, model=model, recipe_toml=dumps(recipe), train_state={})
     rfile = _recipe_file(tmp_path, run)
-    assert main(["export", "--latest", str(rfile), "--format", "dfm"]) == 0
+    assert main(["export", str(rfile), "--format", "dfm"]) == 0  # a recipe: its run folder's newest checkpoint
     out = run / "export" / "tiny_df.dfm"
     check_dfm(onnx.load(str(out)), 64)
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
@@ -133,8 +134,9 @@ def test_cli_export_latest_and_default_out(tiny_df, tmp_path, capsys):
 def test_cli_export_errors(tiny_df, tmp_path, capsys):
     recipe, model = tiny_df
     ck = _save(tmp_path / "m.pt", model, recipe)
-    assert main(["export", "--format", "dfm"]) == 2
-    assert "give a checkpoint (or DFL model folder) or --latest RECIPE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: the source is required
+        main(["export", "--format", "dfm"])
+    assert e.value.code == 2 and "the following arguments are required: source" in capsys.readouterr().err
     assert main(["export", str(ck), "--format", "dfm", "--opset", "17", "--out", str(tmp_path / "x.dfm")]) == 2
     assert "--opset 17 with --format dfm" in capsys.readouterr().err
     assert not (tmp_path / "x.dfm").exists()

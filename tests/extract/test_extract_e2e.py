@@ -189,7 +189,7 @@ def test_cli_extract(tmp_path, demo_videos, capsys):
     from engine.__main__ import main
 
     out = tmp_path / "data_dst" / "aligned"
-    rc = main(["extract", "--input", str(demo_videos[1]), "--out", str(out), "--backend", "dlib", "--every", "36", "--no-progress", "--size", "256"])
+    rc = main(["extract", str(demo_videos[1]), "--out", str(out), "--backend", "dlib", "--every", "36", "--no-progress", "--size", "256"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["frames"] == 2 and printed["faces"] == 2 and printed["size"] == 256

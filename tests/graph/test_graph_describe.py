@@ -122,3 +122,11 @@ def test_cli_describe_json_and_graph_toml(capsys, tmp_path):
     b = describe(load(tmp_path / "explicit.toml"))
     assert a["params"] == b["params"] and a["nodes"] == b["nodes"] and b["dfl_archi"] == "liae-ud"
     assert main(["describe", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_cli_describe_takes_overrides_after_flags(capsys):
+    from engine.__main__ import main
+
+    assert main(["describe", str(ROOT / "recipes" / "df256.toml"), "--json", "model.resolution=288"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["model"]["resolution"] == 288 and d["derived"]["dssim_windows"] == [24, 12]

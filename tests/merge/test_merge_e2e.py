@@ -122,7 +122,7 @@ def test_merge_frames_video_and_resume(ws, capsys, tmp_path):
 def test_recipe_alone_is_enough(ws, capsys):
     """`make merge RECIPE=...`: model = newest checkpoint of the run folder, aligned = [data].dst, frames = its
     parent, out = <workspace>/merged, video = <workspace>/result.mp4, settings = [merge]."""
-    s = _merge(capsys, "--recipe", ws["recipe"])
+    s = _merge(capsys, ws["recipe"])
     wsp = ws["dd"].parent
     assert s["out"] == str(wsp / "merged") and s["video"] == str(wsp / "result.mp4")
     assert sorted(p.name for p in (wsp / "merged").iterdir()) == ["00001.png", "00002.png", "00003.png"]
@@ -183,7 +183,7 @@ def test_dfm_outputs_are_read_by_position(ws, capsys, tmp_path):
 
 def test_user_errors_name_the_fix(ws, capsys, tmp_path):
     assert main(["merge", "--aligned", str(ws["aligned"])]) == 2
-    assert "give --model" in capsys.readouterr().err
+    assert "give a RECIPE or --model" in capsys.readouterr().err
     assert main(["merge", "--model", str(ws["model"]), "--aligned", str(ws["aligned"]), "--out", str(tmp_path / "o"),
                  "--mask-mode", "XSeg-prd"]) == 2
     assert "--xseg-model DIR" in capsys.readouterr().err
@@ -224,3 +224,17 @@ def test_xseg_mask_modes_run_dfl_weight_files(ws, capsys, tmp_path):
         src = cv2.imread(str(ws["dd"] / f"{i:05d}.png"))
         np.testing.assert_array_equal(cv2.imread(str(tmp_path / "z" / f"{i:05d}.png")), src)
         assert np.abs(cv2.imread(str(tmp_path / "x" / f"{i:05d}.png")).astype(int) - src).max() > 20
+
+
+def test_cli_takes_the_recipe_positional_with_overrides(ws, capsys):
+    from engine.__main__ import main, parse_command
+    from engine.merge.cli_merge import _recipe_of
+
+    _, args = parse_command("merge", [str(ws["recipe"]), "--no-video", "merge.erode=12", "--blur", "4"])
+    assert args.recipe == str(ws["recipe"]) and args.overrides == ["merge.erode=12"] and args.blur == 4
+    assert _recipe_of(args).merge.erode == 12
+    _, args = parse_command("merge", ["merge.erode=12", "--no-video", str(ws["recipe"])])  # any order
+    assert _recipe_of(args).merge.erode == 12
+    assert main(["merge", "merge.erode=12", "--model", str(ws["model"])]) == 2
+    assert "need a recipe to apply to" in capsys.readouterr().err
+
