@@ -157,12 +157,6 @@ class GraphSpec:
                 return n
         raise KeyError(name)
 
-    def node_index(self, name: str) -> int:
-        for i, n in enumerate(self.nodes):
-            if n.name == name:
-                return i
-        raise KeyError(name)
-
     def identity(self, name: str) -> IdentitySpec:
         for ident in self.identities:
             if ident.name == name:

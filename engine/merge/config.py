@@ -32,17 +32,17 @@ from typing import Any
 
 import attrs
 
-from engine.faces.facetypes import FaceType
 from engine.errors import TorchSAEError, did_you_mean
+from engine.faces.facetypes import FaceType
+from engine.recipe.specs import MASK_MODES, MERGE_CT, MERGE_MODES, MergeSpec
 
 __all__ = ["MergeConfig", "MODES", "MASK_MODES", "CT_MODES", "SHARPEN_MODES", "XSEG_MASK_MODES", "config_from_spec"]
 
-# DFL's mode_dict / mask_mode_dict / ctm_dict / sharpen_dict, by id
-MODES = ("original", "overlay", "hist-match", "seamless", "seamless-hist-match", "raw-rgb", "raw-predict")
-MASK_MODES = ("full", "dst", "learned-prd", "learned-dst", "learned-prd*learned-dst", "learned-prd+learned-dst",
-              "XSeg-prd", "XSeg-dst", "XSeg-prd*XSeg-dst", "learned-prd*learned-dst*XSeg-prd*XSeg-dst")
-CT_MODES = ("none", "rct", "lct", "mkl", "mkl-m", "idt", "idt-m", "sot-m", "mix-m")
-SHARPEN_MODES = ("none", "box", "gaussian")
+# DFL's mode_dict / mask_mode_dict / ctm_dict / sharpen_dict, by id (index = DFL's id), as the [merge] schema
+# declares them
+MODES: tuple[str, ...] = MERGE_MODES
+CT_MODES: tuple[str, ...] = MERGE_CT
+SHARPEN_MODES: tuple[str, ...] = attrs.fields(MergeSpec).sharpen_mode.metadata["choices"]
 XSEG_MASK_MODES = frozenset({6, 7, 8, 9})
 
 _RANGES = {
@@ -138,10 +138,6 @@ class MergeConfig:
                                         "only 0 is valid")
                 raise TorchSAEError(f"merge {key} = {x}: out of range (valid: {lo}..{hi})")
         return cls(**v)
-
-    @property
-    def mode_id(self) -> int:
-        return MODES.index(self.mode)
 
     @property
     def mask_mode_name(self) -> str:

@@ -160,10 +160,6 @@ class Decoder(nn.Module):
             self.n_up_mask = len(mask_chs)
             self.out_convm = conv2d(mask_chs[-1], 1, 1, device=device)
 
-    def upscale_factor(self) -> int:
-        """Output resolution / code resolution."""
-        return 2 ** self.n_up * (2 if self.use_d else 1)
-
     def image(self, z: torch.Tensor) -> torch.Tensor:
         """Image branch only: (N, in_ch, r, r) -> (N, 3, R, R)."""
         x = z

@@ -83,15 +83,16 @@ class ModelSpec:
     def archi_type(self) -> str:
         return self.archi.split("-")[0]
 
-    @property
-    def archi_opts(self) -> str:
-        parts = self.archi.split("-", 1)
-        return parts[1] if len(parts) > 1 else ""
-
 
 @attrs.frozen(kw_only=True)
 class LossSpec:
-    """[loss]: SAEHD's terms (spec §3.4) with DFL's weights as defaults."""
+    """[loss]: SAEHD's terms (spec §3.4) with DFL's weights as defaults, plus TorchSAE's latent distillation.
+
+    The consumer is engine.losses.saehd (`saehd_losses(outputs, batch, spec, runtime)`), which reads these
+    fields directly; what the loss needs from elsewhere (the resolution R, pretrain mode, the kernel choice)
+    comes in its `LossRuntime`. Derived values (DSSIM windows, blur sigmas) are computed from R there.
+    Every float here is a weight or power a [[schedule.ramp]] may name.
+    """
 
     masked_training: bool = opt(True, type=bool, help="losses inside the blurred face mask", dfl="masked_training")
     eyes_mouth_prio: bool = opt(False, type=bool, help="300x L1 on eyes and mouth", dfl="eyes_mouth_prio")
