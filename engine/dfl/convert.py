@@ -253,7 +253,7 @@ DISCRIMINATOR_FILES = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": 
 
 
 def _discriminator(attr: str, recipe, model: nn.Module):
-    """(module, DFL key map) of the trainer's discriminator `attr` for this recipe (as Trainer.create builds it)."""
+    """(module, DFL key map) of the trainer's discriminator `attr` for this recipe (as engine.train.build.build_trainer builds it)."""
     from engine.modules import discriminators as D
 
     if attr == "code_d":

@@ -6,7 +6,7 @@
 - sources.py  frames (folder or video), aligned faces grouped by source frame, motion vectors
 - runner.py   the resumable, multi-process driver writing merged frames
 - video.py    merged frames -> H.264 mp4 with the source's audio (imageio-ffmpeg's ffmpeg)
-- cli.py      `torchsae merge`
+- cli_merge.py  `torchsae merge`
 XSeg (mask modes 6-9) lives in engine.modules.xseg.
 """
 

@@ -4,7 +4,7 @@ aligned DFLJPG faces written by the extractor's own helpers, a tiny df-ud res-64
 Checks: merged frames exist with the frames' size, the faceless frame is bit-identical, faces change
 their frame only inside the merge mask; the mp4 has every frame at the right size and frame rate, and
 the source video's audio; a rerun skips finished frames and worker processes reproduce the in-process
-result exactly; `--recipe` alone finds checkpoint, faces, frames and outputs; a DeepFaceLive-style .dfm
+result exactly; the recipe alone finds checkpoint, faces, frames and outputs; a DeepFaceLive-style .dfm
 (outputs by position) runs through ONNX Runtime; user errors name the fix."""
 
 from __future__ import annotations
