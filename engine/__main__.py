@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sort": ("engine.extract.cli_sort", "sort or clean an aligned faceset"),
     "demo-data": ("engine.extract.cli_demo_data", "fetch and extract the bundled demo faces"),
     "merge": ("engine.merge.cli_merge", "composite swapped faces back into frames and write the video"),
+    "xseg": ("engine.xseg.cli_xseg", "XSeg masks: train, label, apply, remove, fetch, export (DFL's XSeg workflow)"),
 }
 
 
@@ -49,6 +50,8 @@ def parse_command(name: str, argv: list[str]) -> tuple[ModuleType, argparse.Name
     mod = importlib.import_module(COMMANDS[name][0])
     p = argparse.ArgumentParser(prog=f"torchsae {name}", description=COMMANDS[name][1])
     mod.add_arguments(p)
+    if hasattr(mod, "parse"):  # a command with verbs (`torchsae xseg VERB ...`) parses each verb's line itself
+        return mod, mod.parse(p, argv)
     return mod, p.parse_intermixed_args(argv)
 
 

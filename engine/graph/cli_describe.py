@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from engine.errors import TorchSAEError
 from engine.graph import describe, render
 from engine.graph.plan import graph_of
 from engine.graph.spec import graph_to_dict
@@ -28,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_command_line([args.recipe, *args.overrides])
+    if recipe.kind != "saehd":
+        raise TorchSAEError(f"{args.recipe}: an XSeg recipe; describe shows SAEHD graphs (DFL's XSeg network is fixed: "
+                            "spec §7.1, engine/modules/xseg.py)")
     if args.graph_toml:
         graph, _ = graph_of(recipe.model)
         print(dumps({"graph": graph_to_dict(graph)}), end="")

@@ -42,9 +42,9 @@ from engine.merge.model import open_merge_model
 from engine.merge.runner import merge_frames, output_path
 from engine.merge.sources import index_aligned, open_frames, source_video_of, video_fps
 from engine.merge.video import write_video
-from engine.modules.xseg import open_xseg
 from engine.recipe import split_command_line
 from engine.recipe.specs import MergeSpec, Recipe
+from engine.xseg.model import open_masker
 
 __all__ = ["add_arguments", "run", "resolve_paths"]
 
@@ -66,7 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v = io.add_mutually_exclusive_group()
     v.add_argument("--video", help="also encode the merged frames into this video (mp4, H.264)")
     v.add_argument("--no-video", action="store_true", help="write frames only")
-    io.add_argument("--xseg-model", metavar="DIR", help="DFL XSeg model folder (XSeg_256.npy) for mask modes 6-9")
+    io.add_argument("--xseg-model", metavar="DIR", help="XSeg model for mask modes 6-9: DFL XSeg folder (XSeg_256.npy), "
+                    "TorchSAE XSeg run/checkpoint, or an exported XSeg .onnx")
     io.add_argument("--face-type", help="crop face type (default: the model's)")
     io.add_argument("--format", choices=("png", "jpg"), default="png", help="merged frame format (default png; jpg "
                     "at quality 100 as DFL)")
@@ -163,10 +164,11 @@ def run(args: argparse.Namespace) -> int:
     xseg = None
     if args.xseg_model:
         # DFL runs XSeg on the CPU; a GPU is simply faster and gives the same mask within float tolerance
-        xseg = open_xseg(args.xseg_model, device="cuda" if torch.cuda.is_available() else "cpu")
+        xseg = open_masker(args.xseg_model, device="cuda" if torch.cuda.is_available() else "cpu")
     elif cfg.needs_xseg:
-        raise TorchSAEError(f"mask mode {cfg.mask_mode_name} runs DFL's XSeg network: give --xseg-model DIR (a folder "
-                            "holding XSeg_256.npy, as DFL's XSeg trainer writes it)")
+        raise TorchSAEError(f"mask mode {cfg.mask_mode_name} runs DFL's XSeg network: give --xseg-model DIR (DFL's "
+                            "XSeg folder holding XSeg_256.npy, or a `torchsae xseg train` run folder; an exported XSeg "
+                            ".onnx file works too)")
 
     workers = spec.workers if args.workers is None else args.workers
     summary = merge_frames(model, frames, aligned, paths["out"], cfg, xseg=xseg, workers=workers, fmt=args.format,

@@ -55,6 +55,7 @@ import numpy as np
 
 from engine.faces.color_transfer import color_hist_match, merger_color_transfer
 from engine.faces.facetypes import FaceType
+from engine.faces.filters import blursharpen, linear_motion_blur  # re-exported: the merger's filters
 from engine.faces.landmarks import get_transform_mat
 from engine.faces.masks import get_image_hull_mask
 from engine.errors import TorchSAEError
@@ -166,51 +167,6 @@ def _hw(m: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------
 # filters (DFL core/imagelib), used by the post-processing step
-
-
-def blursharpen(img: np.ndarray, sharpen_mode: int, kernel_size: int, amount: int) -> np.ndarray:
-    """DFL's blursharpen: amount > 0 sharpens, < 0 blurs; kernel_size made odd.
-
-    - box (mode 1): ``filter2D(img, δ + (δ - box_k)·amount)`` with δ the centred unit impulse;
-    - gaussian (mode 2): ``img·(1 + 0.5·amount) - GaussianBlur(img, k, σ auto)·0.5·amount``;
-    - amount < 0: n = -amount; repeated median-5 passes, each a full pass while n ≥ 10, else a blend with
-      weight (n % 10)/10; n decreases by 10 per pass.
-    """
-    if kernel_size % 2 == 0:
-        kernel_size += 1
-    if amount > 0:
-        if sharpen_mode == 1:
-            k = np.zeros((kernel_size, kernel_size), dtype=np.float32)
-            k[kernel_size // 2, kernel_size // 2] = 1.0
-            box = np.ones((kernel_size, kernel_size), dtype=np.float32) / (kernel_size ** 2)
-            return cv2.filter2D(img, -1, k + (k - box) * amount)
-        if sharpen_mode == 2:
-            blur = cv2.GaussianBlur(img, (kernel_size, kernel_size), 0)
-            return cv2.addWeighted(img, 1.0 + 0.5 * amount, blur, -0.5 * amount, 0)
-        return img
-    if amount < 0:
-        n = -amount
-        while n > 0:
-            blurred = cv2.medianBlur(img, 5)
-            if n // 10 != 0:
-                img = blurred
-            else:
-                p = (n % 10) / 10.0
-                img = img * (1.0 - p) + blurred * p
-            n = max(n - 10, 0)
-    return img
-
-
-def linear_motion_blur(img: np.ndarray, size: int, angle: float) -> np.ndarray:
-    """DFL's LinearMotionBlur: a horizontal line kernel (row (size-1)//2 of a size×size zero matrix set to 1),
-    rotated by `angle` degrees about its centre ((size/2 - 0.5) in both axes, bilinear), normalised to sum 1,
-    applied with filter2D."""
-    k = np.zeros((size, size), dtype=np.float32)
-    k[(size - 1) // 2, :] = 1.0
-    rot = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), angle, 1.0)
-    k = cv2.warpAffine(k, rot, (size, size))
-    k = k * (1.0 / np.sum(k))
-    return cv2.filter2D(img, -1, k)
 
 
 def reduce_colors(img_bgr: np.ndarray, n_colors: int) -> np.ndarray:

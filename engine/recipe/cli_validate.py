@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> int:
     r = load_command_line([args.recipe, *args.overrides])
     if args.print:
         print(dumps(r), end="")
+    elif r.kind == "xseg":
+        print(f"{args.recipe}: ok (XSeg, face type {r.xseg.face_type}, resolution {r.xseg.resolution}, base_ch "
+              f"{r.xseg.base_ch}, {'pretrain' if r.xseg.pretrain else str(len(r.xseg.facesets)) + ' facesets'})")
     else:
         print(f"{args.recipe}: ok ({r.model.archi if r.model.graph is None else 'explicit graph'}, "
               f"resolution {r.model.resolution}, face type {r.model.face_type})")

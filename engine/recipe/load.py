@@ -5,6 +5,9 @@
 Rules (README "Recipes"):
 - Tables: [data] [model] [graph] [loss] [schedule] [optim] [train] [export] [compile] [merge]; unknown
   tables and keys are errors with a did-you-mean and the list of valid names.
+- `kind = "xseg"` (top level) makes an XSeg recipe (`torchsae xseg train`): tables [xseg] and [train] only,
+  and of [train] only the loop keys XSeg uses (specs.XSEG_TRAIN_KEYS); anything else is an error, never
+  silently ignored. The default kind is "saehd", which has no [xseg] table.
 - `extends = "other.toml"` (relative to the file) merges the recipe over one base; a base may not extend.
 - Overrides `table.key=value` must name an existing key; the value is read as a TOML value (a bare word
   becomes a string) and type-checked like the file. `~table.key` removes the key (back to its default).
@@ -23,10 +26,11 @@ from typing import Any, Iterable
 import attrs
 
 from engine.errors import RecipeError, RecipeErrors, did_you_mean
-from engine.recipe.specs import ARCHI_OPTS, ARCHI_TYPES, TABLES, LossSpec, ModelSpec, Recipe
+from engine.recipe.specs import (ARCHI_OPTS, ARCHI_TYPES, KIND_TABLES, RECIPE_KINDS, TABLES, XSEG_TRAIN_KEYS, LossSpec,
+                                 ModelSpec, Recipe)
 
 ALL_TABLES = tuple(TABLES) + ("graph",)
-TOP_KEYS = ("extends",)
+TOP_KEYS = ("extends", "kind")
 
 
 class _Bad:
@@ -360,7 +364,47 @@ def from_dict(doc: dict[str, Any], *, source: str | None = None, name: str | Non
     return _finish(doc, ctx, source, name)
 
 
+def _kind_of(doc: dict[str, Any], ctx: _Ctx) -> str:
+    kind = doc.get("kind", "saehd")
+    if kind not in RECIPE_KINDS:
+        ctx.error(None, f"kind = {_show(kind)} is not a recipe kind{did_you_mean(str(kind), RECIPE_KINDS)}",
+                  "valid: " + ", ".join(RECIPE_KINDS))
+        return "saehd"
+    return kind
+
+
+def _check_kind_tables(doc: dict[str, Any], kind: str, ctx: _Ctx) -> None:
+    """Tables (and, for XSeg, [train] keys) that the recipe's kind does not use are errors."""
+    allowed = KIND_TABLES[kind] + (("graph",) if kind == "saehd" else ())
+    for key in doc:
+        if key in TOP_KEYS or key not in ALL_TABLES or key in allowed:
+            continue
+        if kind == "xseg":
+            ctx.error(None, f"[{key}] does not apply to an XSeg recipe (kind = 'xseg')", "valid tables: xseg, train")
+        else:
+            ctx.error(None, f"[{key}] belongs to an XSeg recipe", "add kind = \"xseg\" at the top, or remove the table")
+    if kind == "xseg" and isinstance(doc.get("train"), dict):
+        for key in doc["train"]:
+            if key not in XSEG_TRAIN_KEYS and key in attrs.fields_dict(TABLES["train"]):
+                ctx.error("train", f"'{key}' does not apply to XSeg training", "valid in an XSeg recipe: "
+                          + ", ".join(XSEG_TRAIN_KEYS), table="train", key=key)
+
+
+def _xseg_checks(r: Recipe, ctx: _Ctx) -> None:
+    x = r.xseg
+    if x.resolution % 64:
+        ctx.error("xseg", f"resolution = {x.resolution} is not a multiple of 64 (XSeg pools six times)",
+                  f"use {max(64, x.resolution // 64 * 64)} (DFL: 256)", table="xseg", key="resolution")
+    if x.pretrain and not x.pretrain_faceset:
+        ctx.error("xseg", "pretrain needs a pretrain faceset (DFL's pretraining_data_path)",
+                  "set [xseg].pretrain_faceset")
+    if not x.pretrain and not x.facesets:
+        ctx.error("xseg", "facesets = []: XSeg trains on labelled faces", "name at least one faceset folder",
+                  table="xseg", key="facesets")
+
+
 def _finish(doc: dict[str, Any], ctx: _Ctx, source: str | None, name: str | None) -> Recipe:
+    kind = _kind_of(doc, ctx)
     for key, value in doc.items():
         if key in TOP_KEYS:
             continue
@@ -368,6 +412,7 @@ def _finish(doc: dict[str, Any], ctx: _Ctx, source: str | None, name: str | None
             ctx.error(None, f"unknown table [{key}]{did_you_mean(key, ALL_TABLES)}", "valid: " + ", ".join(ALL_TABLES))
         elif not isinstance(value, dict):
             ctx.error(None, f"'{key}' must be a table ([{key}]), got {_show(value)}")
+    _check_kind_tables(doc, kind, ctx)
     built: dict[str, Any] = {}
     for table, cls in TABLES.items():
         values = doc.get(table, {})
@@ -380,8 +425,11 @@ def _finish(doc: dict[str, Any], ctx: _Ctx, source: str | None, name: str | None
         if graph is not None:
             built["model"] = attrs.evolve(built["model"], graph=graph)
     stem = name or (Path(source).stem if source else "recipe")
-    recipe = Recipe(name=stem, source=source, **built)
-    recipe = _cross_checks(recipe, doc, ctx)
+    recipe = Recipe(name=stem, source=source, kind=kind, **built)
+    if kind == "xseg":
+        _xseg_checks(recipe, ctx)
+    else:
+        recipe = _cross_checks(recipe, doc, ctx)
     if ctx.errors:
         raise RecipeErrors(ctx.errors)
     return recipe
@@ -429,13 +477,17 @@ def loads(text: str, *, source: str | None = None, overrides: Iterable[str] = ()
 
 
 def to_dict(recipe: Recipe) -> dict[str, Any]:
-    """The fully resolved recipe as plain TOML-able data (every key, defaults included)."""
+    """The fully resolved recipe as plain TOML-able data (every key of its kind, defaults included)."""
     out: dict[str, Any] = {}
-    for table in TABLES:
+    if recipe.kind != "saehd":
+        out["kind"] = recipe.kind
+    for table in KIND_TABLES[recipe.kind]:
         spec = getattr(recipe, table)
         t: dict[str, Any] = {}
         for f in attrs.fields(type(spec)):
             if f.metadata.get("type") in (None, "graph"):
+                continue
+            if recipe.kind == "xseg" and table == "train" and f.name not in XSEG_TRAIN_KEYS:
                 continue
             v = getattr(spec, f.name)
             if isinstance(v, tuple):
@@ -464,6 +516,11 @@ def diff(a: Recipe, b: Recipe) -> list[str]:
     da, db = to_dict(a), to_dict(b)
     out = []
     for table in sorted(set(da) | set(db)):
+        if table == "kind":  # the one top-level scalar; absent means SAEHD
+            ka, kb = da.get("kind", "saehd"), db.get("kind", "saehd")
+            if ka != kb:
+                out.append(f"kind: {ka!r} != {kb!r}")
+            continue
         ta, tb = da.get(table, {}), db.get(table, {})
         for k in sorted(set(ta) | set(tb)):
             if ta.get(k) != tb.get(k):

@@ -245,6 +245,41 @@ class MergeSpec:
     workers: int = opt(2, type=int, min=0, max=64, help="merge worker processes")
 
 
+XSEG_FACE_TYPES = ("h", "mf", "f", "wf", "head")
+
+
+@attrs.frozen(kw_only=True)
+class XSegSpec:
+    """[xseg]: DFL's XSeg segmentation model (spec §5.7, §7), trained by `torchsae xseg train` from an XSeg
+    recipe (`kind = "xseg"`: tables [xseg] and [train] only). DFL's options keep their names and defaults."""
+
+    facesets: tuple = opt(("workspace/demo/data_src/aligned", "workspace/demo/data_dst/aligned"), type=tuple,
+                          list_of=str, help="labelled facesets (DFL trains on data_src/aligned and data_dst/aligned)")
+    face_type: str = opt("wf", type=str, choices=XSEG_FACE_TYPES, help="XSeg face type (DFL option face_type)")
+    resolution: int = opt(256, type=int, min=64, max=1024, help="network resolution (DFL fixes 256; multiple of 64)")
+    base_ch: int = opt(32, type=int, min=1, max=256, help="network width (DFL 32; smaller only for tests)")
+    pretrain: bool = opt(False, type=bool, help="DFL pretrain: reconstruct grayscale faces, skips zeroed (DFL option "
+                         "pretrain)")
+    pretrain_faceset: str = opt("", type=str, help="faceset used in pretrain mode (DFL pretraining_data_path)")
+    lr: float = opt(1e-4, type=float, min=0.0, help="RMSprop learning rate (DFL 1e-4)")
+    lr_dropout: float = opt(0.3, type=float, min=0.01, max=1.0,
+                            help="probability that a weight element is updated in a step (DFL 0.3; 1.0 = off)")
+    augment: bool = opt(True, type=bool, help="DFL's XSeg augmentation (backgrounds, warp, flares, colour, blur, jpeg)")
+    init_from: str = opt("", type=str,
+                         help="start from DFL's XSeg model (folder with XSeg_256.npy) or a TorchSAE XSeg checkpoint")
+    workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
+
+
+# [train] keys an XSeg recipe may set (the loop, checkpoints, previews); the others are SAEHD's
+XSEG_TRAIN_KEYS = ("run_dir", "batch_size", "target_iter", "seed", "deterministic", "device", "threads",
+                   "save_every_steps", "save_every_minutes", "keep_last", "backup_every_hours", "preview_every",
+                   "log_every", "max_bad_steps")
+RECIPE_KINDS = ("saehd", "xseg")
+# tables of each recipe kind (SAEHD recipes may also hold [graph])
+KIND_TABLES = {"saehd": ("data", "model", "loss", "schedule", "optim", "train", "export", "compile", "merge"),
+               "xseg": ("xseg", "train")}
+
+
 # table name -> spec class, in the order recipes are written and dumped
 TABLES: dict[str, type] = {
     "data": DataSpec,
@@ -256,6 +291,7 @@ TABLES: dict[str, type] = {
     "export": ExportSpec,
     "compile": CompileSpec,
     "merge": MergeSpec,
+    "xseg": XSegSpec,
 }
 
 
@@ -276,10 +312,13 @@ TRAIN_FLAGS: dict[str, str] = {
 
 @attrs.frozen(kw_only=True)
 class Recipe:
-    """A whole, resolved recipe. `source` is the file it came from (for messages), `name` its stem."""
+    """A whole, resolved recipe. `source` is the file it came from (for messages), `name` its stem; `kind`
+    says what it trains: "saehd" (the default) or "xseg" (top-level `kind = "xseg"`, tables [xseg] and
+    [train])."""
 
     name: str = "recipe"
     source: str | None = None
+    kind: str = "saehd"
     data: DataSpec = attrs.field(factory=DataSpec)
     model: ModelSpec = attrs.field(factory=ModelSpec)
     loss: LossSpec = attrs.field(factory=LossSpec)
@@ -289,3 +328,4 @@ class Recipe:
     export: ExportSpec = attrs.field(factory=ExportSpec)
     compile: CompileSpec = attrs.field(factory=CompileSpec)
     merge: MergeSpec = attrs.field(factory=MergeSpec)
+    xseg: XSegSpec = attrs.field(factory=XSegSpec)

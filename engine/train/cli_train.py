@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.errors import TorchSAEError
 from engine.recipe import is_override, load_command_line
 from engine.recipe.specs import Recipe
 from engine.recipe.specs import TRAIN_FLAGS
@@ -57,6 +58,9 @@ def recipe_from(args: argparse.Namespace) -> Recipe:
 def run(args: argparse.Namespace) -> int:
     resume = resume_from(args)
     r = recipe_from(args)
+    if r.kind != "saehd":
+        raise TorchSAEError(f"{args.recipe}: an XSeg recipe (kind = \"xseg\"); train it with `torchsae xseg train "
+                            f"{args.recipe}`")
     summary = train(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress)
     print(f"trained {summary['steps_done']} steps (now at step {summary['step']}); "
           f"median {summary['median_s_per_step']:.3f} s/step; checkpoint {summary['checkpoint']}"

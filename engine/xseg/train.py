@@ -1,0 +1,418 @@
+"""XSeg training (DFL `models/Model_XSeg`, spec §7.2): labelled faces -> XSeg weights, with TorchSAE's loop.
+
+    summary = train_xseg(recipe)                 # kind = "xseg": [xseg] + [train]
+    summary = train_xseg(recipe, resume=True)    # latest checkpoint of the run folder
+
+The step, exactly as DFL:
+- normal mode: ``loss_n = mean_{H,W,C} sigmoid_cross_entropy_with_logits(labels=mask_n, logits=logits_n)`` per
+  sample (TF's form ``max(x, 0) - x·z + log(1 + exp(-|x|))``);
+- pretrain mode (skips zeroed, network output after the sigmoid vs the grayscale target):
+  ``loss_n = 5·dssim(target, pred, int(R/11.6)) + 5·dssim(target, pred, int(R/23.2)) + 10·mean((target - pred)²)``;
+- gradients of the batch **sum** of the per-sample losses (DFL differentiates the loss vector, quirk
+  §12.1); the logged loss is the batch mean;
+- DFL's RMSprop (engine.optim.RMSprop: ρ 0.9, ε 1e-6 outside the root) with lr 1e-4 and lr_dropout 0.3,
+  no lr_cos, no clipnorm; all 222 tensors (FRN's eps included) are trained.
+Switching a run from pretrain to normal training restarts the step counter at 0 (DFL's
+pretrain_just_disabled).
+
+The loop is SAEHD's, reusing its parts: atomic checkpoint units and keep-last / DFL backups
+(engine.train.checkpoint), RNG state capture (engine.train.rng), process settings (engine.train.device), previews (engine.train.preview),
+TensorBoard, `summary.json`, a non-finite guard (the update is skipped; `max_bad_steps` in a row stop the
+run with an error naming the last checkpoint), Ctrl-C saves and stops. Resume restores the network,
+optimizer (moments, counter, lr-dropout RNG), step, loss history, RNG states, loader position and preview
+faces, so on CPU N steps + resume + N steps equals 2N steps.
+
+Previews (`logs/previews/step_XXXXXX.png`, also in TensorBoard): rows of fixed faces; columns image |
+label overlay | prediction | prediction overlay (DFL's green tint outside the mask at 0.5). The first rows
+are training samples (augmented, labelled); then up to two unlabelled faces of each faceset, as DFL's "src
+faces" / "dst faces" previews show how the model does where nobody labelled.
+
+Deviation: DFL's data loader and its lr-dropout masks are unseeded; here both come from `[train].seed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine import recipe as recipe_mod
+from engine.faces.facetypes import FaceType
+from engine.errors import CheckpointError, TorchSAEError
+from engine.fileio import write_atomic
+from engine.optim import RMSprop
+from engine.recipe.specs import Recipe
+from engine.train import checkpoint as ck
+from engine.train.device import pick_device, process_settings
+from engine.train.rng import rng_state, seed_everything, set_rng_state
+from engine.train.preview import compose, mask_overlay
+from engine.xseg.augment import face_image
+from engine.xseg.data import make_xseg_loader
+from engine.xseg.dfl_io import load_dfl_optimizer
+from engine.xseg.faces import XSegFace, labelled_faces, scan
+from engine.xseg.model import build_xseg, load_xseg, xseg_recipe_of
+from kernels.dssim import dssim
+
+__all__ = ["xseg_loss", "XSegTrainer", "train_xseg", "load_training_faces", "PREVIEW_UNLABELLED"]
+
+log = logging.getLogger("torchsae.xseg")
+
+WARMUP_STEPS = 3
+PREVIEW_UNLABELLED = 2  # unlabelled faces per faceset in the preview
+
+
+def xseg_loss(logits: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, *, pretrain: bool,
+              resolution: int) -> torch.Tensor:
+    """Per-sample XSeg loss (N,) (module doc). logits/pred (N, 1, R, R); target: the label mask (normal) or
+    the grayscale image (pretrain), (N, 1, R, R)."""
+    if not pretrain:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2, 3))
+    w1, w2 = int(resolution / 11.6), int(resolution / 23.2)
+    pred, target = pred.float(), target.float()
+    return (5.0 * dssim(target, pred, w1).mean(dim=1) + 5.0 * dssim(target, pred, w2).mean(dim=1)
+            + 10.0 * torch.mean((target - pred) ** 2, dim=(1, 2, 3)))
+
+
+def load_training_faces(r: Recipe) -> tuple[list[XSegFace], list[XSegFace], str]:
+    """(training faces, unlabelled faces for the preview, what labels them) of an XSeg recipe; logs counts."""
+    x = r.xseg
+    if x.pretrain:
+        faces = scan(x.pretrain_faceset)
+        log.info("XSeg pretrain: %d faces from %s", len(faces), x.pretrain_faceset)
+        return faces, [], "pretrain"
+    per_set = [(path, scan(path)) for path in x.facesets]
+    every = [f for _, fs in per_set for f in fs]
+    train, skipped, source = labelled_faces(every, where=", ".join(x.facesets))
+    chosen = {id(f) for f in train}
+    unlabelled = []
+    for path, fs in per_set:
+        n = sum(id(f) in chosen for f in fs)
+        log.info("XSeg: %s: %d of %d faces labelled (%s)", path, n, len(fs), source)
+        unlabelled += [f for f in fs if id(f) not in chosen][:PREVIEW_UNLABELLED]
+    log.info("XSeg: training on %d labelled faces; %d faces without labels skipped", len(train), skipped)
+    return train, unlabelled, source
+
+
+def check_resumable(stored_toml: str, r: Recipe, source: str) -> Recipe:
+    """The checkpoint's XSeg recipe; CheckpointError naming every key that makes it a different network."""
+    stored = xseg_recipe_of(stored_toml, source)
+    diffs = [f"xseg.{k}: checkpoint {getattr(stored.xseg, k)!r} != recipe {getattr(r.xseg, k)!r}"
+             for k in ("base_ch", "resolution", "face_type") if getattr(stored.xseg, k) != getattr(r.xseg, k)]
+    if diffs:
+        raise CheckpointError(f"{source} was written by an incompatible XSeg recipe:\n  " + "\n  ".join(diffs)
+                              + "\n(start a new run folder, or use the recipe the checkpoint was trained with)")
+    return stored
+
+
+@attrs.define
+class XSegTrainer:
+    """All live objects of an XSeg run; `create` builds them, `run` trains."""
+
+    recipe: Recipe
+    recipe_toml: str
+    run_dir: Path
+    device: torch.device
+    net: torch.nn.Module
+    opt: RMSprop
+    faces: list
+    unlabelled: list
+    loader: Any = None
+    step: int = 0
+    history: list = attrs.field(factory=list)
+    preview_batch: dict | None = None
+    writer: Any = None
+    bad_steps: int = 0
+    skipped: int = 0
+    last_loss: float = float("nan")
+    step_times: list = attrs.field(factory=list)
+    stop_requested: bool = False
+
+    @property
+    def pretrain(self) -> bool:
+        return self.recipe.xseg.pretrain
+
+    @classmethod
+    def create(cls, r: Recipe, *, run_dir: str | Path | None = None, device: str | None = None,
+               faces: tuple[list, list] | None = None) -> XSegTrainer:
+        if r.kind != "xseg":
+            raise TorchSAEError(f"{r.source or r.name}: a {r.kind.upper()} recipe; `torchsae xseg train` needs an XSeg "
+                                "recipe (kind = \"xseg\" with an [xseg] table, e.g. recipes/xseg.toml)")
+        dev = pick_device(device or r.train.device)
+        seed_everything(r.train.seed)
+        train_faces, unlabelled = faces if faces is not None else load_training_faces(r)[:2]
+        net = build_xseg(r).to(dev)
+        opt = RMSprop(net.parameters(), lr=r.xseg.lr, lr_dropout=r.xseg.lr_dropout, seed=r.train.seed * 1000 + 31)
+        run = Path(run_dir) if run_dir else ck.run_dir_of(r)
+        return cls(recipe=r, recipe_toml=recipe_mod.dumps(r), run_dir=run, device=dev, net=net, opt=opt,
+                   faces=train_faces, unlabelled=unlabelled)
+
+    def make_loader(self, workers: int | None = None) -> None:
+        x = self.recipe.xseg
+        self.loader = make_xseg_loader(self.faces, resolution=x.resolution, face_type=x.face_type,
+                                       batch_size=self.recipe.train.batch_size, seed=self.recipe.train.seed,
+                                       workers=x.workers if workers is None else workers, augment=x.augment,
+                                       pretrain=x.pretrain)
+
+    # ------------------------------------------------------------------ weights from elsewhere
+    def init_from(self, path: str | Path) -> None:
+        """Start from DFL's XSeg weights (folder / XSeg_256.npy, with DFL's RMSprop state from
+        XSeg_256_opt.npy when it is there) or another TorchSAE XSeg checkpoint's weights; the step stays 0."""
+        net, ft, _step, _ = load_xseg(path)
+        want = FaceType.parse(self.recipe.xseg.face_type, "[xseg].face_type")
+        if (net.base_ch, net.resolution) != (self.net.base_ch, self.net.resolution):
+            raise CheckpointError(f"[xseg].init_from = {str(path)!r}: a base_ch {net.base_ch} / resolution "
+                                  f"{net.resolution} XSeg, the recipe builds base_ch {self.net.base_ch} / resolution "
+                                  f"{self.net.resolution}")
+        if ft is not None and ft != want:
+            log.warning("XSeg: %s was trained for face type %s; this recipe trains %s (the weights still load)",
+                        path, ft.long_name, want.long_name)
+        self.net.load_state_dict(net.state_dict())
+        if load_dfl_optimizer(self.opt, self.net, path):
+            log.info("XSeg: DFL's optimizer state (RMSprop moments, %d iterations) loaded from %s",
+                     self.opt.iterations, path)
+        log.info("XSeg: weights initialised from %s", path)
+
+    # ------------------------------------------------------------------ state
+    def train_state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {
+            "opt": self.opt.state_dict(), "step": self.step,
+            "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 1),
+            "rng": rng_state(), "pretrain": self.pretrain,
+        }
+        if self.loader is not None:
+            st["loader"] = self.loader.state_dict()
+        if self.preview_batch is not None:
+            st["preview"] = {k: v.cpu() for k, v in self.preview_batch.items()}
+        return st
+
+    def save(self) -> Path:
+        p = ck.save(self.run_dir, step=self.step, model=self.net, recipe_toml=self.recipe_toml,
+                    train_state=self.train_state(), keep_last=self.recipe.train.keep_last)
+        log.info("saved %s", p)
+        return p
+
+    def load(self, path: str | Path) -> None:
+        payload = ck.load_model_payload(path)
+        check_resumable(payload["recipe_toml"], self.recipe, str(path))
+        self.net.load_state_dict(payload["model"])
+        state = ck.load_train_state(path)
+        if state is None:
+            raise CheckpointError(f"{path}: an inference-only XSeg checkpoint (no train_state.pt); start from it with "
+                                  f"[xseg].init_from = '{path}' instead of resuming")
+        self.opt.load_state_dict(state["opt"])
+        self.step = int(state["step"])
+        self.history = [float(v) for v in state["history"].reshape(-1).tolist()]
+        if "preview" in state:
+            self.preview_batch = {k: v.to(self.device) for k, v in state["preview"].items()}
+        if self.loader is not None and "loader" in state:
+            self.loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        if bool(state.get("pretrain", False)) and not self.pretrain:
+            # DFL's pretrain_just_disabled: the counter restarts; the weights carry over
+            log.info("XSeg: pretraining finished at step %d; the step counter restarts at 0", self.step)
+            self.step, self.history, self.preview_batch = 0, [], None
+            if self.loader is not None:  # the pretrain faceset's stream does not apply to the labelled faces
+                self.make_loader(workers=self.loader.workers)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ the step
+    def train_one(self, batch: dict[str, torch.Tensor]) -> float:
+        t0 = time.perf_counter()
+        target = batch["target" if self.pretrain else "mask"]
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        logits, pred = self.net(batch["image"], pretrain=self.pretrain)
+        losses = xseg_loss(logits, pred, target, pretrain=self.pretrain, resolution=self.recipe.xseg.resolution)
+        losses.sum().backward()  # DFL: gradients of the per-sample loss vector = of its sum
+        loss = float(losses.detach().mean())
+        finite = math.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in self.net.parameters()
+                                             if p.grad is not None)
+        if not finite:
+            self.bad_steps += 1
+            self.skipped += 1
+            log.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d in a row)", self.step,
+                        loss, self.bad_steps)
+            if self.bad_steps >= self.recipe.train.max_bad_steps:
+                last = ck.resolve_latest(self.run_dir, required=False)
+                raise TorchSAEError(f"XSeg training diverged: {self.bad_steps} non-finite steps in a row at step "
+                                    f"{self.step}; resume from {last or 'a new run'} with a lower [xseg].lr")
+            return loss
+        self.bad_steps = 0
+        self.opt.step()
+        self.step += 1
+        self.history.append(loss)
+        self.last_loss = loss
+        self.step_times.append(time.perf_counter() - t0)
+        return loss
+
+    # ------------------------------------------------------------------ previews
+    def _unlabelled_images(self) -> torch.Tensor | None:
+        x = self.recipe.xseg
+        ft = FaceType.parse(x.face_type, "[xseg].face_type")
+        imgs = []
+        for f in self.unlabelled:
+            try:
+                imgs.append(np.clip(face_image(f.sample, x.resolution, ft), 0, 1))
+            except Exception as e:  # noqa: BLE001 - a preview face that no longer decodes is left out
+                log.debug("preview: %s skipped (%s)", f.name, e)
+        if not imgs:
+            return None
+        return torch.from_numpy(np.stack(imgs).transpose(0, 3, 1, 2).copy())
+
+    def set_preview(self, batch: dict[str, torch.Tensor]) -> None:
+        n = min(4, batch["image"].shape[0], max(1, 800 // self.recipe.xseg.resolution))
+        key = "target" if self.pretrain else "mask"
+        self.preview_batch = {"image": batch["image"][:n].detach().clone(), "label": batch[key][:n].detach().clone()}
+        extra = self._unlabelled_images()
+        if extra is not None and not self.pretrain:
+            self.preview_batch["unlabelled"] = extra.to(self.device)
+
+    def preview(self) -> Path | None:
+        if self.preview_batch is None:
+            return None
+        b = self.preview_batch
+        imgs = [b["image"]] + ([b["unlabelled"]] if "unlabelled" in b else [])
+        x = torch.cat(imgs).to(self.device)
+        self.net.eval()
+        with torch.no_grad():
+            _, pred = self.net(x, pretrain=self.pretrain)
+        self.net.train()
+        nhwc = lambda t: t.detach().float().cpu().permute(0, 2, 3, 1).numpy()  # noqa: E731
+        img, p = nhwc(x), nhwc(pred)
+        n_lab = b["image"].shape[0]
+        lab = nhwc(b["label"])
+        if self.pretrain:  # label and prediction are grayscale faces
+            cols = {"image": img, "target": np.repeat(lab, 3, -1), "prediction": np.repeat(p, 3, -1)}
+        else:
+            label_col = np.concatenate([np.stack([mask_overlay(i, m) for i, m in zip(img[:n_lab], lab)]),
+                                        0.25 + 0.25 * img[n_lab:]])  # unlabelled rows: the face, dimmed
+            cols = {"image": img, "label_overlay": label_col, "prediction": np.repeat(p, 3, -1),
+                    "prediction_overlay": np.stack([mask_overlay(i, m) for i, m in zip(img, p)])}
+        out = compose(cols, step=self.step, history=np.asarray(self.history[-100000:], dtype=np.float32).reshape(-1, 1),
+                      loss_names=("loss",))
+        path = self.run_dir / "logs" / "previews" / f"step_{self.step:06d}.png"
+        ok, buf = cv2.imencode(".png", out)
+        if ok:
+            write_atomic(path, buf.tobytes())
+        if self.writer is not None:
+            self.writer.add_image("preview", out[..., ::-1].copy(), self.step, dataformats="HWC")
+        return path
+
+    def preview_every(self) -> int:
+        return self.recipe.train.preview_every or 100
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, *, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+        r = self.recipe
+        target = r.train.target_iter
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when training runs
+
+        self.writer = SummaryWriter(str(self.run_dir / "logs"))
+        prev_handler = signal.getsignal(signal.SIGINT)
+
+        def _on_sigint(_sig, _frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("Ctrl-C: finishing this step, saving, then stopping (press again to abort)")
+
+        with contextlib.suppress(ValueError):  # not the main thread: no handler
+            signal.signal(signal.SIGINT, _on_sigint)
+        save_timer = ck.Timer(r.train.save_every_minutes * 60)
+        backup_timer = ck.Timer(r.train.backup_every_hours * 3600)
+        pbar = None
+        if progress:
+            pbar = tqdm(total=target or None, initial=self.step, unit="it", dynamic_ncols=True, desc="XSeg")
+        steps_this_run, last_ckpt = 0, None
+        it = iter(self.loader)
+        try:
+            while not self.stop_requested:
+                if (target and self.step >= target) or (max_steps is not None and steps_this_run >= max_steps):
+                    break
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(it).items() if torch.is_tensor(v)}
+                if self.preview_batch is None:
+                    self.set_preview(batch)
+                first = self.step == 0
+                loss = self.train_one(batch)
+                steps_this_run += 1
+                if pbar is not None:
+                    pbar.n = self.step
+                    pbar.set_postfix({"loss": f"{loss:.4f}"})
+                    pbar.refresh()
+                if self.step and self.step % r.train.log_every == 0 and self.step_times:
+                    self.writer.add_scalar("loss/loss", loss, self.step)
+                    self.writer.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
+                    self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, self.step_times[-1]), self.step)
+                if self.step and self.step % self.preview_every() == 0:
+                    self.preview()
+                due = (first and self.step == 1) or (r.train.save_every_steps and self.step
+                                                      and self.step % r.train.save_every_steps == 0)
+                if due or save_timer.due() or (target and self.step >= target):
+                    last_ckpt = self.save()
+                if backup_timer.due() and last_ckpt is not None:
+                    ck.backup(self.run_dir, last_ckpt)
+        finally:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, prev_handler)
+            if pbar is not None:
+                pbar.close()
+        if self.step and (last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}")):
+            last_ckpt = self.save()
+        if self.step:
+            self.preview()
+        summary = self.summary(steps_this_run, last_ckpt)
+        self.writer.close()
+        self.loader.close()
+        return summary
+
+    def summary(self, steps_this_run: int, ckpt: Path | None) -> dict[str, Any]:
+        times = self.step_times[WARMUP_STEPS:] or self.step_times
+        out = {
+            "recipe": self.recipe.name, "kind": "xseg", "steps_done": steps_this_run, "step": self.step,
+            "median_s_per_step": statistics.median(times) if times else None,
+            "final_losses": {"loss": self.last_loss}, "checkpoint": str(ckpt) if ckpt else None,
+            "skipped_steps": self.skipped, "device": str(self.device), "training_faces": len(self.faces),
+            "pretrain": self.pretrain,
+        }
+        write_atomic(self.run_dir / "summary.json", json.dumps(out, indent=2), durable=True)
+        return out
+
+
+def train_xseg(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Path | None = None,
+               device: str | None = None, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train an XSeg recipe. resume: None/False = new run (refuses a run folder with checkpoints; starts from
+    [xseg].init_from when set); True = the run folder's latest checkpoint; a path = that checkpoint."""
+    # [train].threads, flush-to-zero (RMSprop's second moments go denormal; TF, so DFL, flushes them too) and
+    # [train].deterministic for the run, restored afterwards
+    with process_settings(r.train):
+        t = XSegTrainer.create(r, run_dir=run_dir, device=device)
+        t.make_loader()
+        existing = ck.resolve_latest(t.run_dir, required=False)
+        if resume:
+            src = existing if resume is True else Path(resume)
+            if src is None:
+                raise CheckpointError(f"--resume: no checkpoint in {t.run_dir / 'checkpoints'} (start without --resume, "
+                                      "or pass a checkpoint path)")
+            t.load(src)
+        elif existing is not None:
+            raise CheckpointError(f"{t.run_dir} already holds checkpoints (latest {existing.name}); pass --resume to "
+                                  "continue it, or set [train].run_dir / --run-dir to start a new run")
+        elif r.xseg.init_from:
+            t.init_from(r.xseg.init_from)
+        summary = t.run(max_steps=max_steps, progress=progress)
+    log.info("summary: %s", json.dumps(summary))
+    return summary
