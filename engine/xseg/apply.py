@@ -40,6 +40,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from engine.faces import dfljpg
@@ -241,7 +242,7 @@ def apply_xseg(model: str | Path, folder: str | Path, *, face_type: str | None =
     the n-th face is written (tests inject crashes there)."""
     folder = Path(folder)
     files, infos = list_faces(folder)
-    masker = open_masker(model, device=device)
+    masker = open_masker(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if face_type == "same":
         model_ft = None
     elif face_type:

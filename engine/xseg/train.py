@@ -53,7 +53,7 @@ from engine import recipe as recipe_mod
 from engine.faces.facetypes import FaceType
 from engine.errors import CheckpointError, TorchSAEError
 from engine.fileio import write_atomic
-from engine.optim import RMSprop
+from engine.optim import RMSprop, global_grad_norm
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train.device import pick_device, process_settings
@@ -137,6 +137,7 @@ class XSegTrainer:
     bad_steps: int = 0
     skipped: int = 0
     last_loss: float = float("nan")
+    grad_norm: float = float("nan")
     step_times: list = attrs.field(factory=list)
     stop_requested: bool = False
 
@@ -238,8 +239,9 @@ class XSegTrainer:
         losses = xseg_loss(logits, pred, target, pretrain=self.pretrain, resolution=self.recipe.xseg.resolution)
         losses.sum().backward()  # DFL: gradients of the per-sample loss vector = of its sum
         loss = float(losses.detach().mean())
-        finite = math.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in self.net.parameters()
-                                             if p.grad is not None)
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        self.grad_norm = float(global_grad_norm(grads))  # one host sync for the non-finite guard
+        finite = math.isfinite(loss) and math.isfinite(self.grad_norm)
         if not finite:
             self.bad_steps += 1
             self.skipped += 1
@@ -355,6 +357,7 @@ class XSegTrainer:
                     pbar.refresh()
                 if self.step and self.step % r.train.log_every == 0 and self.step_times:
                     self.writer.add_scalar("loss/loss", loss, self.step)
+                    self.writer.add_scalar("grad_norm", self.grad_norm, self.step)
                     self.writer.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
                     self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, self.step_times[-1]), self.step)
                 if self.step and self.step % self.preview_every() == 0:

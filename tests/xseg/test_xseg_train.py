@@ -58,9 +58,10 @@ def _learning_run(facesets, run_dir, steps, **kw):
 def test_xseg_learns_the_labels_loss_falls_and_iou_beats_step_0(xseg_faces, tmp_path):
     # Smallest faithful configuration: DFL's network (base width 8 instead of 32), loss, RMSprop lr 1e-4 with
     # lr_dropout 0.3, batch 4, at 64 px, on the labelled faces as they are (augmentation is checked on its own
-    # in test_xseg_augment and in the slow demo-faces run). Measured: loss 0.77 -> 0.62, IoU 0.21 -> 0.27.
+    # in test_xseg_augment and in the slow demo-faces run).
     losses, iou0, iou1 = _learning_run([xseg_faces], tmp_path / "run", 50, resolution=64, base_ch=8, batch_size=4,
                                        extra_xseg="augment = false")
+    print(f"synthetic faces: loss {np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}, IoU {iou0:.3f} -> {iou1:.3f}")
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), losses
     assert iou1 > iou0 + 0.03, (iou0, iou1)
 
@@ -242,3 +243,21 @@ def test_recipes_of_the_wrong_kind_are_refused(xseg_faces, tmp_path):
     p = tmp_path / "x.toml"
     p.write_text(xseg_recipe_text([xseg_faces], tmp_path / "run"))
     assert main(["train", str(p)]) == 2
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(xseg_faces, tmp_path):
+    r = _recipe([xseg_faces], tmp_path / "run", extra_xseg="augment = false", extra_train="max_bad_steps = 2")
+    t = XSegTrainer.create(r)
+    t.make_loader()
+    batch = {k: v for k, v in next(iter(t.loader)).items() if torch.is_tensor(v)}
+    t.loader.close()
+    before = {k: v.clone() for k, v in t.net.state_dict().items()}
+    bad = dict(batch, image=torch.full_like(batch["image"], float("nan")))
+    t.train_one(bad)
+    assert t.step == 0 and t.skipped == 1
+    assert all(torch.equal(v, before[k]) for k, v in t.net.state_dict().items())
+    with pytest.raises(TorchSAEError, match="2 non-finite steps in a row at step 0"):
+        t.train_one(bad)
+    t.bad_steps = 0
+    t.train_one(batch)
+    assert t.step == 1 and np.isfinite(t.grad_norm)
