@@ -24,6 +24,7 @@ import json
 
 from engine.fileio import write_atomic
 from engine.recipe import dumps, load_command_line
+from engine.train.cli_train import resume_from
 from engine.xseg.apply import apply_xseg, fetch_labelled, remove_labels, remove_masks, restore_backup
 from engine.xseg.dfl_io import export_dfl_xseg, import_dfl_xseg
 from engine.xseg.export import export_xseg_onnx
@@ -135,13 +136,14 @@ def _print(d: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     v = args.verb
     if v == "train":
+        resume = resume_from(args)  # `--resume xseg.lr=2e-4`: the override is not a checkpoint path
         flags = []
         if args.run_dir:
             flags.append(f"train.run_dir={json.dumps(args.run_dir)}")
         if args.device:
             flags.append(f"train.device={json.dumps(args.device)}")
         r = load_command_line([args.recipe, *args.overrides], flags)
-        s = train_xseg(r, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
+        s = train_xseg(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress)
         print(f"trained {s['steps_done']} XSeg steps (now at step {s['step']}); loss {s['final_losses']['loss']:.4f}; "
               f"checkpoint {s['checkpoint']}")
         return 0
