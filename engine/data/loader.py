@@ -32,6 +32,7 @@ from typing import Any
 import cv2
 import torch
 
+from engine.data import holdout
 from engine.data.dataset import MODES, BatchPlanner, SAEHDBatches
 from engine.data.sample import SampleOptions
 from engine.errors import CheckpointError, DataError
@@ -100,6 +101,7 @@ class FaceLoader:
         self._stream: _PlanStream | None = None
         self._bad: dict[str, str] = {}
         self._bad_warned_at = 0
+        self.held_out = None  # engine.data.holdout.HeldOut: the faces kept out of training (build_loader)
 
     # ------------------------------------------------------------------ iteration
     def _start(self) -> None:
@@ -227,15 +229,19 @@ def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int,
         src = dst = Faceset(data.pretrain_faceset, data.plain_face_type)
         src_opts, dst_opts = src_opts.for_pretrain(), dst_opts.for_pretrain()
         uniform_yaw = True
+        held_out = None  # the pretrain faceset is never split
     else:
         src = Faceset(data.src, data.plain_face_type)
         dst = Faceset(data.dst, data.plain_face_type)
+        src, dst, held_out = holdout.apply(data, src, dst)  # held-out faces never reach the planner
         uniform_yaw = bool(data.uniform_yaw)
     src_yaws = src.yaws() if uniform_yaw else None
     dst_yaws = (src_yaws if dst is src else dst.yaws()) if uniform_yaw else None
     planner = BatchPlanner(len(src), len(dst), batch_size, seed, src_yaws=src_yaws, dst_yaws=dst_yaws,
                            ct=src_opts.ct_mode is not None)
     batches = SAEHDBatches(src, dst, src_opts, dst_opts, mode=mode, cache_dir=cache_dir, warp_impl=warp_impl)
-    return FaceLoader(batches, planner, workers=data.workers if workers is None else workers,
-                      pin_memory=pin_memory, rank=rank, world_size=world_size)
+    loader = FaceLoader(batches, planner, workers=data.workers if workers is None else workers,
+                        pin_memory=pin_memory, rank=rank, world_size=world_size)
+    loader.held_out = held_out  # engine.data.holdout.HeldOut or None; the trainer records it in checkpoints
+    return loader
 

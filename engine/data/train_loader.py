@@ -29,11 +29,17 @@ class TrainLoader:
         r = self.recipe
         data = attrs.evolve(r.data, random_warp=self.random_warp)
         if faceset is not None:
-            data = attrs.evolve(data, src=faceset, dst=faceset, ct_mode="none")
+            data = attrs.evolve(data, src=faceset, dst=faceset, ct_mode="none", eval_fraction=0.0, eval_src="",
+                                eval_dst="")  # extra identities are not split (engine.data.holdout)
         return build_loader(data, resolution=r.model.resolution, face_type=r.model.face_type,
                             batch_size=r.train.batch_size, seed=r.train.seed + 7919 * seed_shift,
                             pretrain=self.pretrain and faceset is None, rank=self.rank, world_size=self.world,
                             pin_memory=self.device.type == "cuda", warp_impl=r.compile.kernels)
+
+    @property
+    def held_out(self):
+        """The src/dst faces kept out of training (engine.data.holdout.HeldOut), or None."""
+        return self._loader.held_out
 
     def __iter__(self):
         return self

@@ -62,6 +62,17 @@ class DataSpec:
     workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
     identities: dict = opt({}, type=dict, list_of=str,
                            help="explicit graphs: faceset of each identity beyond src/dst ({name = folder})")
+    eval_fraction: float = opt(0.0, type=float, min=0.0, max=0.5,
+                               help="faces of src and dst held out of training for `torchsae eval` and "
+                                    "[train].eval_every (contiguous runs in name order, evenly spread; "
+                                    "0 = train on every face, as DFL)")
+    eval_block: int = opt(8, type=int, min=1, max=100000,
+                          help="longest run of consecutive held-out faces (neighbouring frames are near "
+                               "duplicates: a run keeps them out of training together)")
+    eval_src: str = opt("", type=str, help="folder of held-out src faces (never trained on); replaces "
+                                           "eval_fraction for src")
+    eval_dst: str = opt("", type=str, help="folder of held-out dst faces (never trained on); replaces "
+                                           "eval_fraction for dst")
 
 
 @attrs.frozen(kw_only=True)

@@ -76,8 +76,11 @@ def save_model_file(path: str | Path, model: torch.nn.Module, recipe_toml: str, 
 
 
 def save(run_dir: str | Path, *, step: int, model: torch.nn.Module, recipe_toml: str,
-         train_state: dict[str, Any], keep_last: int = 3, _crash_after: str | None = None) -> Path:
+         train_state: dict[str, Any], keep_last: int = 3, extra: dict | None = None,
+         _crash_after: str | None = None) -> Path:
     """Write checkpoint `step_<step>` as one unit and point `latest` at it; prune to `keep_last`.
+
+    `extra` adds entries to model.pt (e.g. "held_out": the faces kept out of training, engine.data.holdout).
 
     `_crash_after` is for tests: raise after the named phase ('files', 'rename') to simulate a crash.
     """
@@ -88,7 +91,7 @@ def save(run_dir: str | Path, *, step: int, model: torch.nn.Module, recipe_toml:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    _write_bytes(tmp / MODEL_FILE, _torch_bytes(model_payload(model, recipe_toml, step)))
+    _write_bytes(tmp / MODEL_FILE, _torch_bytes(model_payload(model, recipe_toml, step, extra)))
     _write_bytes(tmp / STATE_FILE, _torch_bytes({"format": FORMAT, "step": int(step), **train_state}))
     _write_bytes(tmp / RECIPE_FILE, recipe_toml.encode("utf-8"))
     fsync_dir(tmp)

@@ -218,8 +218,10 @@ class Trainer:
         """A checkpoint of this step (rank 0 only; None elsewhere)."""
         if not self.dist.is_main:
             return None
+        held = getattr(self.loader, "held_out", None)
         p = ck.save(self.run_dir, step=self.step, model=self.model, recipe_toml=self.recipe_toml,
-                    train_state=self.train_state(), keep_last=self.recipe.train.keep_last)
+                    train_state=self.train_state(), keep_last=self.recipe.train.keep_last,
+                    extra={"held_out": held.record()} if held is not None else None)
         log.info("saved %s", p)
         return p
 
