@@ -8,10 +8,11 @@ RECIPE ?= recipes/quickstart.toml
 NPROC ?= 1
 CKPT ?=
 FORMAT ?= dfm
+OUT ?=
 PYTEST_WORKERS ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train test parity bench data export merge clean-venv
+.PHONY: venv train test parity bench data export merge eval clean-venv
 
 venv: $(STAMP)
 
@@ -46,6 +47,10 @@ export: $(STAMP)
 
 merge: $(STAMP)
 	$(PY) -m engine merge $(RECIPE) $(ARGS)
+
+# CKPT: checkpoints, run folders, .onnx/.dfm files (several: CKPT="a.pt b.dfm"); none = every checkpoint of RECIPE's run
+eval: $(STAMP)
+	$(PY) -m engine eval $(if $(CKPT),$(CKPT),--recipe $(RECIPE)) --out $(if $(OUT),$(OUT),runs/eval) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

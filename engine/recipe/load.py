@@ -235,6 +235,10 @@ def _cross_checks(r: Recipe, raw: dict[str, Any], ctx: _Ctx) -> Recipe:
     if (r.train.pretrain or r.schedule.pretrain_until) and not r.data.pretrain_faceset:
         ctx.error("data", "pretrain needs a pretrain faceset (DFL's pretraining_data_path)",
                   "set [data].pretrain_faceset")
+    if r.train.eval_every and not (r.data.eval_fraction or (r.data.eval_src and r.data.eval_dst)):
+        ctx.error("train", f"eval_every = {r.train.eval_every} needs held-out faces of both identities",
+                  "set [data].eval_fraction (e.g. 0.1), or [data].eval_src and eval_dst", table="train",
+                  key="eval_every")
     if r.loss.latent_distill_weight > 0 and not r.loss.latent_distill_teacher:
         ctx.error("loss", "latent_distill_weight > 0 needs latent_distill_teacher (a checkpoint path)")
     if r.data.identities:

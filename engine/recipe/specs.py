@@ -204,6 +204,11 @@ class TrainSpec:
     freeze: tuple = opt((), type=tuple, list_of=str, help="model parts (node names) kept frozen, e.g. ['decoder_A']")
     init_parts: dict = opt({}, type=dict, list_of=str,
                            help="start parts from another checkpoint: {part = 'ckpt'} or {part = 'ckpt::other_part'}")
+    eval_every: int = opt(0, type=int, min=0,
+                          help="evaluate swap quality on the held-out faces every N steps (0 = off); metrics "
+                               "to TensorBoard (eval/*) and <run>/logs/eval.jsonl")
+    eval_faces: int = opt(64, type=int, min=1, help="at most this many held-out faces per side in each "
+                                                    "evaluation during training (spread evenly)")
 
 
 @attrs.frozen(kw_only=True)

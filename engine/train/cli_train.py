@@ -61,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if r.kind != "saehd":
         raise TorchSAEError(f"{args.recipe}: an XSeg recipe (kind = \"xseg\"); train it with `torchsae xseg train "
                             f"{args.recipe}`")
-    summary = train(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress)
+    evaluator = None
+    if r.train.eval_every:
+        from engine.eval.training import TrainingEvaluator  # engine.eval sits above engine.train: the CLI wires it
+
+        evaluator = TrainingEvaluator(r)
+    summary = train(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress, evaluator=evaluator)
     print(f"trained {summary['steps_done']} steps (now at step {summary['step']}); "
           f"median {summary['median_s_per_step']:.3f} s/step; checkpoint {summary['checkpoint']}"
           if summary["median_s_per_step"] is not None else f"no steps run; checkpoint {summary['checkpoint']}")

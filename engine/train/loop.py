@@ -49,9 +49,15 @@ log = logging.getLogger("torchsae.train")
 
 
 def train(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Path | None = None,
-          device: str | None = None, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+          device: str | None = None, max_steps: int | None = None, progress: bool = True,
+          evaluator: Any = None) -> dict[str, Any]:
     """Train `r`. resume: None/False = new run (refuses a run folder that already has checkpoints);
-    True = latest checkpoint of the run folder; a path = that checkpoint (file, step folder or run folder)."""
+    True = latest checkpoint of the run folder; a path = that checkpoint (file, step folder or run folder).
+    evaluator: runs [train].eval_every (engine.eval.training.TrainingEvaluator, which `torchsae train`
+    attaches — engine.eval sits above engine.train, so the loop only calls `evaluator.after_step`)."""
+    if r.train.eval_every and evaluator is None:
+        log.warning("[train].eval_every = %d but no evaluator is attached: no evaluation in this run "
+                    "(torchsae train attaches engine.eval's)", r.train.eval_every)
     with process_settings(r.train):
         t = build_trainer(r, run_dir=run_dir, device=device)
         try:
@@ -66,7 +72,7 @@ def train(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Path | 
             elif existing is not None:
                 raise CheckpointError(f"{t.run_dir} already holds checkpoints (latest {existing.name}); pass --resume "
                                       "to continue it, or set [train].run_dir / --run-dir to start a new run")
-            summary = run(t, max_steps=max_steps, progress=progress)
+            summary = run(t, max_steps=max_steps, progress=progress, evaluator=evaluator)
         finally:
             if t.loader is not None:
                 t.loader.close()
@@ -76,8 +82,9 @@ def train(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Path | 
     return summary
 
 
-def run(t: Trainer, *, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train until [train].target_iter, `max_steps` steps of this run, or Ctrl-C; save; write summary.json."""
+def run(t: Trainer, *, max_steps: int | None = None, progress: bool = True, evaluator: Any = None) -> dict[str, Any]:
+    """Train until [train].target_iter, `max_steps` steps of this run, or Ctrl-C; save; write summary.json.
+    evaluator: `evaluator.after_step(t, tlog)` after every step's save (see `train`)."""
     spec = t.recipe.train
     saves = Saves(t)
     steps_this_run = 0
@@ -95,6 +102,8 @@ def run(t: Trainer, *, max_steps: int | None = None, progress: bool = True) -> d
                 if t.preview_due():
                     write_preview(t, tlog)
                 saves.after_step()
+                if evaluator is not None:
+                    evaluator.after_step(t, tlog)
         tlog.close_bar()
         saves.at_end()
         if t.step:
