@@ -174,6 +174,33 @@ def compare(rows: list[dict], previous: dict[str, dict], threshold: float) -> li
     return regressions
 
 
+def quality_regressions(rows: list[dict], previous: dict[str, dict]) -> list[str]:
+    """Rows that carry extra["quality"] (metric values) and extra["quality_gate"] ({metric: [direction,
+    tolerance]}, direction "higher"/"lower" is better): print each gated metric against its last stored
+    value; return those that moved the wrong way by more than their tolerance (bench/quality)."""
+    out = []
+    for r in rows:
+        q, gate = r.get("extra", {}).get("quality"), r.get("extra", {}).get("quality_gate")
+        if not q or not gate:
+            continue
+        old = (previous.get(r["name"]) or {}).get("extra", {}).get("quality") or {}
+        print(f"\nquality: {r['group']} / {r['provider']}")
+        for metric, (direction, tol) in gate.items():
+            new_v, old_v = q.get(metric), old.get(metric)
+            if new_v is None:
+                print(f"  {metric:<22} (missing)")
+                continue
+            if old_v is None:
+                print(f"  {metric:<22} {new_v:10.4f}  new")
+                continue
+            worse = (old_v - new_v) if direction == "higher" else (new_v - old_v)
+            flag = "REGRESSION" if worse > tol else ""
+            print(f"  {metric:<22} {old_v:10.4f} -> {new_v:10.4f}  ({direction} is better, tolerance {tol}) {flag}")
+            if flag:
+                out.append(f"{r['group']} / {r['provider']}: {metric} {old_v:.4g} -> {new_v:.4g}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", action="append", choices=suites() or None,
@@ -207,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     report(rows)
     mdir = RESULTS / m["id"]
     out = mdir / f"{now:%Y-%m-%d}-{sha}.json"
-    regressions = compare(rows, _previous(mdir), args.threshold)
+    previous = _previous(mdir)
+    regressions = compare(rows, previous, args.threshold) + quality_regressions(rows, previous)
     print(f"\nmachine {m['id']} | torch threads {doc['torch_threads']} | load {load_before} -> {doc['load_avg_after']}"
           f" | git {sha}{' (dirty)' if dirty else ''}")
     if regressions and not args.overwrite:
