@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "workspace" / "demo"
 STEPS = int(os.environ.get("TORCHSAE_BENCH_QUALITY_STEPS", "1000"))
 VARIANTS = {"reference": "off", "bf16": "bf16"}
-CHOSEN = [v.strip() for v in os.environ.get("TORCHSAE_BENCH_QUALITY_VARIANTS", "reference,bf16").split(",") if v.strip()]
+CHOSEN = [v.strip() for v in os.environ.get("TORCHSAE_BENCH_QUALITY_VARIANTS", "reference,bf16").split(",")
+          if v.strip()]
 
 # metric -> (better direction, how far it may move the wrong way vs the last stored run). Training on the CPU
 # from a fixed seed repeats to rounding, so these bound real changes, not noise; identity figures move in

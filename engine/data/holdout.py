@@ -38,8 +38,10 @@ from typing import Any
 import attrs
 
 from engine.errors import DataError
+from engine.faces.faceset import load_faceset
 
-__all__ = ["HeldOut", "HeldOutSide", "held_out_indices", "apply", "from_record", "RECORD_VERSION"]
+__all__ = ["HeldOut", "HeldOutSide", "held_out_indices", "apply", "from_record", "describe", "names_overlap",
+           "RECORD_VERSION"]
 
 log = logging.getLogger("torchsae.data")
 
@@ -120,8 +122,6 @@ def _names_of(faceset: Any) -> list[str]:
 
 
 def _explicit_side(folder: str, plain_face_type: str) -> HeldOutSide:
-    from engine.faces.faceset import load_faceset
-
     names = sorted(s.name for s in load_faceset(folder, plain_face_type))
     return HeldOutSide(folder=folder, names=tuple(names), explicit=True)
 

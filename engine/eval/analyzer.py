@@ -114,7 +114,8 @@ def rect_from_landmarks(points: np.ndarray) -> np.ndarray:
 def canonical_landmarks(size: int, face_type: str) -> np.ndarray:
     """(68, 2) where a frontal mean face lands in an aligned `face_type` crop of side `size`: DFL's 3-D mean
     face (x, y) aligned with get_transform_mat like the extractor does. A read-only array."""
-    frame = landmarks_68_3D[:, :2].astype(np.float64) * 3.0 + 400.0  # any placement: the alignment is similarity-invariant
+    # any placement will do: the alignment is invariant to scale and translation
+    frame = landmarks_68_3D[:, :2].astype(np.float64) * 3.0 + 400.0
     mat = get_transform_mat(frame, size, FaceType.parse(face_type, "face type"))
     out = transform_points(frame, mat).astype(np.float64)
     out.setflags(write=False)
@@ -177,7 +178,7 @@ class FaceAnalyzer:
         dets = self.hog(rgb, 0)
         if len(dets):
             c = size / 2.0
-            best = min(dets, key=lambda r: ((r.left() + r.right()) / 2 - c) ** 2 + ((r.top() + r.bottom()) / 2 - c) ** 2)
+            best = min(dets, key=lambda r: (r.left() + r.right() - 2 * c) ** 2 + (r.top() + r.bottom() - 2 * c) ** 2)
             return np.array([best.left(), best.top(), best.right(), best.bottom()], dtype=np.float64), "hog"
         if landmarks is not None:
             return rect_from_landmarks(landmarks), "landmarks"

@@ -25,9 +25,10 @@ from typing import Any
 import attrs
 import numpy as np
 
+from engine.errors import TorchSAEError
 from engine.eval import metrics as M
 from engine.eval.analyzer import FaceAnalyzer
-from engine.eval.faces import EvalSide
+from engine.eval.faces import EvalSide, spread
 from engine.eval.models import EvalModel
 
 __all__ = ["Evaluator", "EvalResult", "RealFaces", "MIN_FACES", "KEY_METRICS"]
@@ -100,7 +101,8 @@ class Evaluator:
             how[why] = how.get(why, 0) + 1
         res = a.analyse(rgbs, rects, detect=detect)
         n = len(res)
-        return RealFaces(rects=np.array(rects).reshape(n, 4), landmarks=np.array([r.landmarks for r in res]).reshape(n, 68, 2),
+        return RealFaces(rects=np.array(rects).reshape(n, 4),
+                         landmarks=np.array([r.landmarks for r in res]).reshape(n, 68, 2),
                          embeddings=np.array([r.embedding for r in res]).reshape(n, 128),
                          found=np.array([bool(r.detected) for r in res], dtype=bool), rect_from=how)
 
@@ -124,12 +126,22 @@ class Evaluator:
         return dict(self._calibration)
 
     # ------------------------------------------------------------------ one model
-    def _check_output(self, name: str, out: np.ndarray | None, n: int, warnings: list[str]) -> np.ndarray | None:
+    def _infer(self, model: EvalModel, name: str, call, n: int, warnings: list[str]) -> np.ndarray | None:
+        """Run one of the model's inference calls and check its output: TorchSAEError naming the model when it
+        fails or returns the wrong shape; non-finite pixels are zeroed and reported; values clipped to [0, 1]."""
+        try:
+            out = call()
+        except TorchSAEError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime / torch raise many types; a broken model is input
+            first = (str(e).splitlines() or [""])[0][:300]
+            raise TorchSAEError(f"{model.label}: {name} failed ({type(e).__name__}: {first})") from None
         if out is None:
             return None
         r = self.resolution
         if out.shape != (n, r, r, 3):
-            raise ValueError(f"{name}: model output shape {out.shape}, expected {(n, r, r, 3)}")
+            raise TorchSAEError(f"{model.label}: {name} returned shape {tuple(out.shape)}, expected {(n, r, r, 3)} "
+                                f"(the model's resolution is not {r}?)")
         bad = ~np.isfinite(out).all(axis=(1, 2, 3))
         if bad.any():
             warnings.append(f"{name}: {int(bad.sum())} output(s) had non-finite pixels (set to 0 for scoring)")
@@ -153,14 +165,14 @@ class Evaluator:
             if 0 < len(side) < MIN_FACES:
                 warnings.append(f"only {len(side)} {label} face(s): the metrics are noisy (at least {MIN_FACES} "
                                 f"per side recommended; raise [data].eval_fraction or pass more --faces)")
-        m.update({k: v for k, v in self.calibration().items()})
+        m.update(self.calibration())
 
         per_face: list[dict[str, Any]] = [{"name": n} for n in self.dst.names]
         swap = None
         if len(self.dst) == 0:
             unavailable["swap"] = "no dst faces to swap"
         else:
-            swap = self._check_output("swap", model.swap(self.dst.images), len(self.dst), warnings)
+            swap = self._infer(model, "swap", lambda: model.swap(self.dst.images), len(self.dst), warnings)
         if swap is not None:
             self._swap_metrics(swap, real, m, per_face, unavailable)
         else:
@@ -175,7 +187,8 @@ class Evaluator:
             if len(side) == 0:
                 unavailable[f"recon_{ident}"] = f"no {ident} faces"
             else:
-                recon = self._check_output(f"recon_{ident}", model.reconstruct(side.images, ident), len(side), warnings)
+                recon = self._infer(model, f"recon_{ident}", lambda s=side, i=ident: model.reconstruct(s.images, i),
+                                    len(side), warnings)
                 if recon is None:
                     unavailable[f"recon_{ident}"] = model.no_recon.get(ident, "not available for this model")
             recons[ident] = recon
@@ -239,8 +252,6 @@ class Evaluator:
                 f["face_found"] = bool(res[i].detected)
 
     def _samples(self, swap, recons, per_face) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-        from engine.eval.faces import spread
-
         out: dict[str, np.ndarray] = {}
         rows: list[dict[str, Any]] = []
         if len(self.dst):

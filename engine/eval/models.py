@@ -31,6 +31,9 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, TorchSAEError
+from engine.export.inference import load_for_inference
+from engine.export.parts import MANIFEST, PartsRunner
+from engine.export.runtime import OrtSwapper, ort_providers
 from engine.train import checkpoint as ck
 
 __all__ = ["ModelRef", "EvalModel", "TorchEvalModel", "OrtEvalModel", "PartsEvalModel", "expand_inputs",
@@ -132,8 +135,6 @@ class OrtEvalModel(EvalModel):
     """An exported .onnx / .dfm in ONNX Runtime (swap only; see the module docstring)."""
 
     def __init__(self, path: Path, *, face_type: str | None = None):
-        from engine.export.runtime import OrtSwapper  # onnxruntime: only needed for exported models
-
         self.swapper = OrtSwapper(path)
         self.path, self.kind = Path(path), path.suffix.lower().lstrip(".")
         self.label = self.path.name
@@ -157,9 +158,6 @@ class PartsEvalModel(EvalModel):
     """A `--parts` export folder chained by PartsRunner (swap and both reconstructions)."""
 
     def __init__(self, path: Path, *, face_type: str | None = None):
-        from engine.export.parts import PartsRunner  # onnxruntime: only needed for exported models
-        from engine.export.runtime import ort_providers
-
         self.runner = PartsRunner(path, ort_providers())
         self.path, self.kind, self.label = Path(path), "parts", Path(path).name
         self.resolution = int(self.runner.resolution)
@@ -185,8 +183,6 @@ def _is_dfl_folder(p: Path) -> bool:
 def expand_inputs(paths: list[str | Path]) -> list[ModelRef]:
     """ModelRefs for the command line's inputs (module docstring); a run folder gives all its checkpoints.
     CheckpointError naming the path when one is none of the known kinds."""
-    from engine.export.parts import MANIFEST
-
     out: list[ModelRef] = []
     for raw in paths:
         p = Path(raw)
@@ -220,8 +216,6 @@ def open_eval_model(ref: ModelRef, *, face_type: str | None = None, device: str 
         return OrtEvalModel(ref.path, face_type=face_type)
     if ref.kind == "parts":
         return PartsEvalModel(ref.path, face_type=face_type)
-    from engine.export.inference import load_for_inference
-
     recipe, model = load_for_inference(ref.path)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     step, held = None, None

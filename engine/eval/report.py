@@ -128,7 +128,8 @@ def grid_image(samples: dict[str, np.ndarray], scores: list[dict[str, Any]], tit
     """BGR uint8 grid: columns dst | swap | dst recon | src | src recon (those present), a score band under each
     row, a title band on top."""
     cols = [c for c in ("dst", "swap", "recon_dst", "src", "recon_src") if c in samples]
-    names = {"dst": "dst", "swap": "swap (dst -> src)", "recon_dst": "dst recon", "src": "src", "recon_src": "src recon"}
+    names = {"dst": "dst", "swap": "swap (dst -> src)", "recon_dst": "dst recon", "src": "src",
+             "recon_src": "src recon"}
     if not cols:
         img = np.full((60, 400, 3), 32, np.uint8)
         _text(img, title + ["no faces"], 8, 18)
@@ -285,7 +286,8 @@ def _html(doc: dict[str, Any], charts: list[tuple[str, str]]) -> str:
         faces = e.get("faces", {})
         cells = "".join(f"<td>{esc(_fmt(e.get(c)))}</td>" for c in _CAL_COLS)
         cal_rows.append(f"<tr><td>{esc(str(e.get('label')))}</td><td>{esc(str(faces.get('source', '')))}</td>"
-                        f"<td>{esc(str(faces.get('src', '')))}</td><td>{esc(str(faces.get('dst', '')))}</td>{cells}</tr>")
+                        f"<td>{esc(str(faces.get('src', '')))}</td><td>{esc(str(faces.get('dst', '')))}</td>"
+                        f"{cells}</tr>")
     notes = []
     for e in models:
         items = [f"warning: {w}" for w in e.get("warnings", [])]

@@ -90,7 +90,8 @@ def evaluate_paths(paths: list[str | Path], out: str | Path, *, faces: tuple[str
     entries: list[dict[str, Any]] = []
     results: list[EvalResult | None] = []
     for ref in refs:
-        base = {"model": str(ref.path), "label": ref.path.name, "kind": ref.kind, "run": str(ref.run) if ref.run else None}
+        base = {"model": str(ref.path), "label": ref.path.name, "kind": ref.kind,
+                "run": str(ref.run) if ref.run else None}
         try:
             model = open_eval_model(ref, face_type=face_type, device=device)
             base = model.info()

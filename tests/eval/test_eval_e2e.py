@@ -57,7 +57,8 @@ def test_training_evaluates_held_out_faces_and_logs_every_metric(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = EventAccumulator(str(run / "logs")).Reload().Tags()
-    assert {"eval/identity_retrieval", "eval/landmark_nme", "eval/recon_dssim_src", "eval/seconds"} <= set(tags["scalars"])
+    want = {"eval/identity_retrieval", "eval/landmark_nme", "eval/recon_dssim_src", "eval/seconds"}
+    assert want <= set(tags["scalars"])
     assert "eval/samples" in tags["images"]
     held = ck.load_model_payload(run)["held_out"]  # recorded in the checkpoint
     assert len(held["src"]["names"]) == 2 and len(held["dst"]["names"]) == 2
@@ -122,3 +123,20 @@ def test_exported_models_and_bad_input(trained, faces, tmp_path):
     err = json.loads((tmp_path / "x" / "eval.json").read_text())["models"][0]["error"]
     assert "no held-out faces recorded" in err and "--faces" in err
     assert main(["eval", str(missing), "--out", str(tmp_path / "y")]) == 2  # not a model at all: TorchSAEError
+
+
+
+def test_imported_dfl_model_is_scored_like_its_checkpoint(trained, faces, tmp_path):
+    from engine.dfl.convert import export_dfl_checkpoint
+
+    _, run, _ = trained
+    latest = ck.resolve_latest(run)
+    export_dfl_checkpoint(latest, tmp_path / "dfl", "tiny")  # a DFL model folder, imported again by eval
+    a, b = faces
+    out = tmp_path / "dfl_eval"
+    assert main(["eval", str(tmp_path / "dfl"), str(latest), "--faces", str(a), str(b), "--out", str(out),
+                 "--no-detect", "--max-faces", "2"]) == 0
+    e_dfl, e_pt = json.loads((out / "eval.json").read_text())["models"]
+    assert e_dfl["kind"] == "dfl" and e_pt["kind"] == "checkpoint"
+    for k in ("recon_dssim_src", "recon_dssim_dst", "landmark_nme", "identity_margin"):
+        assert e_dfl[k] == pytest.approx(e_pt[k], abs=1e-4), k

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "workspace" / "demo"
 R, FT = 64, "wf"
 
-pytestmark = pytest.mark.skipif(not (DEMO / "data_src" / "aligned").is_dir() or not (DEMO / "data_dst" / "aligned").is_dir(),
+pytestmark = pytest.mark.skipif(not all((DEMO / side / "aligned").is_dir() for side in ("data_src", "data_dst")),
                                 reason="demo faces not extracted (make data)")
 
 

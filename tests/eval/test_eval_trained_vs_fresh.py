@@ -23,15 +23,15 @@ from engine.train.loop import run
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "workspace" / "demo"
 
-pytestmark = pytest.mark.skipif(not (DEMO / "data_src" / "aligned").is_dir() or not (DEMO / "data_dst" / "aligned").is_dir(),
+pytestmark = pytest.mark.skipif(not all((DEMO / side / "aligned").is_dir() for side in ("data_src", "data_dst")),
                                 reason="demo faces not extracted (make data)")
 
 
 def _fresh_and_trained(tmp_path, steps: int, overrides: list[str], max_faces: int, detect: bool):
     src, dst = DEMO / "data_src" / "aligned", DEMO / "data_dst" / "aligned"
     r = recipe.load(ROOT / "recipes" / "quickstart.toml",
-                    [f"data.src='{src}'", f"data.dst='{dst}'", f"train.run_dir='{tmp_path / 'run'}'", "train.eval_every=0",
-                     *overrides])
+                    [f"data.src='{src}'", f"data.dst='{dst}'", f"train.run_dir='{tmp_path / 'run'}'",
+                     "train.eval_every=0", *overrides])
     with process_settings(r.train):
         t = build_trainer(r)
         t.make_loader()
