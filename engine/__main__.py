@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("engine.extract.cli_demo_data", "fetch and extract the bundled demo faces"),
     "merge": ("engine.merge.cli_merge", "composite swapped faces back into frames and write the video"),
     "xseg": ("engine.xseg.cli_xseg", "XSeg masks: train, label, apply, remove, fetch, export (DFL's XSeg workflow)"),
-    "eval": ("engine.eval.cli", "measure swap quality: identity, pose/expression, reconstruction -> eval.json + report"),
+    "eval": ("engine.eval.cli_eval", "measure swap quality: identity, pose/expression, reconstruction -> eval.json + report"),
 }
 
 

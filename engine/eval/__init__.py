@@ -14,5 +14,5 @@ windows, PSNR, MSE) on faces held out of training (engine.data.holdout).
     report.py     eval.json, report.html, sample grids, metrics over training steps
     run.py        evaluate_paths: several models -> one report (what the CLI runs)
     training.py   TrainingEvaluator: [train].eval_every inside the training loop
-    cli.py        torchsae eval
+    cli_eval.py   torchsae eval
 """
