@@ -20,7 +20,10 @@ figures of the identity function (dst faces returned unchanged), the floor a swa
 
 Pose and expression (68 dlib landmarks of the swap vs of the dst face it replaced, same rectangle):
   landmark_nme   mean over points of ‖p_swap − p_dst‖ / ‖p_dst[36] − p_dst[45]‖ (inter-ocular: the outer
-                 eye corners, the 300-W convention), per face; also over eyes (36–47) and mouth (48–67)
+                 eye corners, the 300-W convention), per face; also over eyes (36–47) and mouth (48–67).
+                 A perfect swap does not score 0: the src identity's face shape (jaw, brows, proportions)
+                 differs from dst's, so the figure compares models on the same faces; it is not separated
+                 from identity like a 3DMM expression coefficient would be.
   yaw/pitch error  |angle(swap) − angle(dst)| in degrees from DFL's estimate_pitch_yaw_roll (spec §6.6)
 
 Reconstruction per identity (a face through its own identity's path, no augmentation) inside DFL's

