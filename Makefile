@@ -50,7 +50,7 @@ merge: $(STAMP)
 
 # CKPT: checkpoints, run folders, .onnx/.dfm files (several: CKPT="a.pt b.dfm"); none = every checkpoint of RECIPE's run
 eval: $(STAMP)
-	$(PY) -m engine eval $(if $(CKPT),$(CKPT),--recipe $(RECIPE)) --out $(if $(OUT),$(OUT),runs/eval) $(ARGS)
+	$(PY) -m engine eval $(if $(CKPT),$(CKPT),$(RECIPE)) --out $(if $(OUT),$(OUT),runs/eval) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

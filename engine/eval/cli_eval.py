@@ -1,8 +1,8 @@
 """`torchsae eval MODEL [MODEL ...] --out DIR [--faces SRC DST]` (also `make eval CKPT=...`).
 
 MODEL: a checkpoint (.pt, step_* folder), a run folder (= every checkpoint in it, for metrics over the
-training steps), an exported .onnx / .dfm, a --parts folder or a DFL model folder; `--recipe R` adds every
-checkpoint of R's run folder. Without --faces each checkpoint is scored on the held-out faces it recorded
+training steps), a recipe .toml (= its run folder), an exported .onnx / .dfm, a --parts folder or a DFL
+model folder; `table.key=value` overrides anywhere on the line apply to recipe inputs. Without --faces each checkpoint is scored on the held-out faces it recorded
 ([data].eval_fraction / eval_src / eval_dst). Writes DIR/eval.json, DIR/report.html and the images
 (engine.eval.report), prints one line per model. Exit status 1 when a model could not be evaluated (its
 entry in eval.json says why), 0 otherwise.
@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
+from engine.errors import TorchSAEError
+from engine.eval.run import evaluate_paths
+from engine.recipe import is_override
 from engine.recipe.specs import FACE_TYPES
 
 log = logging.getLogger("torchsae.eval")
@@ -22,14 +26,12 @@ _SHOWN = ("identity_retrieval", "identity_margin", "landmark_nme", "yaw_error_de
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="checkpoint (.pt / step folder), run folder (all its checkpoints), .onnx/.dfm, --parts folder "
-                        "or DFL model folder")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="checkpoint (.pt / step folder), run folder (all its checkpoints), recipe .toml (its run "
+                        "folder), .onnx/.dfm, --parts folder or DFL model folder")
     p.add_argument("--out", required=True, help="report folder (eval.json, report.html, images)")
     p.add_argument("--faces", nargs=2, metavar=("SRC", "DST"),
                    help="aligned src and dst faces to evaluate on (default: the checkpoint's held-out faces)")
-    p.add_argument("--recipe", action="append", default=[],
-                   help="also evaluate every checkpoint in this recipe's run folder (repeatable)")
     p.add_argument("--max-faces", type=int, default=0, help="at most N faces per side, spread evenly (0 = all)")
     p.add_argument("--face-type", choices=FACE_TYPES,
                    help="face type of an exported model whose file does not record it")
@@ -46,19 +48,14 @@ def _fmt(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.errors import TorchSAEError
-    from engine.eval.run import evaluate_paths
-    from engine.recipe import load
-    from engine.train.checkpoint import run_dir_of
-
-    models = list(args.models)
-    for r in args.recipe:
-        models.append(str(run_dir_of(load(r))))
+    # recipe overrides (table.key=value) may stand anywhere on the line; they apply to recipe .toml inputs
+    overrides = tuple(a for a in args.models if is_override(a) and not Path(a).exists())
+    models = [a for a in args.models if a not in overrides]
     if not models:
-        raise TorchSAEError("name at least one model (checkpoint, run folder, .onnx/.dfm, DFL folder) or --recipe")
+        raise TorchSAEError(f"no model on the command line (only overrides: {' '.join(overrides)})")
     entries = evaluate_paths(models, args.out, faces=tuple(args.faces) if args.faces else None,
                              max_faces=args.max_faces, face_type=args.face_type, detect=not args.no_detect,
-                             n_samples=args.samples, device=args.device)
+                             n_samples=args.samples, device=args.device, overrides=overrides)
     width = max(len(str(e.get("label"))) for e in entries)
     print(f"{'model':<{width}}  " + "  ".join(f"{k:>18}" for k in _SHOWN))
     for e in entries:

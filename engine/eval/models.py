@@ -5,6 +5,7 @@
     recon = m.reconstruct(faces, "src")  # the identity's own path, or None (then m.no_recon[identity] says why)
 
 Inputs (`expand_inputs`):
+- a recipe `.toml`: its run folder (below), or its newest checkpoint file when the run has no step folders;
 - a TorchSAE checkpoint: `model.pt`, a `step_*` folder, any `.pt` file (e.g. `torchsae import-dfl --out`);
   a run folder stands for **every** complete checkpoint in it, oldest first, so one command scores a run
   over its training steps. Run in torch (CUDA when available) in float32 whatever the training autocast
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, TorchSAEError
-from engine.export.inference import load_for_inference
+from engine import recipe as recipe_mod
+from engine.export.inference import latest_checkpoint, load_for_inference
 from engine.export.parts import MANIFEST, PartsRunner
 from engine.export.runtime import OrtSwapper, ort_providers
 from engine.train import checkpoint as ck
@@ -180,12 +182,21 @@ def _is_dfl_folder(p: Path) -> bool:
     return p.is_dir() and (any(p.glob("*encoder.npy")) or any(p.glob("*_SAEHD_data.dat")))
 
 
-def expand_inputs(paths: list[str | Path]) -> list[ModelRef]:
-    """ModelRefs for the command line's inputs (module docstring); a run folder gives all its checkpoints.
-    CheckpointError naming the path when one is none of the known kinds."""
+def expand_inputs(paths: list[str | Path], overrides: tuple[str, ...] = ()) -> list[ModelRef]:
+    """ModelRefs for the command line's inputs (module docstring); a run folder gives all its checkpoints;
+    `overrides` (table.key=value) apply to recipe inputs (e.g. train.run_dir). CheckpointError naming the path
+    when one is none of the known kinds."""
     out: list[ModelRef] = []
     for raw in paths:
         p = Path(raw)
+        if p.suffix == ".toml" and p.is_file():  # a recipe: every checkpoint of its run (else its newest .pt)
+            r = recipe_mod.load(p, list(overrides))
+            run = ck.run_dir_of(r)
+            if ck.complete_checkpoints(run / "checkpoints"):
+                p = run
+            else:
+                out.append(ModelRef(path=latest_checkpoint(r), kind="checkpoint"))
+                continue
         if not p.exists():
             raise CheckpointError(f"{p}: no such file or folder (expected a checkpoint, run folder, .onnx/.dfm, "
                                   "--parts folder or DFL model folder)")

@@ -81,10 +81,11 @@ def entry_for(model: EvalModel, result: EvalResult, faces_desc: dict[str, Any], 
 
 def evaluate_paths(paths: list[str | Path], out: str | Path, *, faces: tuple[str, str] | None = None,
                    max_faces: int = 0, face_type: str | None = None, detect: bool = True, n_samples: int = 6,
-                   device: str | None = None, plain_face_type: str = "wf") -> list[dict[str, Any]]:
-    """Evaluate every model `paths` name (engine.eval.models.expand_inputs) and write the report into `out`;
-    returns the eval.json entries."""
-    refs: list[ModelRef] = expand_inputs(paths)
+                   device: str | None = None, plain_face_type: str = "wf", overrides: tuple[str, ...] = ()
+                   ) -> list[dict[str, Any]]:
+    """Evaluate every model `paths` name (engine.eval.models.expand_inputs; `overrides` apply to recipes among
+    them) and write the report into `out`; returns the eval.json entries."""
+    refs: list[ModelRef] = expand_inputs(paths, overrides)
     evaluators: dict[tuple, Evaluator] = {}
     sides: dict[tuple, EvalSide] = {}
     entries: list[dict[str, Any]] = []

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from engine.errors import TorchSAEError
+from engine.eval.training import TrainingEvaluator
 from engine.recipe import is_override, load_command_line
 from engine.recipe.specs import Recipe
 from engine.recipe.specs import TRAIN_FLAGS
@@ -61,11 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if r.kind != "saehd":
         raise TorchSAEError(f"{args.recipe}: an XSeg recipe (kind = \"xseg\"); train it with `torchsae xseg train "
                             f"{args.recipe}`")
-    evaluator = None
-    if r.train.eval_every:
-        from engine.eval.training import TrainingEvaluator  # engine.eval sits above engine.train: the CLI wires it
-
-        evaluator = TrainingEvaluator(r)
+    evaluator = TrainingEvaluator(r) if r.train.eval_every else None  # the loop (below engine.eval) only calls it
     summary = train(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress, evaluator=evaluator)
     print(f"trained {summary['steps_done']} steps (now at step {summary['step']}); "
           f"median {summary['median_s_per_step']:.3f} s/step; checkpoint {summary['checkpoint']}"

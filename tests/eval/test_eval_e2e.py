@@ -89,6 +89,11 @@ def test_cli_scores_every_checkpoint_of_a_run(trained, tmp_path, capsys):
     assert entries[1]["landmark_nme"] == pytest.approx(ev.history[1]["landmark_nme"], rel=1e-6)
     assert (out / "steps_00.png").is_file() and "metrics over training steps" not in (out / "report.html").read_text()
     assert "step_00000002" in capsys.readouterr().out
+    # a recipe stands for its run folder; overrides on the line apply to it
+    from engine.eval.models import expand_inputs
+
+    refs = expand_inputs([TINY], (f"train.run_dir='{run}'",))
+    assert [r.path.name for r in refs] == ["step_00000001", "step_00000002"] and refs[0].run == run
 
 
 def test_exported_models_and_bad_input(trained, faces, tmp_path):
