@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from synthetic_faces import write_synthetic_faceset
 
 from engine.data import holdout
 from engine.data.loader import build_loader
 from engine.errors import DataError
 from engine.recipe.specs import DataSpec
-from synthetic_faces import write_synthetic_faceset
 
 
 def _runs(idx: list[int]) -> list[list[int]]:
