@@ -120,12 +120,44 @@ def test_conv_transpose_same_is_full_transposed_conv_cropped_at_the_end():
     full = F.conv_transpose2d(x, m.weight, m.bias, stride=2)  # (2n+1)
     y = m(x)
     assert y.shape == (1, 3, 10, 8)
-    assert torch.equal(y, full[..., :10, :8])
+    torch.testing.assert_close(y, full[..., :10, :8], rtol=1e-6, atol=1e-7)
     # the tempting padding=1, output_padding=1 version is shifted by one pixel
     shifted = F.conv_transpose2d(x, m.weight, m.bias, stride=2, padding=1, output_padding=1)
     assert not torch.allclose(shifted, y)
     m1 = _ConvTransposeSame(2, 3, 3, 1)
     torch.testing.assert_close(m1(x), F.conv_transpose2d(x, m1.weight, m1.bias, padding=1))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_conv_transpose_same_gradients_match_float64(channels_last):
+    """The stride-2 upconv's gradients against the same layer in float64. A bias passed to
+    conv_transpose2d gets oneDNN's fused bias gradient on CPU: a float32 sum of N·(2H+1)·(2W+1) values per
+    channel, ~5e-6 relative error here for 8,192 values (1e-4 on other CPUs, the step-parity tolerance).
+    Added after the crop (as DFL's bias_add), it is autograd's reduction: exact to float rounding."""
+    gen = torch.Generator().manual_seed(3)
+    m = _ConvTransposeSame(64, 32, 3, 2)
+    with torch.no_grad():
+        m.bias.uniform_(-0.1, 0.1, generator=gen)
+    x = torch.randn(2, 64, 32, 32, generator=gen)  # 2·64·64 = 8,192 output values per channel
+    # an upstream gradient of one sign per channel, like DLoss's through a 1x1 out_conv
+    g = (torch.randn(2, 32, 64, 64, generator=gen) * 0.1 + 1.0) * 1e-4
+    m64 = _ConvTransposeSame(64, 32, 3, 2).double()
+    m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    x.requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    m(x).backward(g)
+    m64(x64).backward(g.double())
+    for name, got, ref in (("bias", m.bias.grad, m64.bias.grad), ("weight", m.weight.grad, m64.weight.grad),
+                           ("input", x.grad, x64.grad)):
+        err = (got.double() - ref).abs().max().item()
+        # step-parity tolerance (tests/train/test_step_parity.py): max|Δ| <= 1e-4 · max|g_ref|
+        assert err <= 1e-4 * ref.abs().max().item(), name
+    # the bias gradient is a plain sum: float rounding only (observed ~2e-7; the fused one 5e-6)
+    rel = ((m.bias.grad.double() - m64.bias.grad).abs() / m64.bias.grad.abs()).max().item()
+    assert rel <= 1e-6, f"bias gradient relative error {rel:.2e}"
 
 
 def test_layout_conversion_round_trip_and_dfl_state():
