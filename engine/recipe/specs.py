@@ -132,7 +132,8 @@ class LossSpec:
     gan_bg_weight: float = opt(0.02, type=float, min=0.0,
                                help="background MSE weight under GAN + masked training (DFL's anti-dot term)")
     tv_mode: str = opt("dfl_gpu", type=str, choices=TV_MODES,
-                       help="GAN TV differences: dfl_gpu (channel and H, as DFL on a GPU) or spatial (H and W)")
+                       help="GAN TV differences: dfl_gpu (channel and H: DFL on a GPU, NCHW) or spatial (H and W: "
+                            "DFL's CPU path, NHWC)")
     latent_distill_weight: float = opt(0.0, type=float, min=0.0, help="pull the latent towards a teacher's")
     latent_distill_teacher: str = opt("", type=str, help="teacher checkpoint for latent distillation")
     latent_distill_mode: str = opt("mse", type=str, choices=DISTILL_MODES, help="latent distance")
