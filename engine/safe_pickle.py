@@ -13,13 +13,24 @@ run arbitrary code, so these are read with an allow-list: only
 
 Anything else (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) raises UnsafeFileError naming the
 file and the refused global *before* anything is called. A malformed pickle raises ``corrupt_error``.
+
+Bounded allocation: pickle opcodes build objects in proportion to the input, except the allowed callables
+that take a *size*: ``bytearray(n)``, ``ndarray(shape, dtype)``, ``_reconstruct(ndarray, shape, dtype)``,
+``scalar(dtype, ...)`` and dtypes whose item size is set by the pickle. A 33-byte pickle calling
+``bytearray(10**9)`` would allocate 1 GB. Each such object may take at most `MAX_OBJECT_BYTES` and all of
+them together `MAX_TOTAL_BYTES` per load (UnsafeFileError naming the request before it is allocated). Real
+DFL files never reach this: numpy pickles arrays as ``_reconstruct(ndarray, (0,), ...)`` plus their bytes
+inline, so their size is the file's own. Object dtypes are refused too: object arrays hold arbitrary
+objects, DFL's files have none, and numpy's ``__setstate__`` for them trusts the pickle's shape.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,7 +38,12 @@ import numpy as np
 
 from engine.errors import DataError, TorchSAEError, UnsafeFileError
 
-__all__ = ["safe_loads", "safe_load", "safe_load_file", "ALLOWED_GLOBALS"]
+__all__ = ["safe_loads", "safe_load", "safe_load_file", "ALLOWED_GLOBALS", "MAX_OBJECT_BYTES", "MAX_TOTAL_BYTES",
+           "describe_torch_load_error"]
+
+# Size limits for objects whose size the pickle states rather than spells out (see the module docstring).
+MAX_OBJECT_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 256 << 20
 
 
 def _numpy_core():
@@ -82,38 +98,154 @@ class _Refused(Exception):
         self.module, self.name = module, name
 
 
+class _TooBig(Exception):
+    def __init__(self, what: str):
+        self.what = what
+
+
+class _NDArraySentinel:
+    """What ``numpy.ndarray`` unpickles to: the class itself is only ever passed to ``_reconstruct`` (which
+    maps it back); calling it, ``ndarray(shape, dtype)``, allocates and is size-checked."""
+
+    def __init__(self, guard: "_Guard"):
+        self.guard = guard
+
+    def __call__(self, shape, dtype=float, *args, **kwargs):
+        self.guard.array(shape, dtype, "numpy.ndarray")
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+class _Guard:
+    """Per-load budget for the allowed callables that allocate by a stated size."""
+
+    def __init__(self, max_object: int, max_total: int):
+        self.max_object, self.max_total, self.total = max_object, max_total, 0
+        core = _numpy_core()
+        self._reconstruct_real, self._scalar_real = core.multiarray._reconstruct, core.multiarray.scalar
+        self.ndarray = _NDArraySentinel(self)
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if nbytes > self.max_object:
+            raise _TooBig(f"{what} of {nbytes:,} bytes (limit {self.max_object:,} per object)")
+        if self.total + nbytes > self.max_total:
+            raise _TooBig(f"{what} of {nbytes:,} bytes after {self.total:,} already built (limit "
+                          f"{self.max_total:,} per file)")
+        self.total += nbytes
+
+    def dtype_of(self, spec, what: str) -> np.dtype:
+        d = spec if isinstance(spec, np.dtype) else np.dtype(spec)
+        if d.hasobject:
+            raise _TooBig(f"{what} with an object dtype ({d}): object arrays hold arbitrary objects")
+        return d
+
+    def array(self, shape, dtype, what: str) -> None:
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not all(isinstance(n, int) and n >= 0 for n in dims):
+            raise _TooBig(f"{what} with shape {shape!r}")
+        d = self.dtype_of(dtype, what)
+        self.charge(math.prod(dims) * d.itemsize, f"{what} {dims} {d}")
+
+    # the allowed callables, size-checked before the real one runs
+    def bytearray(self, *args):
+        if args and isinstance(args[0], int):
+            self.charge(args[0], "bytearray")
+        out = bytearray(*args)
+        if not (args and isinstance(args[0], int)):
+            self.charge(len(out), "bytearray")
+        return out
+
+    def reconstruct(self, subtype, shape, dtype):
+        if subtype is self.ndarray:
+            subtype = np.ndarray
+        if subtype is not np.ndarray:
+            raise _TooBig(f"_reconstruct of {subtype!r}")
+        self.array(shape, dtype, "numpy array")
+        return self._reconstruct_real(subtype, shape, dtype)
+
+    def scalar(self, dtype, *args):
+        d = self.dtype_of(dtype, "numpy scalar")
+        self.charge(d.itemsize, f"numpy scalar {d}")
+        return self._scalar_real(d, *args)
+
+    def dtype(self, *args, **kwargs):
+        d = np.dtype(*args, **kwargs)
+        self.dtype_of(d, "numpy dtype")
+        return d
+
+    def wrap(self, obj: Any) -> Any:
+        core = _numpy_core()
+        return {np.ndarray: self.ndarray, bytearray: self.bytearray, np.dtype: self.dtype,
+                core.multiarray._reconstruct: self.reconstruct, core.multiarray.scalar: self.scalar}.get(obj, obj)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, guard: _Guard):
+        super().__init__(file)
+        self.guard = guard
+
     def find_class(self, module: str, name: str) -> Any:
         obj = ALLOWED_GLOBALS.get((module, name))
         if obj is None:
             raise _Refused(module, name)
-        return obj
+        return self.guard.wrap(obj)
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def safe_load(fileobj: BinaryIO, source: str, *, corrupt_error: type[TorchSAEError] = DataError) -> Any:
-    """Unpickle from a binary file object with the allow-list. ``source`` names the file in errors."""
+def safe_load(fileobj: BinaryIO, source: str, *, corrupt_error: type[TorchSAEError] = DataError,
+              max_object_bytes: int = MAX_OBJECT_BYTES, max_total_bytes: int = MAX_TOTAL_BYTES) -> Any:
+    """Unpickle from a binary file object with the allow-list and the size limits (module docstring).
+    ``source`` names the file in errors."""
     try:
-        return _RestrictedUnpickler(fileobj).load()
+        return _RestrictedUnpickler(fileobj, _Guard(max_object_bytes, max_total_bytes)).load()
     except _Refused as r:
         raise UnsafeFileError(
             f"{source}: refused to unpickle: it asks for '{r.module}.{r.name}', which is not numpy array data or "
             "a plain container (DFL files hold only these). Nothing was executed. If you did not create this "
             "file yourself, do not use it.") from None
+    except _TooBig as t:
+        raise UnsafeFileError(
+            f"{source}: refused to unpickle: it asks for a {t.what}, which DFL's files never build (their "
+            "arrays are stored inline). Nothing was allocated or executed. If you did not create this file "
+            "yourself, do not use it.") from None
+    except MemoryError:
+        raise UnsafeFileError(f"{source}: refused to unpickle: it needs more memory than is available") from None
     except UnsafeFileError:
         raise
     except Exception as e:  # truncated/garbled data: pickle raises many types
         raise corrupt_error(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
-def safe_loads(data: bytes, source: str, *, corrupt_error: type[TorchSAEError] = DataError) -> Any:
+def safe_loads(data: bytes, source: str, *, corrupt_error: type[TorchSAEError] = DataError, **limits) -> Any:
     """Unpickle ``data`` with the allow-list (see module docstring); ``source`` names it in errors."""
-    return safe_load(io.BytesIO(data), source, corrupt_error=corrupt_error)
+    return safe_load(io.BytesIO(data), source, corrupt_error=corrupt_error, **limits)
 
 
 def safe_load_file(path: str | Path, *, corrupt_error: type[TorchSAEError] = DataError) -> Any:
     """Unpickle a file with the allow-list (streams from disk; no second copy of the bytes)."""
     with open(path, "rb") as f:
         return safe_load(f, str(path), corrupt_error=corrupt_error)
+
+
+_TORCH_REFUSAL = (
+    re.compile(r"Unsupported global: GLOBAL (\S+?) was not an allowed global"),
+    re.compile(r"unsupported GLOBAL (\S+?) whose module"),
+    re.compile(r"Unsupported (operand \d+)"),
+    re.compile(r"(?:Unsupported class|Unsupported global) (\S+)"),
+)
+
+
+def describe_torch_load_error(e: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused ("'posix.system'", "pickle operand 149"), or None when
+    `e` is not a weights-only refusal (a damaged file). Pure text: torch's message, without its ANSI
+    escapes and its advice to load with weights_only=False."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
+    if "Weights only load failed" not in text:
+        return None
+    for rx in _TORCH_REFUSAL:
+        m = rx.search(text)
+        if m:
+            what = m.group(1).rstrip(".,")
+            return f"pickle {what}" if what.startswith("operand") else f"'{what}'"
+    return "something outside the weights-only allow-list"
