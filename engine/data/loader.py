@@ -36,7 +36,7 @@ from engine.data import holdout
 from engine.data.dataset import MODES, BatchPlanner, SAEHDBatches
 from engine.data.sample import SampleOptions
 from engine.errors import CheckpointError, DataError
-from engine.faces.faceset import Faceset
+from engine.faces.faceset import Faceset, warn_small_faces
 
 __all__ = ["FaceLoader", "build_loader", "STATE_VERSION"]
 
@@ -235,6 +235,8 @@ def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int,
         dst = Faceset(data.dst, data.plain_face_type)
         src, dst, held_out = holdout.apply(data, src, dst)  # held-out faces never reach the planner
         uniform_yaw = bool(data.uniform_yaw)
+    for fs in ((src,) if dst is src else (src, dst)):
+        warn_small_faces(fs.samples, resolution, fs.label)
     src_yaws = src.yaws() if uniform_yaw else None
     dst_yaws = (src_yaws if dst is src else dst.yaws()) if uniform_yaw else None
     planner = BatchPlanner(len(src), len(dst), batch_size, seed, src_yaws=src_yaws, dst_yaws=dst_yaws,

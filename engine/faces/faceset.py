@@ -19,8 +19,11 @@ cannot train them); `Faceset.face(i)` decodes sample i into a `FaceData` (pixels
 XSeg mask), what the sample pipelines (engine.data.sample) consume.
 
 Bad inputs (a JPEG without DFL metadata or landmarks file, a truncated/undecodable file, a landmarks
-file of the wrong shape, an unknown face type) are skipped and reported in ONE warning (count and the
-first few names with reasons); if nothing usable remains, DataError names the folder. A metadata pickle
+file of the wrong shape, landmarks outside the image (metadata of another size, absurd values), an unknown
+face type) are skipped and reported in ONE warning (count and the first few names with reasons); if
+nothing usable remains, DataError names the folder. A JPEG whose data was cut and closed with an end
+marker is only visible once decoded: the loader skips it then, naming it. Faces smaller than the model
+resolution are kept (DFL upsamples them) and counted in one warning (`warn_small_faces`). A metadata pickle
 asking for anything beyond numpy data is never skipped silently: UnsafeFileError stops the scan.
 """
 
@@ -52,6 +55,10 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "sample_from_meta",
     "summarize",
+    "check_landmarks_in_image",
+    "check_jpeg_end",
+    "check_decoded",
+    "warn_small_faces",
 ]
 
 log = logging.getLogger("torchsae.data")
@@ -120,6 +127,8 @@ class FaceSample:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"{self.name} ({self.path}): image bytes cannot be decoded")
+        if self.encoding == "jpeg":
+            check_decoded(img, f"{self.name} ({self.path})")
         return img
 
     def load_bgr(self) -> np.ndarray:
@@ -219,6 +228,8 @@ def sample_from_meta(meta: dict, *, name: str, path: str, shape, default_face_ty
     ebm = meta.get("eyebrows_expand_mod")
     src = meta.get("source_filename")
     h, w = int(shape[0]), int(shape[1])
+    if ft != FaceType.MARK_ONLY.long_name:
+        check_landmarks_in_image(lm_arr, w, h, name)
     return FaceSample(
         name=name,
         path=path,
@@ -231,6 +242,46 @@ def sample_from_meta(meta: dict, *, name: str, path: str, shape, default_face_ty
         source_filename=None if src is None else str(src),
         **where,
     )
+
+
+# Landmarks of an aligned face lie in its own pixels. The inner face (brows, eyes, nose, mouth: points
+# 17..67) is inside the crop for every face type DFL aligns (half face crops the jaw, so points 0..16 may
+# leave it); a small margin absorbs rounding. Anything else is metadata of another image size (e.g. 512-px
+# landmarks in a 256-px face) or garbage, and would train the masks and eyes/mouth weights on the wrong area.
+_INNER = slice(17, 68)
+_INNER_MARGIN = 0.05
+_ALL_MARGIN = 0.5
+
+
+def check_landmarks_in_image(lm: np.ndarray, w: int, h: int, name: str) -> None:
+    """DataError unless `lm` (68×2, aligned pixels) fits a w×h aligned face (see the comment above)."""
+    size = np.array([w, h], np.float64)
+
+    def outside(points: np.ndarray, margin: float) -> bool:
+        return bool(np.any(points < -margin * size) or np.any(points > (1 + margin) * size))
+
+    if outside(lm[_INNER], _INNER_MARGIN) or outside(lm, _ALL_MARGIN):
+        lo, hi = lm.min(axis=0), lm.max(axis=0)
+        raise DataError(f"{name}: landmarks lie outside the {w}x{h} image (x {lo[0]:.4g}..{hi[0]:.4g}, y "
+                        f"{lo[1]:.4g}..{hi[1]:.4g}): metadata of another image size, or damaged")
+
+
+def check_jpeg_end(data: bytes | memoryview, name: str) -> None:
+    """DataError unless JPEG bytes end with the EOI marker (FF D9; trailing zero padding allowed): a file or
+    pack entry cut short decodes "successfully" with a grey bottom and only libjpeg's anonymous warning."""
+    tail = bytes(data[-64:]).rstrip(b"\x00")
+    if not tail.endswith(b"\xff\xd9"):
+        raise DataError(f"{name}: truncated JPEG: the image data has no end marker (FF D9)")
+
+
+def check_decoded(img: np.ndarray, name: str) -> None:
+    """DataError for a JPEG whose entropy-coded data was cut and closed with an end marker: libjpeg fills the
+    missing blocks with one flat grey and only prints "premature end of data segment" (no file name). Real
+    faces end in texture or in exact black (the frame border), never in 16+ full rows of one mid colour."""
+    tail = img[-16:]
+    if img.shape[0] >= 32 and (tail == tail[0, 0]).all() and 0 < int(tail[0, 0].max()) < 255 \
+            and int(tail[0, 0].max()) == int(tail[0, 0].min()):
+        raise DataError(f"{name}: truncated JPEG: its last rows are one flat grey fill (the image data was cut)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +321,7 @@ def _scan_one(p: Path, face_type: str) -> FaceSample:
         shape = _png_shape(data, p.name)
         return sample_from_meta({"landmarks": _plain_landmarks(p), "face_type": face_type}, name=p.name, path=str(p), shape=shape, encoding="png")
     segs = dfljpg.parse_segments(data, p.name)
+    check_jpeg_end(data, p.name)
     shape = dfljpg._shape_from(segs, p.name)
     meta = dfljpg._meta_from_segments(segs, str(p))
     if meta is None:
@@ -354,6 +406,20 @@ def summarize(samples: Iterable[FaceSample]) -> dict:
         "xseg_masks": sum(s.xseg_mask is not None for s in samples),
         "seg_ie_polys": sum(s.seg_ie_polys is not None for s in samples),
     }
+
+
+def warn_small_faces(samples: Iterable[FaceSample], resolution: int, label: str) -> int:
+    """One warning counting the faces whose aligned image is smaller than the model `resolution`, naming a
+    few; returns the count. They are kept: DFL trains on them too (its warpAffine upsamples every face to
+    the model resolution), and facesets a little below the resolution are common (256-px faces for a
+    320-px model). But a model learns their blur, so the user should know."""
+    small = [s for s in samples if min(s.shape[0], s.shape[1]) < resolution]
+    if small:
+        names = ", ".join(f"{s.name} ({s.shape[1]}x{s.shape[0]})" for s in small[:_WARN_NAMES])
+        more = f", and {len(small) - _WARN_NAMES} more" if len(small) > _WARN_NAMES else ""
+        log.warning(f"{label}: {len(small)} face(s) are smaller than the model resolution {resolution} and are "
+                    f"upsampled as DFL does (the model learns their blur): {names}{more}")
+    return len(small)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -138,3 +138,71 @@ def test_cli_info_and_pack(mixed, capsys):
     assert "4 faces" in text and "full_face 2, whole_face 2" in text
     assert main(["faceset", "info", str(mixed.parent / "nope")]) == 2
     assert "faceset not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# faces that would train silently wrong (issue #13.11)
+
+
+def _face(folder: Path, name: str, size: int, landmarks_scale: float = 1.0, seed: int = 0) -> Path:
+    from synthetic_faces import synthetic_face
+
+    img, lm = synthetic_face(np.random.default_rng(seed), size, "wf", 10.0)
+    path = folder / name
+    dfljpg.write(path, img, {"face_type": "wf", "landmarks": lm * landmarks_scale})
+    return path
+
+
+def test_landmarks_outside_the_image_are_skipped_with_the_file_named(tmp_path, caplog):
+    d = tmp_path / "faces"
+    d.mkdir()
+    _face(d, "good.jpg", 256)
+    _face(d, "big_landmarks.jpg", 256, landmarks_scale=2.0)  # 512-px landmarks in a 256-px face
+    _face(d, "absurd.jpg", 256, landmarks_scale=1e6)
+    with caplog.at_level("WARNING", logger="torchsae.data"):
+        got = scan_faceset(d)
+    assert [s.name for s in got] == ["good.jpg"]
+    assert "skipped 2 of 3 files" in caplog.text
+    assert "big_landmarks.jpg: landmarks lie outside the 256x256 image" in caplog.text
+    assert "absurd.jpg: landmarks lie outside" in caplog.text
+
+
+def test_real_face_landmarks_pass(tmp_path):
+    """Every golden DFL face (full face, whole face at yaw 20) keeps its landmarks check."""
+    for f in FILES:
+        shutil.copy(GOLDEN / f, tmp_path / f)
+    assert len(scan_faceset(tmp_path)) == len(FILES)
+
+
+def test_jpeg_cut_mid_scan_is_skipped_at_scan_or_at_decode(tmp_path, caplog):
+    from engine.faces.faceset import Faceset
+
+    d = tmp_path / "faces"
+    d.mkdir()
+    for i in range(3):
+        _face(d, f"{i}.jpg", 128, seed=i)
+    data = (d / "1.jpg").read_bytes()
+    (d / "1.jpg").write_bytes(data[: len(data) * 2 // 3])  # cut: no end marker -> skipped at scan
+    data = (d / "2.jpg").read_bytes()
+    (d / "2.jpg").write_bytes(data[: len(data) * 2 // 3] + b"\xff\xd9")  # cut and closed: decodes grey
+    with caplog.at_level("WARNING", logger="torchsae.data"):
+        fs = Faceset(d)
+    assert [s.name for s in fs.samples] == ["0.jpg", "2.jpg"] and "1.jpg: truncated JPEG" in caplog.text
+    fs.face(0)
+    with pytest.raises(DataError, match=r"2\.jpg .*truncated JPEG: its last rows are one flat grey fill"):
+        fs.face(1)
+
+
+def test_faces_smaller_than_the_model_are_kept_and_counted(tmp_path, caplog):
+    from engine.faces.faceset import warn_small_faces
+
+    d = tmp_path / "faces"
+    d.mkdir()
+    for i in range(3):
+        _face(d, f"s{i}.jpg", 32, seed=i)
+    _face(d, "big.jpg", 128)
+    samples = scan_faceset(d)
+    with caplog.at_level("WARNING", logger="torchsae.data"):
+        assert warn_small_faces(samples, 64, str(d)) == 3
+    assert "3 face(s) are smaller than the model resolution 64" in caplog.text and "s0.jpg (32x32)" in caplog.text
+    assert len(samples) == 4  # kept: DFL upsamples them
