@@ -231,21 +231,23 @@ def safe_load_file(path: str | Path, *, corrupt_error: type[TorchSAEError] = Dat
 _TORCH_REFUSAL = (
     re.compile(r"Unsupported global: GLOBAL (\S+?) was not an allowed global"),
     re.compile(r"unsupported GLOBAL (\S+?) whose module"),
-    re.compile(r"Unsupported (operand \d+)"),
     re.compile(r"(?:Unsupported class|Unsupported global) (\S+)"),
 )
+_TORCH_DETAIL = re.compile(r"(Unsupported operand \d+|WeightsUnpickler error: [^\n]+)")
 
 
-def describe_torch_load_error(e: BaseException) -> str | None:
-    """What ``torch.load(weights_only=True)`` refused ("'posix.system'", "pickle operand 149"), or None when
-    `e` is not a weights-only refusal (a damaged file). Pure text: torch's message, without its ANSI
-    escapes and its advice to load with weights_only=False."""
+def describe_torch_load_error(e: BaseException) -> tuple[str, str] | None:
+    """Classify an error of ``torch.load(weights_only=True)``: ``("refused", "'posix.system'")`` when it
+    refused a global (the file asks for code or a class outside the allow-list), ``("unreadable",
+    "Unsupported operand 110")`` when the bytes are no pickle torch can read (damaged, or not written by
+    torch.save), None when `e` is not from the weights-only unpickler. Pure text: torch's message without its
+    ANSI escapes and its advice to load with weights_only=False."""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
     if "Weights only load failed" not in text:
         return None
     for rx in _TORCH_REFUSAL:
         m = rx.search(text)
         if m:
-            what = m.group(1).rstrip(".,")
-            return f"pickle {what}" if what.startswith("operand") else f"'{what}'"
-    return "something outside the weights-only allow-list"
+            return "refused", f"'{m.group(1).rstrip('.,')}'"
+    m = _TORCH_DETAIL.search(text)
+    return "unreadable", (m.group(1).strip() if m else "the weights-only unpickler cannot read it")

@@ -369,7 +369,8 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     from engine.recipe.specs import OptimSpec
     from engine.train import checkpoint as ck
 
-    payload = ck.load_model_payload(path)
+    loaded = ck.load(path, train_state=True)  # one verified checkpoint for both files (a run folder: its newest)
+    payload, state = loaded.payload, loaded.state
     recipe = recipe_mod.loads(payload["recipe_toml"], source=f"{path} (stored recipe)")
     model = build(recipe)
     model.load_state_dict(payload["model"])
@@ -380,7 +381,6 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     if step < 1:
         raise TorchSAEError(f"{path}: step 0 (an untrained model); DFL treats iter 0 as a new model and would "
                             "re-initialise its weights")
-    state = ck.load_train_state(path)
     folder = Path(folder)
     files = export_dfl_parts(model, folder, name)
     history = state["history"].tolist() if state is not None and len(state.get("history", [])) else []

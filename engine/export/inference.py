@@ -23,36 +23,60 @@ from engine import recipe as recipe_mod
 from engine.dfl import import_model
 from engine.errors import CheckpointError, TorchSAEError
 from engine.recipe.specs import Recipe
-from engine.train.checkpoint import load_model_payload, resolve_latest, run_dir_of
+from engine.train.checkpoint import candidates, load_model_payload, run_dir_of
 
 log = logging.getLogger("torchsae.export")
 
-__all__ = ["load_for_inference", "latest_checkpoint", "model_source", "run_dir_of", "default_export_path"]
+__all__ = ["load_for_inference", "latest_checkpoint", "model_source", "recipe_run_dirs", "run_dir_of",
+           "default_export_path"]
 
 _NAME_RE = re.compile(r"^#\s*resolved recipe '([^']+)'", re.MULTILINE)
 
 
+def recipe_run_dirs(recipe: Recipe) -> list[Path]:
+    """Where a recipe's run folder may be: `run_dir_of` taken against the recipe's project (the folder that
+    holds its ``recipes/`` folder, else the recipe file's own folder) and against the current directory
+    (where `torchsae train` put it when started there); an absolute ``[train].run_dir`` is the only one."""
+    rel = run_dir_of(recipe)
+    if rel.is_absolute():
+        return [rel]
+    bases = []
+    if recipe.source:
+        here = Path(recipe.source).resolve().parent
+        bases.append(next((p.parent for p in (here, *here.parents) if p.name == "recipes"), here))
+    bases.append(Path.cwd())
+    out: list[Path] = []
+    for base in bases:
+        cand = (base / rel).resolve()
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
 def latest_checkpoint(recipe: Recipe | str | Path) -> Path:
-    """The newest checkpoint of a recipe (a Recipe, or a recipe file), in its run folder (`run_dir_of`):
-    the trainer's ``checkpoints/latest`` (else its newest complete ``checkpoints/step_*``), else the newest
-    ``checkpoints/*.pt`` or ``*.pt`` file (by modification time, ties by name; e.g. what
-    ``torchsae import-dfl --out`` wrote). Raises CheckpointError naming the folder when there is none."""
+    """The newest checkpoint of a recipe (a Recipe, or a recipe file), in its run folder (`recipe_run_dirs`:
+    the recipe's project, then the current directory): the run folder itself when it holds trainer
+    checkpoints (``checkpoints/step_*``; reading it takes the newest one that verifies, see
+    ``engine.train.checkpoint.load``), else the newest ``checkpoints/*.pt`` or ``*.pt`` file (by
+    modification time, ties by name; e.g. what ``torchsae import-dfl --out`` wrote). Raises CheckpointError
+    naming the folders when there is none."""
     if not isinstance(recipe, Recipe):
         recipe = recipe_mod.load(recipe)
     what = recipe.source or recipe.name
-    run = run_dir_of(recipe)
-    found = resolve_latest(run, required=False)
-    if found is not None:
-        log.info("latest checkpoint of %s: %s", what, found)
-        return found
-    for folder in (run / "checkpoints", run):
-        files = [p for p in folder.glob("*.pt") if p.is_file()] if folder.is_dir() else []
-        if files:
-            best = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-            log.info("latest checkpoint of %s: %s", what, best)
-            return best
-    raise CheckpointError(f"{what}: no checkpoint in run folder {run} (looked for checkpoints/step_*/model.pt, "
-                          "checkpoints/*.pt and *.pt); train the recipe first or pass a checkpoint path")
+    runs = recipe_run_dirs(recipe)
+    for run in runs:
+        if candidates(run):
+            log.info("latest checkpoint of %s: %s", what, run)
+            return run
+        for folder in (run / "checkpoints", run):
+            files = [p for p in folder.glob("*.pt") if p.is_file()] if folder.is_dir() else []
+            if files:
+                best = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+                log.info("latest checkpoint of %s: %s", what, best)
+                return best
+    raise CheckpointError(f"{what}: no checkpoint in its run folder ({' or '.join(str(r) for r in runs)}; looked "
+                          "for checkpoints/step_*/model.pt, checkpoints/*.pt and *.pt); train the recipe first or "
+                          "pass a checkpoint path")
 
 
 def model_source(path: str | Path) -> Path:

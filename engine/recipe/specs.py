@@ -199,9 +199,14 @@ class TrainSpec:
     backup_every_hours: float = opt(0.0, type=float, min=0.0, max=24.0, help="DFL autobackup period (0 = off)",
                                     dfl="autobackup_hour")
     preview_every: int = opt(0, type=int, min=0, help="preview every N steps (0 = DFL's 10*max(1, R//64))")
+    keep_previews: int = opt(0, type=int, min=0,
+                             help="preview images kept in logs/previews, newest first (0 = all: DFL's preview history)")
     log_every: int = opt(10, type=int, min=1, help="TensorBoard scalars every N steps")
     max_bad_steps: int = opt(3, type=int, min=1, help="consecutive non-finite steps before rolling back")
     lr_backoff: float = opt(0.5, type=float, min=0.0, max=1.0, help="lr factor applied on a rollback")
+    max_rollbacks: int = opt(5, type=int, min=1,
+                             help="rollbacks in a row that never get past the step where training diverged "
+                                  "before the run stops with an error")
     freeze: tuple = opt((), type=tuple, list_of=str, help="model parts (node names) kept frozen, e.g. ['decoder_A']")
     init_parts: dict = opt({}, type=dict, list_of=str,
                            help="start parts from another checkpoint: {part = 'ckpt'} or {part = 'ckpt::other_part'}")

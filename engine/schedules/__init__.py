@@ -1,7 +1,7 @@
 """Learning-rate and loss-weight schedules ([schedule] table), as pure functions of the step.
 
-Pure functions of `step` (no state to checkpoint): resume at step N gives exactly the values a run that
-never stopped would have used.
+Pure functions of `step` (no state to checkpoint, except whether pretraining is over: `pretrain_at`'s
+`finished`): resume at step N gives exactly the values a run that never stopped would have used.
 
 - lr: constant (DFL), warmup (linear 0 -> lr over warmup_steps), cosine (warm-up, then cosine from lr to
   min_lr_ratio*lr over decay_steps, default the rest of train.target_iter).
@@ -58,10 +58,14 @@ def random_warp_at(random_warp: bool, spec: ScheduleSpec, step: int) -> bool:
     return random_warp and not (spec.random_warp_off_at and step >= spec.random_warp_off_at)
 
 
-def pretrain_at(pretrain: bool, spec: ScheduleSpec, step: int) -> bool:
-    """Pretrain mode at `step`: the [train] flag, or the schedule's pretrain phase."""
+def pretrain_at(pretrain: bool, spec: ScheduleSpec, step: int, *, finished: bool = False) -> bool:
+    """Pretrain mode at `step`: the [train] flag, or the schedule's pretrain phase.
+
+    `finished`: the pretrain -> normal switch has happened. DFL restarts the step counter at 0 there
+    (§11.6), so `step < pretrain_until` alone would turn pretraining on again; whether it is over is state
+    (the trainer's, checkpointed), not a function of the step."""
     if spec.pretrain_until:
-        return step < spec.pretrain_until
+        return not finished and step < spec.pretrain_until
     return pretrain
 
 

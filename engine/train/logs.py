@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from engine.fileio import write_atomic
 
-__all__ = ["TrainLog", "WARMUP_STEPS", "median_step_time"]
+__all__ = ["TrainLog", "WARMUP_STEPS", "median_step_time", "prune_previews"]
 
 WARMUP_STEPS = 3  # steps excluded from the median step time (compilation, allocator warm-up)
 _BAR_LOSSES = ("src_loss", "dst_loss")
@@ -36,8 +36,10 @@ def median_step_time(step_times: list[float]) -> float | None:
 class TrainLog:
     """The run's outputs; a no-op on ranks other than 0 (`enabled` False)."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, progress: bool, total: int, initial: int, log_every: int):
+    def __init__(self, run_dir: Path, *, enabled: bool, progress: bool, total: int, initial: int, log_every: int,
+                 keep_previews: int = 0):
         self.run_dir, self.enabled, self.log_every = Path(run_dir), enabled, log_every
+        self.keep_previews = keep_previews
         self.writer: SummaryWriter | None = None
         self.bar: tqdm | None = None
         if enabled:
@@ -75,12 +77,16 @@ class TrainLog:
         self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, step_s), step)
 
     def preview(self, step: int, image: np.ndarray) -> Path | None:
-        """Write a preview (uint8 BGR) as logs/previews/step_XXXXXX.png and to TensorBoard."""
+        """Write a preview (uint8 BGR) as logs/previews/step_XXXXXX.png (atomically; only the newest
+        `keep_previews` are kept when it is > 0, all of them otherwise, as DFL keeps its preview history) and
+        to TensorBoard."""
         if not self.enabled:
             return None
         path = self.run_dir / "logs" / "previews" / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), image)
+        ok, png = cv2.imencode(".png", image)
+        if ok:
+            write_atomic(path, png.tobytes())
+        prune_previews(path.parent, self.keep_previews)
         if self.writer is not None:
             self.writer.add_image("preview", image[..., ::-1].copy(), step, dataformats="HWC")
         return path
@@ -91,3 +97,14 @@ class TrainLog:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2), durable=True)
         return summary
+
+
+def prune_previews(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` preview images (step_*.png) in `folder`; keep = 0 keeps every one
+    (DFL keeps its whole preview history). Returns the deleted paths."""
+    if keep <= 0:
+        return []
+    old = sorted(Path(folder).glob("step_*.png"))[:-keep]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old

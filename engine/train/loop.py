@@ -62,13 +62,14 @@ def train(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Path | 
         t = build_trainer(r, run_dir=run_dir, device=device)
         try:
             t.make_loader()
+            if t.dist.is_main:
+                ck.recover(t.run_dir)  # what a crash mid-save left behind
             existing = ck.resolve_latest(t.run_dir, required=False)
             if resume:
-                src = existing if resume is True else Path(resume)
-                if src is None:
+                if resume is True and existing is None:
                     raise CheckpointError(f"--resume: no checkpoint in {t.run_dir / 'checkpoints'} "
                                           "(start without --resume, or pass a checkpoint path)")
-                t.load(src)
+                t.load(t.run_dir if resume is True else Path(resume))  # a run folder: its newest verified one
             elif existing is not None:
                 raise CheckpointError(f"{t.run_dir} already holds checkpoints (latest {existing.name}); pass --resume "
                                       "to continue it, or set [train].run_dir / --run-dir to start a new run")
@@ -89,7 +90,7 @@ def run(t: Trainer, *, max_steps: int | None = None, progress: bool = True, eval
     saves = Saves(t)
     steps_this_run = 0
     with TrainLog(t.run_dir, enabled=t.dist.is_main, progress=progress, total=spec.target_iter, initial=t.step,
-                  log_every=spec.log_every) as tlog:
+                  log_every=spec.log_every, keep_previews=spec.keep_previews) as tlog:
         with ctrl_c_stops() as stop:
             batches = iter(t.loader)
             while not (stop.requested or t.target_reached()

@@ -28,7 +28,8 @@ import torch
 
 from engine import schedules
 from engine.data.train_loader import TrainLoader, make_loader
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, TorchSAEError
+from engine.optim import dfl_update_settings
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train import distributed as ddp
@@ -69,8 +70,11 @@ class Trainer:
     preview_batch: dict | None = None
     random_warp: bool = True
     pretrain: bool = False
+    pretrain_done: bool = False  # the pretrain -> normal switch happened (survives the step reset and resumes)
     bad_steps: int = 0
     rollbacks: int = 0
+    rollback_streak: int = 0  # rollbacks since training last got past the step where it diverged
+    diverged_at: int = -1
     skipped: int = 0
     last_losses: dict = attrs.field(factory=dict)
     step_times: list = attrs.field(factory=list)  # seconds per completed step (summary, it/s)
@@ -96,7 +100,7 @@ class Trainer:
             for g in opt.param_groups:
                 g.setdefault("base_lr", r.optim.lr)
                 g["lr"] = g["base_lr"] * factor
-        pretrain = schedules.pretrain_at(r.train.pretrain, r.schedule, s)
+        pretrain = schedules.pretrain_at(r.train.pretrain, r.schedule, s, finished=self.pretrain_done)
         if pretrain != self.pretrain:
             self._switch_pretrain(pretrain)
         random_warp = schedules.random_warp_at(r.data.random_warp, r.schedule, s) and not self.pretrain
@@ -118,10 +122,17 @@ class Trainer:
 
     def _switch_pretrain(self, pretrain: bool) -> None:
         """DFL's pretrain -> normal switch (spec §11.6): step and history restart at 0, the inter(s) are
-        re-initialised, the preview sample is redrawn; data and loss forcing follow the new mode."""
+        re-initialised, the preview sample is redrawn; data, loss forcing and lr_dropout follow the new mode.
+        The pretrained model is saved first (as `pretrain_step_<N>`), and `pretrain_done` keeps the switch
+        from happening again once the counter has restarted (or after a resume)."""
+        if not pretrain and self.step and self.dist.is_main and not (
+                self.run_dir / "checkpoints" / ck.checkpoint_name(self.step, pretrain=True)).is_dir():
+            self.save()
         self.pretrain = pretrain
         self.step_fn.runtime = attrs.evolve(self.step_fn.runtime, pretrain=pretrain)
+        self._set_optimizer_mode(pretrain)
         if not pretrain:
+            self.pretrain_done = True
             names = parts.reinit_inters(self.model, self.recipe, self.dist)
             self.history.clear()
             self.preview_batch = None
@@ -161,24 +172,73 @@ class Trainer:
         return losses
 
     def rollback(self) -> None:
-        """After `max_bad_steps` non-finite steps in a row: back to the latest checkpoint, lr x lr_backoff."""
-        latest = ck.resolve_latest(self.run_dir, required=False)
+        """`max_bad_steps` non-finite steps in a row: go back to the newest checkpoint that verifies and has
+        finite weights (`ck.load` skips the others), scale the lr by `lr_backoff`. Rollbacks that make no
+        progress (training never gets past the step where it last diverged) stop the run after
+        `[train].max_rollbacks`, with the checkpoints left as they are."""
         self.lr_scale *= self.recipe.train.lr_backoff
         self.rollbacks += 1
         self.bad_steps = 0
-        if latest is None:
+        if self.step > self.diverged_at:
+            self.rollback_streak = 0
+        self.rollback_streak += 1
+        self.diverged_at = max(self.diverged_at, self.step)
+        limit = self.recipe.train.max_rollbacks
+        if self.rollback_streak > limit:
+            raise TorchSAEError(
+                f"training diverged: {self.rollback_streak - 1} rollbacks in a row did not get past step "
+                f"{self.diverged_at} (lr scaled to {self.lr_scale / self.recipe.train.lr_backoff:.3g} of optim.lr); "
+                f"stopped, the checkpoints in {self.run_dir / 'checkpoints'} are left as they were. Lower optim.lr, "
+                "or raise [train].max_rollbacks")
+        if not ck.candidates(self.run_dir):
             log.error("repeated non-finite steps and no checkpoint to roll back to; lr scaled to %.3g", self.lr_scale)
             return
-        scale, rollbacks = self.lr_scale, self.rollbacks
-        self.load(latest)
-        self.lr_scale, self.rollbacks = scale, rollbacks
-        log.error("repeated non-finite steps: rolled back to %s (step %d), lr scaled to %.3g", latest.name, self.step,
-                  self.lr_scale)
+        keep = (self.lr_scale, self.rollbacks, self.rollback_streak, self.diverged_at)
+        try:
+            self.load(self.run_dir)
+        except CheckpointError as e:
+            log.error("repeated non-finite steps and no usable checkpoint to roll back to (%s); lr scaled to %.3g",
+                      e, self.lr_scale)
+            self.lr_scale, self.rollbacks, self.rollback_streak, self.diverged_at = keep
+            return
+        self.lr_scale, self.rollbacks, self.rollback_streak, self.diverged_at = keep
+        log.error("repeated non-finite steps: rolled back to step %d, lr scaled to %.3g (rollback %d of at most %d "
+                  "without progress)", self.step, self.lr_scale, self.rollback_streak, limit)
+
+    # ------------------------------------------------------------------ pretrain phase (DFL §11.6)
+    def _restore_pretrain_phase(self, state: dict[str, Any]) -> None:
+        """The pretrain phase a checkpoint was saved in. When the recipe no longer pretrains (DFL: the user
+        turned pretrain off), the next `apply_schedules` makes DFL's switch from there."""
+        self.pretrain_done = bool(state.get("pretrain_done", False))
+        was = state.get("pretrain")
+        if was is None:  # saved before the phase was recorded: what the schedule says at the stored step
+            was = schedules.pretrain_at(self.recipe.train.pretrain, self.recipe.schedule, self.step)
+        if bool(was) != self.pretrain:
+            self.pretrain = bool(was)
+            self.step_fn.runtime = attrs.evolve(self.step_fn.runtime, pretrain=self.pretrain)
+            if self.loader is not None:
+                self.loader.set_pretrain(self.pretrain)  # before its position is restored
+
+    def _set_optimizer_mode(self, pretrain: bool) -> None:
+        """lr_dropout (and its lr_cos) is off in pretrain (spec §3.6): follow the mode on every optimizer."""
+        dfl = dfl_update_settings(self.recipe.optim, pretrain=pretrain)
+        for guarded in self._optimizers():
+            opt = guarded.opt
+            if not hasattr(opt, "lr_cos"):  # adam/adamw: no lr_dropout
+                continue
+            for g in opt.param_groups:
+                if "lr_dropout" in g:
+                    g["lr_dropout"] = dfl.lr_dropout
+            opt.lr_cos = dfl.lr_cos
 
     # ------------------------------------------------------------------ what the loop asks
     def target_reached(self) -> bool:
+        """`[train].target_iter` counts the steps of the normal phase while a `pretrain_until` schedule is still
+        pretraining (its counter restarts at the switch, as DFL's iter does); otherwise the current counter."""
         target = self.recipe.train.target_iter
-        return bool(target) and self.step >= target
+        if not target or (self.pretrain and self.recipe.schedule.pretrain_until and not self.pretrain_done):
+            return False
+        return self.step >= target
 
     def preview_every(self) -> int:
         """[train].preview_every, or DFL's 10 * max(1, R // 64)."""
@@ -200,6 +260,8 @@ class Trainer:
             else torch.zeros(0, 2, dtype=torch.float64),
             "rng": rng_state(),
             "rollbacks": self.rollbacks,
+            "pretrain": self.pretrain,
+            "pretrain_done": self.pretrain_done,
         }
         if self.loader is not None:
             st["loader"] = self.loader.state_dict()
@@ -221,18 +283,19 @@ class Trainer:
         held = getattr(self.loader, "held_out", None)
         p = ck.save(self.run_dir, step=self.step, model=self.model, recipe_toml=self.recipe_toml,
                     train_state=self.train_state(), keep_last=self.recipe.train.keep_last,
-                    extra={"held_out": held.record()} if held is not None else None)
+                    pretrain=self.pretrain, extra={"held_out": held.record()} if held is not None else None)
         log.info("saved %s", p)
         return p
 
     def load(self, path: str | Path, *, weights_only_model: bool = False) -> None:
-        """Resume from a checkpoint (file, step folder or run folder). Without train_state.pt (an inference
-        checkpoint, or one imported from DFL) the weights load and the optimizer starts fresh, or from
-        DFL's imported optimizer and discriminator state when the checkpoint carries it."""
-        payload = ck.load_model_payload(path)
+        """Resume from a checkpoint (file, step folder, or run folder: its newest checkpoint that verifies,
+        `ck.load`). Without train_state.pt (an inference checkpoint, or one imported from DFL) the weights
+        load and the optimizer starts fresh, or from DFL's imported optimizer and discriminator state when
+        the checkpoint carries it; a step_* folder must have its train_state.pt."""
+        loaded = ck.load(path, train_state=not weights_only_model)
+        payload, state, path = loaded.payload, loaded.state, loaded.path
         ck.check_compatible(payload["recipe_toml"], self.recipe, str(path))
         self.model.load_state_dict(payload["model"])
-        state = None if weights_only_model else ck.load_train_state(path)
         if state is None:
             self._load_weights_only(payload, path)
             return
@@ -252,6 +315,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if "preview" in state:
             self.preview_batch = {k: v.to(self.device) for k, v in state["preview"].items()}
+        self._restore_pretrain_phase(state)
         if self.loader is not None and "loader" in state:
             self.loader.load_state_dict(state["loader"])
         set_rng_state(state["rng"])

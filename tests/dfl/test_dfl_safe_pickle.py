@@ -145,7 +145,7 @@ def test_bytearray_bomb_is_refused_before_allocation(tmp_path):
                                               r"1,000,000,000 bytes.*Nothing was allocated"):
         safe_loads(BOMB, "bomb.dat")
     # the same payload through the DFL file readers and a DFLJPG's APP15 segment
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
     from engine.dfl.files import read_data_file, read_part_file
 
     f = tmp_path
@@ -209,7 +209,7 @@ def test_object_arrays_are_refused_numpy_would_read_past_the_list():
 def test_real_dfl_files_fit_the_limits(tmp_path):
     """A DFL weight part (real file), a DFLJPG with 68 landmarks and a 256x256 XSeg mask PNG, and a DFL
     options dict with a loss history load under the default limits."""
-    from engine.data import dfljpg
+    from engine.faces import dfljpg
     from engine.dfl.files import read_data_file, write_data_file
 
     data_1x = lzma.decompress((GOLDEN / "df-ud_res64_dflfmt" / "encoder.npy.xz").read_bytes())

@@ -89,7 +89,7 @@ def test_latest_checkpoint(tiny_df, tmp_path):
     recipe, model = tiny_df
     run = tmp_path / "run"
     rfile = _recipe_file(tmp_path, run)
-    with pytest.raises(CheckpointError, match=r"myrun\.toml: no checkpoint in run folder .*run"):
+    with pytest.raises(CheckpointError, match=r"myrun\.toml: no checkpoint in its run folder .*run"):
         latest_checkpoint(rfile)
     # loose .pt files: the newest by modification time
     for i, name in enumerate(["b.pt", "a.pt"]):
@@ -100,7 +100,7 @@ def test_latest_checkpoint(tiny_df, tmp_path):
     for step in (1, 2):
         save(run, step=step, model=model, recipe_toml=dumps(recipe), train_state={})
     got = latest_checkpoint(rfile)
-    assert got.name == "step_00000002"
+    assert got == run  # the run folder: reading it takes its newest verified checkpoint
     r2, _ = load_for_inference(got)
     assert r2.name == "tiny_df"
 
@@ -140,3 +140,55 @@ def test_cli_export_errors(tiny_df, tmp_path, capsys):
     assert main(["export", str(ck), "--format", "dfm", "--opset", "17", "--out", str(tmp_path / "x.dfm")]) == 2
     assert "--opset 17 with --format dfm" in capsys.readouterr().err
     assert not (tmp_path / "x.dfm").exists()
+
+
+def test_the_documented_latest_path_and_the_checkpoints_folder_load(tiny_df, tmp_path):
+    """README: `export runs/<name>/checkpoints/latest` (a text pointer, not a torch file)."""
+    from engine.recipe import dumps
+    from engine.train.checkpoint import save
+
+    recipe, model = tiny_df
+    run = tmp_path / "run"
+    for step in (1, 2):
+        save(run, step=step, model=model, recipe_toml=dumps(recipe), train_state={})
+    for src in (run / "checkpoints" / "latest", run / "checkpoints"):
+        r2, m2 = load_for_inference(src)
+        assert r2.name == "tiny_df"
+    assert default_export_path(run / "checkpoints" / "latest", recipe, "dfm") == run / "export" / "tiny_df.dfm"
+
+
+def test_latest_recipe_resolves_the_run_folder_against_the_recipes_project(tiny_df, tmp_path, monkeypatch):
+    from engine.recipe import dumps
+    from engine.train.checkpoint import save
+
+    recipe, model = tiny_df
+    proj = tmp_path / "proj"
+    (proj / "recipes").mkdir(parents=True)
+    rfile = proj / "recipes" / "tiny_df.toml"
+    rfile.write_text((ROOT / "recipes" / "tests" / "tiny_df.toml").read_text())  # default run_dir: runs/tiny_df
+    save(proj / "runs" / "tiny_df", step=4, model=model, recipe_toml=dumps(recipe), train_state={})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert latest_checkpoint(rfile) == (proj / "runs" / "tiny_df").resolve()
+    with pytest.raises(CheckpointError, match="no checkpoint in its run folder"):
+        latest_checkpoint(_recipe_file(tmp_path, Path("runs/none")))
+
+
+@pytest.mark.parametrize("command", ["export", "swap", "export-dfl"])
+def test_zero_length_checkpoint_files_are_clear_errors(tiny_df, tmp_path, capsys, command):
+    from engine.recipe import dumps
+    from engine.train.checkpoint import save
+
+    recipe, model = tiny_df
+    run = tmp_path / "run"
+    ckpt = save(run, step=1, model=model, recipe_toml=dumps(recipe), train_state={})
+    (ckpt / "model.pt").write_bytes(b"")
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    argv = {"export": ["export", str(ckpt), "--format", "dfm", "--out", str(tmp_path / "x.dfm")],
+            "swap": ["swap", str(ckpt / "model.pt"), "--faces", str(faces), "--out", str(tmp_path / "out")],
+            "export-dfl": ["export-dfl", str(ckpt), "--out", str(tmp_path / "dfl"), "--name", "m"]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model.pt: empty file (0 bytes)" in err, err
