@@ -12,7 +12,7 @@ OUT ?=
 PYTEST_WORKERS ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv train test parity bench data export merge eval clean-venv
+.PHONY: venv train test test-latest parity bench data export merge eval clean-venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,18 @@ $(STAMP): requirements.lock pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests
+
+# The suite against the newest versions pyproject.toml allows (not the lock): a second venv, .venv-latest,
+# rebuilt from pyproject's ranges with every dependency upgraded to its newest allowed release (torch stays
+# at its pin). Catches a new major release (e.g. OpenCV 5) before users installing with pip do.
+LATEST_VENV := .venv-latest
+test-latest:
+	@test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/resolved.txt
+	@grep -iE '^(torch|numpy|opencv-python-headless|onnx|onnxruntime|scipy|pillow)==' $(LATEST_VENV)/resolved.txt
+	$(LATEST_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests
 
 parity: $(STAMP)
 	$(PY) -m pytest -q -m "parity" tests

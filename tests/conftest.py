@@ -42,3 +42,20 @@ def shared_golden() -> Path:
     if d is None:
         pytest.skip("full DFL golden data not found (set TORCHSAE_SHARED_GOLDEN or place shared/ beside the checkout)")
     return d
+
+
+
+def pytest_collection_modifyitems(config, items):
+    """`opencv4_numerics` tests compare with DFL's recordings bit for bit (or to float rounding) through
+    OpenCV's warps. DFL ran OpenCV 4 and the lock pins OpenCV 4; OpenCV 5 rewrote warpAffine/remap (no
+    1/32-pixel fixed-point coordinates), so its results differ from DFL's by up to ~0.03 on [0, 1] images.
+    Under OpenCV 5 (`make test-latest`) they are skipped with that reason; everything else runs under both."""
+    import cv2
+
+    if int(cv2.__version__.split(".")[0]) < 5:
+        return
+    skip = pytest.mark.skip(reason=f"DFL parity through OpenCV 4's warp rounding; OpenCV {cv2.__version__} "
+                            "interpolates differently (run with the lock's OpenCV 4: make test / make parity)")
+    for item in items:
+        if "opencv4_numerics" in item.keywords:
+            item.add_marker(skip)

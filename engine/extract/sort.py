@@ -160,7 +160,8 @@ def yaw_scores(paths: list[Path]) -> np.ndarray:
 def channel_histograms(image: np.ndarray) -> np.ndarray:
     """(C, 256) float64 histograms of each channel (cv2.calcHist, 256 bins over [0, 256))."""
     chans = image.shape[2] if image.ndim == 3 else 1
-    return np.stack([cv2.calcHist([image], [c], None, [256], [0, 256])[:, 0] for c in range(chans)]).astype(np.float64)
+    # reshape: OpenCV 4 returns (256, 1), OpenCV 5 (256,)
+    return np.stack([cv2.calcHist([image], [c], None, [256], [0, 256]).reshape(-1) for c in range(chans)]).astype(np.float64)
 
 
 def bhattacharyya_matrix(hists: np.ndarray, rows: slice | None = None) -> np.ndarray:

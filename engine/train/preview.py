@@ -83,16 +83,24 @@ def compose(columns: dict[str, np.ndarray], *, step: int, history: np.ndarray | 
     common = min(sc for _, sc in lines)  # one font size for every column
     lines = [(ls, common) for ls, _ in lines]
     rows = max(len(ls) for ls, _ in lines)
-    label = np.full((8 + 12 * rows + 4, width, 3), 0.15, np.float32)
+    # Text is drawn on uint8 images: OpenCV 5's putText accepts only 8-bit images (4.x also drew on float).
+    label = np.full((8 + 12 * rows + 4, width, 3), _u8(0.15), np.uint8)
     for j, (ls, sc) in enumerate(lines):
         for k, text in enumerate(ls):
-            cv2.putText(label, text, (j * ww + 2, 14 + 12 * k), cv2.FONT_HERSHEY_SIMPLEX, sc, (1, 1, 1), 1,
+            cv2.putText(label, text, (j * ww + 2, 14 + 12 * k), cv2.FONT_HERSHEY_SIMPLEX, sc, (255, 255, 255), 1,
                         cv2.LINE_AA)
-    graph = loss_graph(history, width)
+    graph = _to_u8(loss_graph(history, width))
     text = f"Iter: {step}" + ("  " + "  ".join(loss_names) if loss_names else "")
-    cv2.putText(graph, text, (4, GRAPH_H - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (1, 1, 1), 1, cv2.LINE_AA)
-    out = np.concatenate([label, graph, grid], axis=0)
-    return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
+    cv2.putText(graph, text, (4, GRAPH_H - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([label, graph, _to_u8(grid)], axis=0)
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _u8(v: float) -> int:
+    return int(v * 255 + 0.5)
 
 
 def preview_samples(batch: Mapping[str, torch.Tensor], resolution: int) -> dict[str, torch.Tensor]:

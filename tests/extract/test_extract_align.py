@@ -23,6 +23,7 @@ def _load(name):
     return z, side, frame
 
 
+@pytest.mark.opencv4_numerics
 @pytest.mark.parity
 @pytest.mark.parametrize("name,ft", CASES)
 def test_warp_is_dfls_bilinear_bit_exact(name, ft):
@@ -37,6 +38,7 @@ def test_warp_is_dfls_bilinear_bit_exact(name, ft):
     assert np.count_nonzero(lanczos != z["face_image_written"]) > 1000
 
 
+@pytest.mark.opencv4_numerics
 @pytest.mark.parity
 @pytest.mark.parametrize("name,ft", CASES)
 def test_align_face_matches_dfl(name, ft):

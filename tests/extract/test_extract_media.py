@@ -34,12 +34,13 @@ def test_video_frames_in_order_with_skips(tmp_path, reader):
     assert src.kind == "video" and src.reader == reader and src.count == 7
     frames = list(src.frames())
     assert [f.stem for f in frames] == [f"{i:05d}" for i in range(1, 8)]
-    assert [int(round(f.image.mean())) for f in frames] == [20 * i + 10 for i in range(7)]
+    # the writer's codec is lossy: OpenCV 4 and 5 round the flat colours a level apart
+    assert np.allclose([f.image.mean() for f in frames], [20 * i + 10 for i in range(7)], atol=1.5)
     assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
     # skipped frames are not yielded, and the kept ones keep their true index and pixels
     kept = list(src.frames(lambda i, stem: i % 3 == 0))
     assert [(f.index, f.stem) for f in kept] == [(0, "00001"), (3, "00004"), (6, "00007")]
-    assert [int(round(f.image.mean())) for f in kept] == [10, 70, 130]
+    assert np.allclose([f.image.mean() for f in kept], [10, 70, 130], atol=1.5)
 
 
 def test_auto_falls_back_to_ffmpeg_when_opencv_cannot_open(tmp_path, monkeypatch):
@@ -65,7 +66,7 @@ def test_auto_falls_back_to_ffmpeg_when_opencv_cannot_open(tmp_path, monkeypatch
     monkeypatch.setattr(media.cv2, "VideoCapture", Closed)
     src = open_media(p)
     assert src.reader == "ffmpeg" and src.count == 3
-    assert [int(round(f.image.mean())) for f in src.frames()] == [10, 30, 50]
+    assert np.allclose([f.image.mean() for f in src.frames()], [10, 30, 50], atol=1.5)
     with pytest.raises(DataError, match="OpenCV cannot decode"):
         open_media(p, "cv2")
 
@@ -80,7 +81,7 @@ def test_image_folder_natural_order_and_stems(tmp_path):
     assert src.kind == "images" and src.count == 3
     frames = list(src.frames())
     assert [f.stem for f in frames] == ["img1", "img2", "img10"]
-    assert [int(round(f.image.mean())) for f in frames] == [40, 80, 120]
+    assert np.allclose([f.image.mean() for f in frames], [40, 80, 120], atol=1.5)
 
 
 def test_image_folder_duplicate_stem_is_an_error(tmp_path):

@@ -78,6 +78,7 @@ def _outside_crop(d, shape):
     return m
 
 
+@pytest.mark.opencv4_numerics
 @pytest.mark.parametrize("name", CASES)
 def test_bit_identical_with_dfl_transforms(inputs, name):
     d, cfg = _case(name)
@@ -97,6 +98,7 @@ def test_bit_identical_with_dfl_transforms(inputs, name):
     assert not mask[outside].any()
 
 
+@pytest.mark.opencv4_numerics
 @pytest.mark.parametrize("name", ["overlay", "overlay_defaults", "hist-match", "seamless"])
 def test_inner_calls_match_the_recorded_ones(inputs, name):
     d, cfg = _case(name)
@@ -133,6 +135,7 @@ def test_inner_calls_match_the_recorded_ones(inputs, name):
         np.testing.assert_allclose(t["hist_match_out"][::2, ::2], d["hist_match0_out__s2"], rtol=0, atol=1e-6)
 
 
+@pytest.mark.opencv4_numerics
 @pytest.mark.parametrize("name", CASES)
 def test_close_with_our_own_transforms(inputs, name):
     d, cfg = _case(name)
