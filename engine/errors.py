@@ -8,6 +8,7 @@ raises one `RecipeErrors`; everything else raises a single `TorchSAEError` subcl
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "did_you_mean",
+    "first_line",
 ]
 
 
@@ -29,6 +31,14 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' — did you mean 'x'?' for the closest candidate, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
     return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, without ANSI escapes, at most `limit` characters;
+    the exception's type name when the message is empty (EOFError('') from a zero-length file)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line[:limit] if line else type(e).__name__
 
 
 class RecipeError(TorchSAEError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import TorchSAEError
+from engine.errors import TorchSAEError, first_line
 
 log = logging.getLogger("torchsae.export")
 
@@ -49,7 +49,7 @@ class OrtSwapper:
         try:
             self.sess = ort_session(self.path, providers or ort_providers())
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise TorchSAEError(f"{self.path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+            raise TorchSAEError(f"{self.path}: ONNX Runtime cannot load it: {first_line(e)}") from None
         inputs = self.sess.get_inputs()
         first = inputs[0]
         if "in_face" in first.name:  # DeepFaceLive's DFMModel rules (spec §9.2)

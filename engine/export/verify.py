@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import TorchSAEError
+from engine.errors import TorchSAEError, first_line
 
 log = logging.getLogger("torchsae.export")
 
@@ -113,7 +113,7 @@ def check_graph(proto, *, opset: int, where: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise TorchSAEError(f"{where}: onnx.checker rejects the exported graph: {str(e).splitlines()[0]}") from None
+        raise TorchSAEError(f"{where}: onnx.checker rejects the exported graph: {first_line(e)}") from None
     custom = sorted({f"{n.op_type} (domain '{n.domain}')" for n in proto.graph.node if n.domain not in DEFAULT_DOMAINS})
     if custom:
         raise TorchSAEError(f"{where}: the graph has custom-domain ops [{', '.join(custom)}]; only default-domain ONNX ops "

@@ -31,7 +31,8 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.errors import DataError
+from engine.errors import DataError, UnsafeFileError, first_line
+from engine.safe_pickle import describe_torch_load_error
 
 __all__ = [
     "DetectedFace",
@@ -185,7 +186,13 @@ def load_fan(weights: str | Path, device: str = "cpu"):
     try:
         state = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as e:  # torch raises several types (UnpicklingError, RuntimeError, EOFError, ...)
-        raise DataError(f"{path}: cannot read FAN weights ({type(e).__name__}: {e})") from e
+        kind = describe_torch_load_error(e)
+        if kind is not None and kind[0] == "refused":
+            raise UnsafeFileError(f"{path}: refused to load FAN weights: the file asks for {kind[1]}, which is not "
+                                  "tensor data or a plain container. Nothing was executed. If you did not create "
+                                  "this file yourself, do not use it.") from None
+        raise DataError(f"{path}: cannot read FAN weights ({type(e).__name__}: "
+                        f"{kind[1] if kind is not None else first_line(e)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
@@ -198,7 +205,7 @@ def load_fan(weights: str | Path, device: str = "cpu"):
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise DataError(f"{path}: FAN state dict does not match FAN({n_modules}): {str(e).splitlines()[0]}") from e
+        raise DataError(f"{path}: FAN state dict does not match FAN({n_modules}): {first_line(e)}") from e
     return net.to(device).eval()
 
 

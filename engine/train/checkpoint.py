@@ -48,7 +48,7 @@ from typing import Any
 import attrs
 import torch
 
-from engine.errors import CheckpointError, UnsafeFileError
+from engine.errors import CheckpointError, UnsafeFileError, first_line
 from engine.fileio import fsync_dir, write_atomic
 from engine.safe_pickle import describe_torch_load_error
 
@@ -307,12 +307,6 @@ def _run_folder_of(p: Path) -> Path | None:
     return None
 
 
-def _first_line(e: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e))
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return line[:200] if line else "no details"
-
-
 def _manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -348,10 +342,10 @@ def _load(path: Path, expect: dict | None = None) -> dict[str, Any]:
                 f"{path}: refused to load: it asks for {kind[1]}, which is not tensor data or a plain container "
                 "(TorchSAE checkpoints hold only these). Nothing was executed. If you did not create this file "
                 "yourself, do not use it.") from None
-        detail = kind[1] if kind is not None else _first_line(e)
+        detail = kind[1] if kind is not None else first_line(e)
         raise CheckpointError(f"{path}: cannot read checkpoint: damaged, or not written by torch.save ({detail})") from None
     except Exception as e:  # truncated, not a torch file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a TorchSAE checkpoint (format {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r}, "
                               f"expected {FORMAT!r})")

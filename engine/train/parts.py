@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from engine.errors import CheckpointError, RecipeError, did_you_mean
+from engine.errors import CheckpointError, RecipeError, did_you_mean, first_line
 from engine.modules.layers import glorot_init_
 from engine.optim import freeze_untrainable, saehd_param_groups
 from engine.recipe.specs import Recipe
@@ -84,7 +84,7 @@ def init_parts(model: nn.Module, spec: Mapping[str, str]) -> None:
             parts[part].load_state_dict(sub)
         except RuntimeError as e:
             raise CheckpointError(f"[train].init_parts.{part}: {path}::{src_part} does not fit: "
-                                  f"{str(e).splitlines()[0]}") from None
+                                  f"{first_line(e)}") from None
         log.info("part %s initialised from %s::%s", part, path, src_part)
 
 

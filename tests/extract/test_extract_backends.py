@@ -111,6 +111,30 @@ def test_load_fan_errors(tmp_path):
         B.load_fan(wrong)
     with pytest.raises(DataError, match="FAN weights file not found"):
         B.load_fan(tmp_path / "none.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty.pth: cannot read FAN weights \(EOFError: EOFError\)"):
+        B.load_fan(tmp_path / "empty.pth")
+
+
+class _System:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_load_fan_refusal_says_what_was_refused(tmp_path):
+    import pickle
+
+    from engine.errors import UnsafeFileError
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"m0.x": _System()}, protocol=2))
+    with pytest.raises(UnsafeFileError) as ei:
+        B.load_fan(evil)
+    msg = str(ei.value)
+    assert "asks for 'posix.system'" in msg and "Nothing was executed" in msg
+    assert "\x1b" not in msg and "weights_only" not in msg
 
 
 def test_load_fan_accepts_wrapped_state_dict(tmp_path, fan1_weights):

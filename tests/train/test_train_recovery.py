@@ -31,17 +31,19 @@ def _names(run):
     return [p.name for p in ck.complete_checkpoints(Path(run) / "checkpoints")]
 
 
-def test_pretrain_until_switches_once_and_reaches_the_target(facesets, tmp_path, caplog):
+@pytest.mark.parametrize("target", [4, 2])
+def test_pretrain_until_switches_once_and_reaches_the_target(facesets, tmp_path, caplog, target):
     a, _ = facesets
     r = _load(facesets, tmp_path / "run", "schedule.pretrain_until=3", f"data.pretrain_faceset='{a}'",
-              "train.target_iter=4", "train.save_every_steps=2", "train.keep_last=5", "optim.lr_dropout='y'")
+              f"train.target_iter={target}", "train.save_every_steps=2", "train.keep_last=5", "optim.lr_dropout='y'")
     with caplog.at_level(logging.INFO, logger="torchsae.train"):
         s = train(r, progress=False)
     assert caplog.text.count("pretrain finished") == 1
-    assert s["step"] == 4 and s["steps_done"] == 3 + 4  # 3 pretrain steps, then 4 after the counter restart
+    # 3 pretrain steps, then target_iter after the counter restart (even when target_iter < pretrain_until)
+    assert s["step"] == target and s["steps_done"] == 3 + target
     names = _names(tmp_path / "run")
     # the pretrain phase's saves (incl. the pretrained model at the switch) are kept beside the normal ones
-    assert "pretrain_step_00000003" in names and names[-1] == "step_00000004"
+    assert "pretrain_step_00000003" in names and names[-1] == f"step_{target:08d}"
     st = ck.load_train_state(tmp_path / "run")
     assert st["pretrain"] is False and st["pretrain_done"] is True
     assert st["g_opt"]["param_groups"][0]["lr_dropout"] == pytest.approx(0.3)  # lr_dropout back on after pretrain
