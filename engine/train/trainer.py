@@ -4,14 +4,17 @@ Built by `engine.train.build.build_trainer(recipe)`, driven by `engine.train.loo
 the SAEHD step (engine.train.step) with its optimizers and discriminators, the loader, the counters, and:
 
 - `apply_schedules()`: before each step, lr (schedule x rollback back-off), loss-weight ramps, random warp
-  off, DFL's pretrain -> normal switch (spec §11.6);
+  off, DFL's pretrain -> normal switch (spec §11.6), once: `pretrain_done` is checkpointed, because the
+  switch restarts the step counter that `pretrain_until` is measured in;
 - `next_batch(batches)`: the loader's next batch on the device (the fixed preview samples are taken from
   the first one);
 - `train_one(batch)`: one guarded step: a non-finite loss or gradient skips the update, `max_bad_steps`
-  in a row `rollback()` to the last checkpoint with the lr scaled by `lr_backoff`;
+  in a row `rollback()` to the newest checkpoint with finite weights, lr scaled by `lr_backoff`;
+  `max_rollbacks` that make no progress stop the run with an error;
 - `train_state()` / `load(path)` / `save()`: everything that decides the next step is checkpointed (model,
   optimizers incl. their lr-dropout RNG, scaler, step, RNG states, loader position, preview samples,
-  loss history, lr back-off), so on CPU N steps + resume + N steps equals 2N steps bit for bit.
+  loss history, lr back-off, pretrain phase), so on CPU N steps + resume + N steps equals 2N steps bit for
+  bit.
 """
 
 from __future__ import annotations
