@@ -206,10 +206,10 @@ class XSegTrainer:
         return p
 
     def load(self, path: str | Path) -> None:
-        payload = ck.load_model_payload(path)
+        loaded = ck.load(path, train_state=True)  # one verified checkpoint (a run folder: its newest) for both files
+        payload, state, path = loaded.payload, loaded.state, loaded.path
         check_resumable(payload["recipe_toml"], self.recipe, str(path))
         self.net.load_state_dict(payload["model"])
-        state = ck.load_train_state(path)
         if state is None:
             raise CheckpointError(f"{path}: an inference-only XSeg checkpoint (no train_state.pt); start from it with "
                                   f"[xseg].init_from = '{path}' instead of resuming")
