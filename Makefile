@@ -9,6 +9,7 @@ NPROC ?= 1
 CKPT ?=
 FORMAT ?= dfm
 OUT ?=
+DEVICE ?=
 PYTEST_WORKERS ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -41,7 +42,7 @@ parity: $(STAMP)
 	$(PY) -m pytest -q -m "parity" tests
 
 bench: $(STAMP)
-	$(PY) -m bench $(if $(SUITE),--suite $(SUITE),) $(if $(OVERWRITE),--overwrite,)
+	$(PY) -m bench $(if $(SUITE),--suite $(SUITE),) $(if $(OVERWRITE),--overwrite,) $(if $(DEVICE),--device $(DEVICE),)
 
 data: $(STAMP)
 	$(PY) -m engine demo-data --out workspace/demo

@@ -210,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=float(os.environ.get("BENCH_THRESHOLD", THRESHOLD)),
                     help=f"allowed slow-down of a median before failing (default {THRESHOLD}; also BENCH_THRESHOLD)")
     ap.add_argument("-k", dest="keyword", help="pytest -k expression to run a subset")
+    ap.add_argument("--device", default=os.environ.get("TORCHSAE_BENCH_DEVICE", "auto"),
+                    help="training device of the suites that train or augment (pipeline): auto (CUDA when "
+                         "present), cpu or cuda; also DEVICE=... for make, TORCHSAE_BENCH_DEVICE")
     args = ap.parse_args(argv)
+    os.environ["TORCHSAE_BENCH_DEVICE"] = args.device  # read by the suites (bench/pipeline/common.py)
 
     chosen = args.suite or suites()
     if not chosen:

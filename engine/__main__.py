@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from types import ModuleType
 
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0 if not argv or ns.command is None else 2
     ns = top.parse_args(argv[:i])
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(message)s")
+    # under torchrun every process logs: prefix the global rank so interleaved lines say who wrote them
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format=rank + "%(message)s")
     name = argv[i]
     mod, args = parse_command(name, argv[i + 1:])
     try:

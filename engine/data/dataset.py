@@ -61,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger("torchsae.data")
 
-MODES = ("fast", "dfl")
+MODES = ("device", "fast", "dfl")  # [data].pipeline values ("auto" is resolved by engine.data.loader)
 # SAEHD's eight inputs (§3.1), in DFL's order: per side warped, target, target mask, eyes-mouth mask.
 BATCH_KEYS = ("warped_src", "target_src", "target_srcm", "target_srcm_em",
               "warped_dst", "target_dst", "target_dstm", "target_dstm_em")
@@ -237,7 +237,7 @@ class SAEHDBatches(torch.utils.data.Dataset):
         self.warp_impl = warp_impl
         self._known_bad: set[tuple[str, int]] = set()  # (faceset key, index), "dfl" mode, per process
         self._caches: dict[str, FaceCache] = {}  # by faceset key (pretrain: src and dst share one)
-        if mode == "fast":
+        if mode in ("fast", "device"):  # both keep the model-resolution cache (device: engine.data.device)
             ct = src_opts.ct_mode is not None
             for fs in (src, dst):
                 if self._key(fs) not in self._caches:
@@ -343,6 +343,8 @@ class SAEHDBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, plan: BatchPlan) -> dict:
         bad: list = []
+        if self.mode == "device":
+            raise DataError("SAEHDBatches: pipeline 'device' batches are made by engine.data.device.DeviceBatches")
         side = self._side_fast if self.mode == "fast" else self._side_dfl
         out = side("src", plan.src, plan.src_keys, plan.ct, bad)
         out.update(side("dst", plan.dst, plan.dst_keys, None, bad))

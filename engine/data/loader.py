@@ -15,8 +15,10 @@ How it differs from DFL's generators (same distribution, different machinery):
 - DFL's src and dst generators are separate pools; here one worker makes both halves of a batch.
 - `state_dict()` describes the last batch *returned*, not the prefetched ones, so a resume continues
   exactly where training consumed, whatever the worker count.
-- DDP: every rank plans the same global batch and processes its own contiguous slice (`rank`,
-  `world_size`), so the global sample stream does not depend on the number of ranks.
+- DDP (build_loader's `rank`, `world_size`): each rank reads its own strided shard of every faceset and
+  plans its batch_size/W samples with its own stream (engine.data.shard). FaceLoader itself can also
+  slice one global plan per rank (its `rank`, `world_size`), for callers that want a stream independent
+  of the world size.
 
 Undecodable samples found while loading (see engine.data.dataset) are reported as one warning listing
 the count and the first names, repeated only when the count doubles.
@@ -33,7 +35,10 @@ import cv2
 import torch
 
 from engine.data import holdout
+from engine.data.auto import resolve_pipeline, resolve_workers
 from engine.data.dataset import MODES, BatchPlanner, SAEHDBatches
+from engine.data.device import DeviceAugment, DeviceBatches, DeviceLoader
+from engine.data.shard import shard_faceset, shard_seed
 from engine.data.sample import SampleOptions
 from engine.errors import CheckpointError, DataError
 from engine.faces.faceset import Faceset, warn_small_faces
@@ -159,6 +164,10 @@ class FaceLoader:
             log.warning("%d face(s) could not be decoded while training and were replaced by the next usable face "
                         "(%s%s)", n, head, more)
 
+    def describe(self) -> dict:
+        """{"pipeline", "workers"}: how this loader makes batches (summary.json, benchmarks)."""
+        return {"pipeline": self.batches.mode, "workers": self.workers}
+
     # ------------------------------------------------------------------ resumable state
     def state_dict(self) -> dict:
         """{"version", "seed", "batch_size", "planner": {...}}: ints and lists only (JSON-able)."""
@@ -203,26 +212,35 @@ class FaceLoader:
 
 
 def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int, seed: int, pretrain: bool = False,
-                 workers: int | None = None, mode: str | None = None, pin_memory: bool | None = None,
+                 workers: int | str | None = None, mode: str | None = None, pin_memory: bool | None = None,
                  cache_dir: str | Path | None = None, rank: int = 0, world_size: int = 1,
-                 warp_impl: str = "auto") -> FaceLoader:
-    """A FaceLoader for SAEHD from a [data] spec (engine.recipe.specs.DataSpec) and the model's R / face type.
+                 warp_impl: str = "auto", device: torch.device | str | None = None):
+    """A loader for SAEHD from a [data] spec (engine.recipe.specs.DataSpec) and the model's R / face type.
 
     Normal: src = data.src, dst = data.dst; src options random_src_flip, random_hsv_power, ct_mode (ct
     partners from dst); dst options random_dst_flip; uniform yaw on both generators when data.uniform_yaw
     (DFL passes `uniform_yaw or pretrain` to both). Pretrain (§5.5, §11.6): both sides read
     data.pretrain_faceset with no warp, flips on, no HSV, no ct, uniform yaw. workers / mode default to
-    data.workers / data.pipeline. warp_impl: the random warp's implementation (kernels.warp; the recipe's
-    [compile].kernels).
+    data.workers / data.pipeline ("auto" values are resolved for `device` by engine.data.auto and
+    logged). warp_impl: the random warp's implementation (kernels.warp; the recipe's [compile].kernels).
+    device: the training device (default CPU). Pipeline "device" returns a DeviceLoader whose batches
+    are on `device`; "fast" and "dfl" return a FaceLoader of CPU batches.
     """
-    mode = data.pipeline if mode is None else mode
+    dev = torch.device(device if device is not None else "cpu")
+    mode, why_mode = resolve_pipeline(data.pipeline if mode is None else mode, dev)
     if mode not in MODES:
-        raise DataError(f"[data].pipeline = {mode!r}: expected one of {', '.join(MODES)}")
+        raise DataError(f"[data].pipeline = {mode!r}: expected one of auto, {', '.join(MODES)}")
+    n_workers, why_workers = resolve_workers(data.workers if workers is None else workers, dev, mode)
+    if rank == 0:
+        log.info("data: pipeline %s (%s), %d loader worker%s (%s)", mode, why_mode, n_workers,
+                 "" if n_workers == 1 else "s", why_workers)
     src_opts = SampleOptions(resolution=resolution, face_type=face_type, random_warp=data.random_warp,
                              random_flip=data.random_src_flip, random_hsv_power=data.random_hsv_power,
                              ct_mode=data.ct_mode)
     dst_opts = SampleOptions(resolution=resolution, face_type=face_type, random_warp=data.random_warp,
                              random_flip=data.random_dst_flip)
+    if batch_size % world_size:
+        raise DataError(f"batch size {batch_size} is not divisible by the {world_size} DDP ranks")
     if pretrain:
         if not data.pretrain_faceset:
             raise DataError("[data].pretrain_faceset is empty: pretrain mode needs a faceset to read both sides from")
@@ -235,15 +253,26 @@ def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int,
         dst = Faceset(data.dst, data.plain_face_type)
         src, dst, held_out = holdout.apply(data, src, dst)  # held-out faces never reach the planner
         uniform_yaw = bool(data.uniform_yaw)
-    for fs in ((src,) if dst is src else (src, dst)):
-        warn_small_faces(fs.samples, resolution, fs.label)
+    if rank == 0:
+        for fs in ((src,) if dst is src else (src, dst)):
+            warn_small_faces(fs.samples, resolution, fs.label)
+    # DDP: each rank trains on its own strided shard of what is left (engine.data.shard)
+    if dst is src:
+        src = dst = shard_faceset(src, rank, world_size)
+    else:
+        src, dst = shard_faceset(src, rank, world_size), shard_faceset(dst, rank, world_size)
     src_yaws = src.yaws() if uniform_yaw else None
     dst_yaws = (src_yaws if dst is src else dst.yaws()) if uniform_yaw else None
-    planner = BatchPlanner(len(src), len(dst), batch_size, seed, src_yaws=src_yaws, dst_yaws=dst_yaws,
-                           ct=src_opts.ct_mode is not None)
-    batches = SAEHDBatches(src, dst, src_opts, dst_opts, mode=mode, cache_dir=cache_dir, warp_impl=warp_impl)
-    loader = FaceLoader(batches, planner, workers=data.workers if workers is None else workers,
-                        pin_memory=pin_memory, rank=rank, world_size=world_size)
+    # DDP: this rank's shards (engine.data.shard), its share of the global batch, its own stream
+    planner = BatchPlanner(len(src), len(dst), batch_size // world_size, shard_seed(seed, rank, world_size),
+                           src_yaws=src_yaws, dst_yaws=dst_yaws, ct=src_opts.ct_mode is not None)
+    if mode == "device":
+        batches = DeviceBatches(src, dst, src_opts, dst_opts, cache_dir=cache_dir, warp_impl=warp_impl)
+    else:
+        batches = SAEHDBatches(src, dst, src_opts, dst_opts, mode=mode, cache_dir=cache_dir, warp_impl=warp_impl)
+    pin = dev.type == "cuda" if pin_memory is None else pin_memory
+    loader = FaceLoader(batches, planner, workers=n_workers, pin_memory=pin)
     loader.held_out = held_out  # engine.data.holdout.HeldOut or None; the trainer records it in checkpoints
+    if mode == "device":
+        return DeviceLoader(loader, DeviceAugment(src_opts, dst_opts, warp_impl=warp_impl), dev)
     return loader
-

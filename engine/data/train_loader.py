@@ -34,7 +34,8 @@ class TrainLoader:
         return build_loader(data, resolution=r.model.resolution, face_type=r.model.face_type,
                             batch_size=r.train.batch_size, seed=r.train.seed + 7919 * seed_shift,
                             pretrain=self.pretrain and faceset is None, rank=self.rank, world_size=self.world,
-                            pin_memory=self.device.type == "cuda", warp_impl=r.compile.kernels)
+                            pin_memory=self.device.type == "cuda", warp_impl=r.compile.kernels,
+                            device=self.device)
 
     @property
     def held_out(self):
@@ -43,6 +44,10 @@ class TrainLoader:
 
     def __iter__(self):
         return self
+
+    def describe(self) -> dict:
+        """{"pipeline", "workers"} as resolved for this run (summary.json)."""
+        return self._loader.describe()
 
     def __next__(self) -> dict:
         batch = next(self._loader)

@@ -88,6 +88,11 @@ def _check(field: attrs.Attribute, value: Any, where: str, ctx: _Ctx, table: str
     meta = field.metadata
     t = meta["type"]
     err = lambda msg, hint="": ctx.error(where, msg, hint, table=table, key=key)  # noqa: E731
+    if meta.get("auto") and value == "auto":
+        return value
+    if meta.get("auto") and t is int and (isinstance(value, bool) or not isinstance(value, int)):
+        err(f"'{key}' expected 'auto' or an integer, got {_show(value)}")
+        return _BAD
     if t is bool and not isinstance(value, bool):
         err(f"'{key}' expected a boolean (true/false), got {_show(value)}")
         return _BAD

@@ -22,10 +22,13 @@ if TYPE_CHECKING:  # engine.graph.spec owns the explicit-graph schema; parsed la
 
 
 def opt(default: Any, *, type: type | tuple, help: str, choices: tuple | None = None, min: float | None = None,
-        max: float | None = None, even: bool = False, dfl: str | None = None, list_of: type | None = None):
-    """An attrs field carrying its schema: python type, allowed choices, numeric range, DFL option name."""
+        max: float | None = None, even: bool = False, dfl: str | None = None, list_of: type | None = None,
+        auto: bool = False):
+    """An attrs field carrying its schema: python type, allowed choices, numeric range, DFL option name.
+
+    auto: the string "auto" is also valid (the consumer resolves it for the machine and logs how)."""
     meta = {"type": type, "help": help, "choices": choices, "min": min, "max": max, "even": even, "dfl": dfl,
-            "list_of": list_of}
+            "list_of": list_of, "auto": auto}
     if isinstance(default, dict):  # frozen specs still need a fresh dict per instance
         return attrs.field(factory=dict, metadata=meta)
     return attrs.field(default=default, metadata=meta)
@@ -57,9 +60,13 @@ class DataSpec:
                        dfl="ct_mode")
     uniform_yaw: bool = opt(False, type=bool, help="sample faces uniformly over yaw (both sides, as DFL)",
                             dfl="uniform_yaw")
-    pipeline: str = opt("fast", type=str, choices=("fast", "dfl"),
-                        help="fast: batched torch augmentation; dfl: DFL's per-sample numpy/cv2 path (oracle)")
-    workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
+    pipeline: str = opt("auto", type=str, choices=("auto", "device", "fast", "dfl"),
+                        help="device: loader processes decode, the training device augments (auto's choice); "
+                             "fast: batched augmentation in loader processes; dfl: DFL's per-sample numpy/cv2 "
+                             "path (oracle)")
+    workers: int | str = opt("auto", type=int, min=0, max=64, auto=True,
+                             help="loader worker processes (0 = in the training process; auto = usable cores "
+                                  "per training process minus one, 0 on CPU training with <= 2 cores)")
     identities: dict = opt({}, type=dict, list_of=str,
                            help="explicit graphs: faceset of each identity beyond src/dst ({name = folder})")
     eval_fraction: float = opt(0.0, type=float, min=0.0, max=0.5,
@@ -231,7 +238,9 @@ class ExportSpec:
 class CompileSpec:
     """[compile]: torch.compile and kernel choice."""
 
-    mode: str = opt("off", type=str, choices=("off", "default", "max-autotune"), help="torch.compile mode")
+    mode: str = opt("off", type=str, choices=("off", "default", "reduce-overhead", "max-autotune"),
+                    help="torch.compile mode of the model's forward/backward (reduce-overhead: + CUDA graphs, for "
+                         "small batches on GPUs; without CUDA it runs eagerly, logged)")
     kernels: str = opt("auto", type=str, choices=("auto", "reference", "fast", "triton"),
                        help="DSSIM/warp implementation (auto logs its choice)")
     channels_last: bool = opt(True, type=bool,

@@ -5,15 +5,17 @@ AMP and torch.compile, the SAEHD step with its loss and extra terms.
 
 What each recipe table reaches: [model]/[graph] -> engine.graph.build; [loss] -> the step's `LossSpec`
 (with a `LossRuntime`: resolution, pretrain, [compile].kernels); [optim] -> engine.optim.make_optimizer for
-the generator and each discriminator (seeds train.seed*1000 + 17 + rank, +1, +2 for their lr-dropout
-masks); [train] freeze / init_parts -> engine.train.parts; [train].amp, [compile] -> autocast, grad scaler,
-channels_last, torch.compile. Process-wide settings (threads, flush-to-zero) are not touched here: a run
+the generator and each discriminator (seeds train.seed*1000 + 17, +1, +2 for their lr-dropout masks, the
+same on every DDP rank); [train] freeze / init_parts -> engine.train.parts; [train].amp, [compile] ->
+autocast, grad scaler, channels_last, torch.compile (engine.train.compiled: CUDA graphs for
+"reduce-overhead"). Process-wide settings (threads, flush-to-zero) are not touched here: a run
 enters engine.train.device.process_settings (engine.train.loop.train does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train import distributed as ddp
 from engine.train import parts
+from engine.train.compiled import compile_model, resolve_mode
 from engine.train.device import place
 from engine.train.extra_losses import extra_losses
 from engine.train.rng import seed_everything
@@ -38,10 +41,14 @@ from engine.train.trainer import Trainer
 
 __all__ = ["build_trainer", "optimizer_seed"]
 
+log = logging.getLogger("torchsae.train")
 
-def optimizer_seed(r: Recipe, rank: int) -> int:
-    """Seed of the generator optimizer's lr-dropout masks on `rank` (the discriminators' are +1, +2)."""
-    return r.train.seed * 1000 + 17 + rank
+
+def optimizer_seed(r: Recipe) -> int:
+    """Seed of the generator optimizer's lr-dropout masks (the discriminators' are +1, +2). The same on every
+    DDP rank: each rank applies the (all-reduced, identical) update through its own mask, so different
+    masks would make the replicas drift apart."""
+    return r.train.seed * 1000 + 17
 
 
 def _max_over_ramps(r: Recipe, term: str) -> float:
@@ -80,7 +87,7 @@ def build_trainer(r: Recipe, *, run_dir: str | Path | None = None, device: str |
     if r.train.init_parts:
         parts.init_parts(model, r.train.init_parts)
         ddp.broadcast_module(model, dist)
-    seed = optimizer_seed(r, dist.rank)
+    seed = optimizer_seed(r)
     g_opt = ddp.GuardedOptimizer(make_optimizer(list(saveable.values()), r.optim, pretrain=pretrain, seed=seed,
                                                 kernels=r.compile.kernels), dist)
 
@@ -95,8 +102,10 @@ def build_trainer(r: Recipe, *, run_dir: str | Path | None = None, device: str |
         gan_d_opt = _guarded(gan_d, r, pretrain, seed + 2, dist)
 
     autocast, scaler = _autocast(r.train.amp, dev)
-    if r.compile.mode != "off":
-        model.forward_train = torch.compile(model.forward_train, mode=r.compile.mode)
+    compile_mode, why = resolve_mode(r.compile.mode, dev)
+    if dist.is_main and r.compile.mode != "off":
+        log.info("compile: %s", why)
+    step_inputs = compile_model(model, compile_mode)
     runtime = LossRuntime(resolution=r.model.resolution, pretrain=pretrain, kernels=r.compile.kernels)
     step_fn = SAEHDStep(model=model, g_opt=g_opt, loss=r.loss, runtime=runtime, code_d=code_d, code_d_opt=code_d_opt,
                         gan_d=gan_d, gan_d_opt=gan_d_opt, autocast=autocast, scaler=scaler,
@@ -104,4 +113,4 @@ def build_trainer(r: Recipe, *, run_dir: str | Path | None = None, device: str |
     return Trainer(recipe=r, recipe_toml=recipe_mod.dumps(r), run_dir=Path(run_dir) if run_dir else ck.run_dir_of(r),
                    device=dev, dist=dist, model=model, step_fn=step_fn, g_opt=g_opt, code_d=code_d,
                    code_d_opt=code_d_opt, gan_d=gan_d, gan_d_opt=gan_d_opt, scaler=scaler, random_warp=random_warp,
-                   pretrain=pretrain)
+                   pretrain=pretrain, step_inputs=step_inputs, compile_mode=compile_mode)

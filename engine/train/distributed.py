@@ -6,7 +6,8 @@ their sum. Gradients are then all-reduced with SUM, so every rank applies exactl
 process would compute for the combined batch (SAEHD differentiates the batch *sum*, spec §12.1; DFL's
 multi-GPU path averages per-GPU gradients instead, which scales the gradient by 1/W — we don't copy that,
 so changing the GPU count does not change the optimisation). The models are batch-norm free, so nothing
-else needs synchronising. Only rank 0 writes checkpoints, previews and logs.
+else needs synchronising. Only global rank 0 writes checkpoints, previews and logs (`is_main` is the
+global rank; the local rank only picks the GPU), so on several nodes exactly one process writes.
 
 We all-reduce in the optimizer step (`GuardedOptimizer`) rather than wrapping the model in
 DistributedDataParallel because SAEHD's step calls `forward_train`, `code` and `decode` — not
@@ -77,6 +78,27 @@ def allreduce_grads_(params: list[torch.Tensor], info: DistInfo) -> None:
             n = g.numel()
             g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank (a collective: all ranks call it)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agree(flag: bool, info: DistInfo) -> bool:
+    """Global rank 0's `flag` on every rank (a collective), for decisions that lead into collectives
+    (saving gathers every rank's loader state): a wall-clock timer may fire on one rank a step before
+    another."""
+    if not info.enabled:
+        return bool(flag)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=dev)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def barrier(info: DistInfo) -> None:

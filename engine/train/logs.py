@@ -1,5 +1,5 @@
 """What a training run reports, rank 0 only: the progress bar, TensorBoard (every loss term, lr, grad
-norm, it/s, previews), preview PNGs under logs/previews/, and summary.json at the end.
+norm, it/s, loader wait, previews), preview PNGs under logs/previews/, and summary.json at the end.
 
     with TrainLog(run_dir, enabled=dist.is_main, progress=True, total=target, initial=step) as tlog:
         tlog.step(step, losses, lr=..., step_s=...)
@@ -62,12 +62,17 @@ class TrainLog:
             self.bar.close()
             self.bar = None
 
-    def step(self, step: int, losses: dict[str, float], *, lr: float, step_s: float | None) -> None:
-        """After a training step: the bar shows the step and src/dst loss; every `log_every` steps the
-        scalars go to TensorBoard (loss/<term>, grad_norm, lr, it_per_s)."""
+    def step(self, step: int, losses: dict[str, float], *, lr: float, step_s: float | None,
+             wait_pct: float | None = None, wait_s: float | None = None) -> None:
+        """After a training step: the bar shows the step, src/dst loss and `data=N%` (the share of recent
+        wall time the loop waited for batches, engine.train.loopstats); every `log_every` steps the scalars
+        go to TensorBoard (loss/<term>, grad_norm, lr, it_per_s, loader/wait_pct, loader/wait_s)."""
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items() if k in _BAR_LOSSES})
+            post = {k: f"{v:.4f}" for k, v in losses.items() if k in _BAR_LOSSES}
+            if wait_pct is not None:
+                post["data"] = f"{wait_pct:.0f}%"
+            self.bar.set_postfix(post)
             self.bar.refresh()
         if self.writer is None or step % self.log_every or step_s is None:
             return
@@ -75,6 +80,10 @@ class TrainLog:
             self.writer.add_scalar(f"loss/{k}" if k != "grad_norm" else "grad_norm", v, step)
         self.writer.add_scalar("lr", lr, step)
         self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, step_s), step)
+        if wait_pct is not None:
+            self.writer.add_scalar("loader/wait_pct", wait_pct, step)
+        if wait_s is not None:
+            self.writer.add_scalar("loader/wait_s", wait_s, step)
 
     def preview(self, step: int, image: np.ndarray) -> Path | None:
         """Write a preview (uint8 BGR) as logs/previews/step_XXXXXX.png (atomically; only the newest

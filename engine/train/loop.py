@@ -40,7 +40,7 @@ from engine.train import distributed as ddp
 from engine.train import preview
 from engine.train.build import build_trainer
 from engine.train.device import process_settings
-from engine.train.logs import TrainLog, median_step_time
+from engine.train.logs import WARMUP_STEPS, TrainLog, median_step_time
 from engine.train.trainer import Trainer
 
 __all__ = ["train", "run", "Saves", "ctrl_c_stops"]
@@ -99,12 +99,14 @@ def run(t: Trainer, *, max_steps: int | None = None, progress: bool = True, eval
                 batch = t.next_batch(batches)
                 losses = t.train_one(batch)
                 steps_this_run += 1
-                tlog.step(t.step, losses, lr=t.lr(), step_s=t.step_times[-1] if t.step_times else None)
+                tlog.step(t.step, losses, lr=t.lr(), step_s=t.step_times[-1] if t.step_times else None,
+                          wait_pct=t.clock.wait_pct(), wait_s=t.clock.last_wait())
                 if t.preview_due():
                     write_preview(t, tlog)
                 saves.after_step()
                 if evaluator is not None:
                     evaluator.after_step(t, tlog)
+        t.clock.iteration_end()
         tlog.close_bar()
         saves.at_end()
         if t.step:
@@ -126,6 +128,7 @@ def summary(t: Trainer, steps_this_run: int, ckpt: Path | None) -> dict[str, Any
         "steps_done": steps_this_run,
         "step": t.step,
         "median_s_per_step": median_step_time(t.step_times),
+        **t.clock.summary(WARMUP_STEPS),  # loop_s_per_step (wall, data included), loader wait
         "final_losses": t.last_losses,
         "checkpoint": str(ckpt) if ckpt else None,
         "skipped_steps": t.skipped,
@@ -133,7 +136,8 @@ def summary(t: Trainer, steps_this_run: int, ckpt: Path | None) -> dict[str, Any
         "device": str(t.device),
         "world_size": t.dist.world,
         "amp": t.recipe.train.amp,
-        "compile": t.recipe.compile.mode,
+        "compile": t.compile_mode,
+        **({"data": t.loader.describe()} if hasattr(t.loader, "describe") else {}),
     }
 
 
@@ -152,18 +156,20 @@ class Saves:
         t, spec = self.t, self.t.recipe.train
         reached_one = t.step == 1 and self.seen_step != 1  # DFL saves once the first step is done
         self.seen_step = t.step
-        due = (reached_one or (spec.save_every_steps and t.step % spec.save_every_steps == 0)
-               or self.timer.due() or t.target_reached())
+        due = bool(reached_one or (spec.save_every_steps and t.step % spec.save_every_steps == 0)
+                   or self.timer.due() or t.target_reached())
+        if self.timer.every_s > 0:  # a wall-clock trigger may fire on one rank only: global rank 0 decides
+            due = ddp.agree(due, t.dist)
         if due:
             self.last = t.save() or self.last
             ddp.barrier(t.dist)
-        if self.backup_timer.due() and self.last is not None:
+        if t.dist.is_main and self.backup_timer.due() and self.last is not None:
             ck.backup(t.run_dir, self.last)
 
     def at_end(self) -> None:
         """Save the final step unless the last save was of it."""
         t = self.t
-        if t.step and (self.last is None or not self.last.name.endswith(f"{t.step:08d}")):
+        if t.step and t.last_saved_step != t.step:  # the same decision on every rank (saving is collective)
             self.last = t.save() or self.last
 
 

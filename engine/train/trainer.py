@@ -7,7 +7,7 @@ the SAEHD step (engine.train.step) with its optimizers and discriminators, the l
   off, DFL's pretrain -> normal switch (spec §11.6), once: `pretrain_done` is checkpointed, because the
   switch restarts the step counter that `pretrain_until` is measured in;
 - `next_batch(batches)`: the loader's next batch on the device (the fixed preview samples are taken from
-  the first one);
+  the first one), the wait for it timed by `clock` (engine.train.loopstats);
 - `train_one(batch)`: one guarded step: a non-finite loss or gradient skips the update, `max_bad_steps`
   in a row `rollback()` to the newest checkpoint with finite weights, lr scaled by `lr_backoff`;
   `max_rollbacks` that make no progress stop the run with an error;
@@ -37,6 +37,8 @@ from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train import distributed as ddp
 from engine.train import parts
+from engine.train.compiled import StaticInputs
+from engine.train.loopstats import LoopClock
 from engine.train.preview import preview_samples
 from engine.train.rng import rng_state, set_rng_state
 from engine.train.step import SAEHDStep
@@ -81,6 +83,11 @@ class Trainer:
     skipped: int = 0
     last_losses: dict = attrs.field(factory=dict)
     step_times: list = attrs.field(factory=list)  # seconds per completed step (summary, it/s)
+    clock: LoopClock = attrs.field(factory=LoopClock)  # loop wall time vs loader wait
+    step_inputs: StaticInputs | None = None  # CUDA graphs' static input buffers (compile "reduce-overhead")
+    compile_mode: str = "off"  # [compile].mode as resolved for the device (engine.train.compiled)
+    last_saved_step: int = -1  # the same on every rank: saving is collective under DDP
+    gathered_loader_state: dict | None = None  # every rank's loader position, for the checkpoint being written
 
     # ------------------------------------------------------------------ data
     def make_loader(self) -> None:
@@ -89,7 +96,9 @@ class Trainer:
 
     def next_batch(self, batches: Iterator[dict]) -> dict[str, torch.Tensor]:
         """The loader's next batch, its tensors on the device; the first one also gives the preview samples."""
+        self.clock.data_begin()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if torch.is_tensor(v)}
+        self.clock.data_end()
         if self.preview_batch is None:
             self.preview_batch = preview_samples(batch, self.recipe.model.resolution)
         return batch
@@ -151,6 +160,8 @@ class Trainer:
         update was applied and finite."""
         t0 = time.perf_counter()
         scale = self.scaler.get_scale() if self.scaler is not None else None
+        if self.step_inputs is not None:
+            batch = self.step_inputs(batch)
         res = self.step_fn(batch)
         losses = dict(res.losses)
         losses["grad_norm"] = res.grad_norm
@@ -267,7 +278,7 @@ class Trainer:
             "pretrain_done": self.pretrain_done,
         }
         if self.loader is not None:
-            st["loader"] = self.loader.state_dict()
+            st["loader"] = self.gathered_loader_state or self.loader.state_dict()
         if self.preview_batch is not None:
             st["preview"] = {k: v.cpu() for k, v in self.preview_batch.items()}
         for name in _DISCRIMINATORS:
@@ -280,15 +291,38 @@ class Trainer:
         return st
 
     def save(self) -> Path | None:
-        """A checkpoint of this step (rank 0 only; None elsewhere)."""
-        if not self.dist.is_main:
-            return None
-        held = getattr(self.loader, "held_out", None)
-        p = ck.save(self.run_dir, step=self.step, model=self.model, recipe_toml=self.recipe_toml,
-                    train_state=self.train_state(), keep_last=self.recipe.train.keep_last,
-                    pretrain=self.pretrain, extra={"held_out": held.record()} if held is not None else None)
+        """A checkpoint of this step, written by global rank 0 (None elsewhere). Every rank calls it: the
+        loader positions of all ranks (each reads its own faceset shard) are gathered into it."""
+        self.last_saved_step = self.step
+        if self.loader is not None and self.dist.enabled:
+            ranks = ddp.gather_objects(self.loader.state_dict(), self.dist)
+            self.gathered_loader_state = {"world": self.dist.world, "ranks": ranks}
+        try:
+            if not self.dist.is_main:
+                return None
+            held = getattr(self.loader, "held_out", None)
+            p = ck.save(self.run_dir, step=self.step, model=self.model, recipe_toml=self.recipe_toml,
+                        train_state=self.train_state(), keep_last=self.recipe.train.keep_last,
+                        pretrain=self.pretrain, extra={"held_out": held.record()} if held is not None else None)
+        finally:
+            self.gathered_loader_state = None
         log.info("saved %s", p)
         return p
+
+    def _this_rank_loader_state(self, saved: Any, path: str | Path) -> Any:
+        """This rank's entry of a checkpoint's loader state ({"world": W, "ranks": [...]} under DDP)."""
+        if not (isinstance(saved, dict) and "ranks" in saved):
+            if self.dist.enabled:
+                log.warning("%s: loader state of a single-process run; each of the %d ranks starts its own "
+                            "sample stream", path, self.dist.world)
+                return self.loader.state_dict()
+            return saved
+        if int(saved["world"]) != self.dist.world:
+            if self.dist.is_main:
+                log.warning("%s: saved by %s ranks, resumed by %d: the faceset shards differ, every rank starts "
+                            "its own sample stream afresh", path, saved["world"], self.dist.world)
+            return self.loader.state_dict()
+        return saved["ranks"][self.dist.rank]
 
     def load(self, path: str | Path, *, weights_only_model: bool = False) -> None:
         """Resume from a checkpoint (file, step folder, or run folder: its newest checkpoint that verifies,
@@ -320,7 +354,7 @@ class Trainer:
             self.preview_batch = {k: v.to(self.device) for k, v in state["preview"].items()}
         self._restore_pretrain_phase(state)
         if self.loader is not None and "loader" in state:
-            self.loader.load_state_dict(state["loader"])
+            self.loader.load_state_dict(self._this_rank_loader_state(state["loader"], path))
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, self.step)
 

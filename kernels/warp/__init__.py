@@ -26,6 +26,8 @@ Fast path (torch, batched, CPU or CUDA; one sampling per pixel instead of DFL's 
     random_warp_params(n, w, flip, *, rotation_range, scale_range, tx_range, ty_range, generator,
                        device) -> WarpBatchParams
         DFL's distribution drawn on the device from a torch.Generator (not DFL's numpy stream).
+    warp_params_from_uniforms(u (N, WARP_UNIFORMS), w, flip, *, ranges) -> WarpBatchParams
+        the same distribution from given uniforms (per-sample streams: engine.data.device).
 
 How the fast path differs from DFL's two-pass result is documented in kernels/warp/fast.py: exact
 (float rounding) for transform-only/flip-only calls (targets, masks, §12.8); interpolation error for
@@ -44,7 +46,14 @@ import torch.nn.functional as F
 
 from kernels import dispatch
 from kernels.warp import cpu
-from kernels.warp.fast import WarpBatchParams, compose_grid, random_warp_params, sample_torch
+from kernels.warp.fast import (
+    WARP_UNIFORMS,
+    WarpBatchParams,
+    compose_grid,
+    random_warp_params,
+    sample_torch,
+    warp_params_from_uniforms,
+)
 from kernels.warp.reference import (
     DEFAULT_RANGES,
     SAEHD_SCALE_RANGE,
@@ -59,6 +68,8 @@ __all__ = [
     "random_normal",
     "warp_batch",
     "random_warp_params",
+    "warp_params_from_uniforms",
+    "WARP_UNIFORMS",
     "WarpBatchParams",
     "DEFAULT_RANGES",
     "SAEHD_SCALE_RANGE",

@@ -71,6 +71,8 @@ from kernels.warp.reference import DEFAULT_RANGES, TRUNC, WARP_AMOUNT
 __all__ = [
     "WarpBatchParams",
     "random_warp_params",
+    "warp_params_from_uniforms",
+    "WARP_UNIFORMS",
     "compose_grid",
     "sample_torch",
     "G_NODES",
@@ -224,28 +226,75 @@ def random_warp_params(
     if generator is not None and device is None:
         device = generator.device
     device = torch.device(device if device is not None else "cpu")
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.rand(size, generator=generator, device=device, dtype=torch.float64)
+
+    u_affine = [rand(n) for _ in range(4)]  # rotation, scale, tx, ty (this order keeps the stream)
+    u_flip = torch.rand((n,), generator=generator, device=device).double()
+    level = torch.randint(0, 3, (n,), generator=generator, device=device)
+    u_noise = rand(2, n, G_NODES - 2, G_NODES - 2)
+    return _params_from_draws(n, w, flip, u_affine, u_flip, level, u_noise, rotation_range, scale_range,
+                              tx_range, ty_range, device)
+
+
+WARP_UNIFORMS = 6 + 2 * (G_NODES - 2) ** 2  # rotation, scale, tx, ty, flip, cell size, 2 × 7×7 noise
+
+
+def warp_params_from_uniforms(
+    u: torch.Tensor,
+    w: int,
+    flip: bool,
+    *,
+    rotation_range: Sequence[float] = DEFAULT_RANGES["rotation_range"],
+    scale_range: Sequence[float] = DEFAULT_RANGES["scale_range"],
+    tx_range: Sequence[float] = DEFAULT_RANGES["tx_range"],
+    ty_range: Sequence[float] = DEFAULT_RANGES["ty_range"],
+) -> WarpBatchParams:
+    """DFL's warp distribution (as `random_warp_params`) from given uniforms: u (N, WARP_UNIFORMS) in [0, 1).
+
+    Columns: 0 rotation, 1 scale, 2 tx, 3 ty, 4 flip (< 0.4), 5 cell size (floor(3u): w/2, w/4, w/8),
+    6.. the two 7×7 truncated-normal fields (inverse CDF). Lets a caller derive each sample's warp from
+    its own random stream (per-sample keys), independent of how samples are grouped into batches.
+    Built on u's device.
+    """
+    if u.ndim != 2 or u.shape[1] != WARP_UNIFORMS:
+        raise ValueError(f"warp_params_from_uniforms: u must be (N, {WARP_UNIFORMS}), got {tuple(u.shape)}")
+    u = u.double()
+    n = u.shape[0]
+    level = (u[:, 5] * 3).floor().long().clamp_(0, 2)
+    inner = G_NODES - 2
+    u_noise = u[:, 6:].reshape(n, 2, inner, inner).transpose(0, 1)
+    return _params_from_draws(n, w, flip, [u[:, 0], u[:, 1], u[:, 2], u[:, 3]], u[:, 4], level, u_noise,
+                              rotation_range, scale_range, tx_range, ty_range, u.device)
+
+
+def _params_from_draws(n: int, w: int, flip: bool, u_affine: list[torch.Tensor], u_flip: torch.Tensor,
+                       level: torch.Tensor, u_noise: torch.Tensor, rotation_range: Sequence[float],
+                       scale_range: Sequence[float], tx_range: Sequence[float], ty_range: Sequence[float],
+                       device: torch.device) -> WarpBatchParams:
+    """WarpBatchParams from uniform draws: u_affine 4 × (N,), u_flip (N,), level (N,) in {0, 1, 2}
+    (cell = w // 2**(level+1)), u_noise (2, N, 7, 7); all uniforms in [0, 1)."""
     rw = None
     if w < 64:
         rw, w = w, 64
     if w % 8 != 0:
         raise ValueError(f"random_warp_params: w = {w} must be a multiple of 8 (DFL resolutions are multiples of 16)")
 
-    def uniform(lo: float, hi: float, size: tuple[int, ...]) -> torch.Tensor:
-        return torch.rand(size, generator=generator, device=device, dtype=torch.float64) * (hi - lo) + lo
+    def scaled(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        return x * (hi - lo) + lo
 
-    rotation = uniform(rotation_range[0], rotation_range[1], (n,))
-    scale = uniform(1 / (1 - scale_range[0]), 1 + scale_range[1], (n,))
-    tx = uniform(tx_range[0], tx_range[1], (n,))
-    ty = uniform(ty_range[0], ty_range[1], (n,))
-    p_flip = torch.rand((n,), generator=generator, device=device) < 0.4
+    rotation = scaled(u_affine[0], rotation_range[0], rotation_range[1])
+    scale = scaled(u_affine[1], 1 / (1 - scale_range[0]), 1 + scale_range[1])
+    tx = scaled(u_affine[2], tx_range[0], tx_range[1])
+    ty = scaled(u_affine[3], ty_range[0], ty_range[1])
+    p_flip = u_flip < 0.4
     if not flip:
         p_flip = torch.zeros_like(p_flip)
-    level = torch.randint(0, 3, (n,), generator=generator, device=device)  # cell = w // 2**(level+1)
 
     # Truncated normal by inverse CDF: u ~ U(Φ(-2.5), Φ(2.5)), z = √2·erfinv(2u − 1).
     lo = 0.5 * (1 + math.erf(-TRUNC / math.sqrt(2)))
-    inner = G_NODES - 2
-    u = uniform(lo, 1 - lo, (2, n, inner, inner))
+    u = scaled(u_noise, lo, 1 - lo)
     z = (math.sqrt(2) * torch.erfinv(2 * u - 1)).clamp_(-TRUNC, TRUNC) / TRUNC  # (2, N, 7, 7) in [-1, 1]
 
     cell = (w // 2) // (2 ** level)  # (N,) pixels

@@ -94,7 +94,7 @@ def test_forked_workers_never_touch_opencvs_thread_pool(root, tmp_path, monkeypa
 
     before = cv2.getNumThreads()
     monkeypatch.setattr(cv2, "setNumThreads", recording)
-    with _loader(root, workers=2) as a:
+    with _loader(root, dict(pipeline="fast"), workers=2) as a:
         a.batches.__class__ = _ThreadProbe
         assert next(a)["_cv2_threads"] == 1
         next(a)
@@ -102,12 +102,26 @@ def test_forked_workers_never_touch_opencvs_thread_pool(root, tmp_path, monkeypa
     assert cv2.getNumThreads() == before
 
 
-def test_ddp_shards_make_up_the_global_batch(root):
-    with _loader(root, workers=0) as whole, _loader(root, workers=0, rank=0, world_size=2) as r0, \
-            _loader(root, workers=0, rank=1, world_size=2) as r1:
+def test_ddp_ranks_read_disjoint_shards_that_cover_the_faceset(root):
+    """Each rank samples its own strided shard (engine.data.shard) with its own stream: half the global
+    batch per rank, shards disjoint and together the whole faceset, each rank's stream deterministic."""
+    r0 = _loader(root, workers=0, rank=0, world_size=2)
+    r1 = _loader(root, workers=0, rank=1, world_size=2)
+    again = _loader(root, workers=0, rank=1, world_size=2)
+    try:
+        names = [{s.name for s in getattr(r.batches, side).samples} for r in (r0, r1) for side in ("src", "dst")]
+        for side in (0, 1):
+            a, b = names[side], names[2 + side]
+            assert a and b and not a & b
+        assert names[0] | names[2] == {s.name for s in _loader(root, workers=0).batches.src.samples}
         for _ in range(2):
-            g, a, b = next(whole), next(r0), next(r1)
-            assert _equal(g, {k: torch.cat([a[k], b[k]]) for k in g})
+            x, y = next(r0), next(r1)
+            assert x["warped_src"].shape[0] == y["warped_src"].shape[0] == 2
+            assert _equal(y, next(again))
+        assert r0.state_dict()["seed"] != r1.state_dict()["seed"]
+    finally:
+        for r in (r0, r1, again):
+            r.close()
 
 
 def test_pretrain_reads_the_pretrain_faceset(root):
@@ -152,10 +166,12 @@ def test_bad_state_and_options(root):
 
 
 @pytest.mark.slow
-def test_spawned_workers_share_the_fast_cache(root):
+@pytest.mark.parametrize("pipeline", ["fast", "device"])
+def test_spawned_workers_share_the_fast_cache(root, pipeline):
     """Spawn-started workers (macOS/Windows default) reopen the cache files; same batches as in-process."""
-    with _loader(root, workers=2) as a, _loader(root, workers=0) as b:
-        a.multiprocessing_context = "spawn"
+    kw = dict(pipeline=pipeline)
+    with _loader(root, kw, workers=2) as a, _loader(root, kw, workers=0) as b:
+        getattr(a, "loader", a).multiprocessing_context = "spawn"
         for _ in range(3):
             assert _equal(next(a), next(b))
         cache = a.batches._caches["src"]

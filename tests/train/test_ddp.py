@@ -1,9 +1,11 @@
 """DDP on two CPU processes (gloo, launched by torchrun): the update equals the single-process one at the
-combined batch; only rank 0 writes checkpoints; resume works."""
+combined batch; only global rank 0 writes checkpoints; each rank trains on its own faceset shard; resume
+works, on one node and on two "nodes" (two torchrun agents meeting through a c10d rendezvous on localhost)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +67,73 @@ def test_torchrun_training_rank0_writes_and_resume(tmp_path, facesets):
     assert not list((run / "checkpoints").glob(".tmp-*"))
     _torchrun(*args, "--resume")
     assert ck.load_model_payload(run)["step"] == 4
+
+
+def test_torchrun_training_saves_every_ranks_loader_position(tmp_path, facesets):
+    """Each rank reads its own shard: the checkpoint keeps both ranks' stream positions, and a resume
+    restores each rank's own one."""
+    a, b = facesets
+    run = tmp_path / "run"
+    args = ["-m", "engine", "train", TINY, f"data.src='{a}'", f"data.dst='{b}'", "data.workers=0",
+            f"train.run_dir='{run}'", "train.batch_size=2", "train.target_iter=0", "train.save_every_steps=0",
+            "--max-steps", "3", "--no-progress"]
+    _torchrun(*args)
+    st = ck.load_train_state(ck.resolve_latest(run))["loader"]
+    assert st["world"] == 2 and len(st["ranks"]) == 2
+    r0, r1 = st["ranks"]
+    assert r0["batch_size"] == r1["batch_size"] == 1 and r0["planner"]["step"] == r1["planner"]["step"] == 3
+    assert r0["seed"] != r1["seed"]  # independent streams over different shards
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(args: list, tmp_path, timeout: int = 600) -> list[str]:
+    """Launch two torchrun agents (--nnodes=2, one process each) that meet through a c10d rendezvous on
+    localhost, as two machines would; return each agent's output."""
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    procs = []
+    for node in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}",
+               "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+               f"--rdzv-id=torchsae-test-{port}", *map(str, args)]
+        log = open(tmp_path / f"node{node}.log", "w+")
+        procs.append((subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+    outs = []
+    try:
+        for p, log in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+            log.seek(0)
+            outs.append(log.read())
+            log.close()
+    for (p, _), out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def test_two_nodes_c10d_rendezvous_only_global_rank0_writes(tmp_path, facesets):
+    """2 nodes × 1 process: the node whose process has LOCAL_RANK 0 but global RANK 1 must not write
+    (a local-rank check would make both nodes save into the shared run folder); resume across both."""
+    a, b = facesets
+    run = tmp_path / "run"
+    args = ["-m", "engine", "train", TINY, f"data.src='{a}'", f"data.dst='{b}'", "data.workers=0",
+            f"train.run_dir='{run}'", "train.batch_size=2", "train.target_iter=0", "--max-steps", "2",
+            "--no-progress"]
+    outs = _two_nodes(args, tmp_path)
+    savers = [o for o in outs if "saved " in o]
+    assert len(savers) == 1 and "[rank 0] saved" in savers[0], outs
+    assert "[rank 1]" in outs[0] + outs[1]
+    assert [p.name for p in ck.complete_checkpoints(run / "checkpoints")] == ["step_00000001", "step_00000002"]
+    st = ck.load_train_state(ck.resolve_latest(run))["loader"]
+    assert st["world"] == 2 and [r["planner"]["step"] for r in st["ranks"]] == [2, 2]
+    _two_nodes([*args, "--resume"], tmp_path)
+    st = ck.load_train_state(ck.resolve_latest(run))["loader"]
+    assert ck.load_model_payload(run)["step"] == 4 and [r["planner"]["step"] for r in st["ranks"]] == [4, 4]
