@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     print(f"  training-process ceiling {args.batch / (r + t):9.0f} samples/s (batch / (receive + touch))")
     if prof:
         s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(14)
+        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(16)
         print(s.getvalue())
     return 0
 

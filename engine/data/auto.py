@@ -15,8 +15,8 @@ adds memory). With the device pipeline a worker's steady-state job is small (gat
 ~100 numbers per sample), so workers matter mostly for the first epoch's decoding.
 On CPU training with 2 or fewer cores per process: 0 (in process). The step's OpenMP threads occupy
 every core; a worker process then runs only by preempting one of them, and each preemption stalls the
-whole parallel region (measured on the 2-core box: a 1.09x slower loop with 2 workers); in process, the
-data work costs exactly its own time.
+whole parallel region (issue #12: the df-ud 128 loop ran 1.09x the fixed-batch step with 2 workers); in
+process, the data work costs exactly its own time.
 """
 
 from __future__ import annotations

@@ -230,8 +230,9 @@ def _cpu_threads_for(raw: dict[str, torch.Tensor]) -> Iterator[None]:
 
     Its ops are many small elementwise passes (a 128² batch of 4: ~64K pixels each); split over OpenMP
     threads each one pays a fork-join, and on a machine where another process holds a core, one
-    descheduled thread stalls every op (measured on the 2-core box under load: 5 ms per batch on one
-    thread, 20-180 ms on two). Batches above ~1M pixels per side keep torch's threads."""
+    descheduled thread stalls every op (a 128² batch of 4 takes a few ms on one thread, and several
+    times longer on two threads when a core is shared). Batches above ~1M pixels per side keep torch's
+    threads."""
     image = raw.get("src_image")
     if image is None or image.device.type != "cpu":
         yield

@@ -21,6 +21,8 @@ SO(3)) from normals, not scipy's stream.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,21 @@ SOT_STEPS, SOT_BATCH = 10, 5  # color_transfer_sot's steps and batch_size as Sam
 SOT_DIRECTIONS = SOT_STEPS * SOT_BATCH
 SOT_SIGMA_SPACE, SOT_SIGMA_COLOR = 16.0, 5.0
 _FLT_EPS = float(np.finfo(np.float32).eps)
+
+
+def _const(name: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A constant of this module on `device`, made once per (device, dtype): building it from a Python
+    list on every call would be a blocking host-to-device copy inside the side-stream augmentation."""
+    return _const_cached(name, str(device), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _const_cached(name: str, device: str, dtype: torch.dtype) -> torch.Tensor:
+    value = {"sectors": _SECTORS, "lab_lo": (0.0, -127.0, -127.0), "lab_hi": (100.0, 127.0, 127.0),
+             "rgb2xyz": _RGB2XYZ / _WHITE[:, None], "xyz2rgb": _XYZ2RGB * _WHITE[None, :]}[name]
+    if name == "sectors":
+        return torch.tensor(value, device=device)
+    return torch.as_tensor(value, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -79,7 +96,7 @@ def hsv_to_bgr(x: torch.Tensor) -> torch.Tensor:
     frac = h - sector
     sector = sector.long().clamp_(0, 5)
     tab = torch.stack([v, v * (1 - s), v * (1 - s * frac), v * (1 - s * (1 - frac))], 0)  # (4, N, H, W)
-    sel = torch.tensor(_SECTORS, device=x.device)[sector]  # (N, H, W, 3)
+    sel = _const("sectors", x.device)[sector]  # (N, H, W, 3)
     out = torch.gather(tab, 0, sel.permute(3, 0, 1, 2))  # (3, N, H, W): b, g, r
     out = torch.where((s == 0)[None], v[None].expand_as(out), out)
     return out.permute(1, 0, 2, 3)
@@ -121,7 +138,7 @@ def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
 def bgr_to_lab(x: torch.Tensor) -> torch.Tensor:
     """cv2.COLOR_BGR2LAB for float images: (N, 3, H, W) BGR in [0, 1] -> L in [0, 100], a, b ~ ±127."""
     rgb = _srgb_to_linear(x.flip(1))
-    m = (_RGB2XYZ / _WHITE[:, None]).to(device=x.device, dtype=x.dtype)  # X and Z normalised by the white
+    m = _const("rgb2xyz", x.device, x.dtype)  # X and Z rows normalised by the white point
     xyz = torch.einsum("ij,njhw->nihw", m, rgb)
     f = torch.where(xyz > _T, xyz.clamp_min(0) ** (1 / 3), 7.787 * xyz + 16 / 116)
     y = xyz[:, 1]
@@ -145,7 +162,7 @@ def lab_to_bgr(lab: torch.Tensor) -> torch.Tensor:
         return torch.where(f <= f_t, (f - 16 / 116) / 7.787, f ** 3)
 
     xyz = torch.stack([inv(fx), y, inv(fz)], 1)
-    m = (_XYZ2RGB * _WHITE[None, :]).to(device=lab.device, dtype=lab.dtype)
+    m = _const("xyz2rgb", lab.device, lab.dtype)
     rgb = torch.einsum("ij,njhw->nihw", m, xyz)
     return _linear_to_srgb(rgb).flip(1)
 
@@ -162,8 +179,8 @@ def rct(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     mt, st = t.mean((2, 3), keepdim=True), t.std((2, 3), keepdim=True, correction=0)
     ms, ss = s.mean((2, 3), keepdim=True), s.std((2, 3), keepdim=True, correction=0)
     out = (t - mt) * ss / st + ms
-    lo = torch.tensor([0.0, -127.0, -127.0], device=x.device, dtype=x.dtype)[None, :, None, None]
-    hi = torch.tensor([100.0, 127.0, 127.0], device=x.device, dtype=x.dtype)[None, :, None, None]
+    lo = _const("lab_lo", x.device, x.dtype)[None, :, None, None]
+    hi = _const("lab_hi", x.device, x.dtype)[None, :, None, None]
     out = torch.minimum(torch.maximum(out, lo), hi)
     return torch.nan_to_num(lab_to_bgr(out), nan=1.0)
 
@@ -225,8 +242,8 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor, left: torch.Ten
     slope = torch.where(den != 0, (f1 - f0) / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(den))
     out = f0 + (x - x0) * slope
     out = torch.where(x == xp[..., -1:], fp[..., -1:].expand_as(out), out)
-    lo = fp[..., :1].expand_as(out) if left is None else torch.as_tensor(left, dtype=out.dtype, device=out.device)
-    hi = fp[..., -1:].expand_as(out) if right is None else torch.as_tensor(right, dtype=out.dtype, device=out.device)
+    lo = fp[..., :1].expand_as(out) if left is None else torch.full_like(out, left)
+    hi = fp[..., -1:].expand_as(out) if right is None else torch.full_like(out, right)
     out = torch.where(x < xp[..., :1], lo, out)
     return torch.where(x > xp[..., -1:], hi, out)
 
@@ -252,6 +269,7 @@ def idt(x: torch.Tensor, ref: torch.Tensor, rotations: torch.Tensor, bins: int =
     d1 = _flat(ref).float()
     rots = rotations.to(device=x.device, dtype=torch.float32)
     n_rot = rots.shape[1]
+    steps = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=x.device)
     for i in range(n_rot):
         r = rots[:, i]  # (N, C, C)
         d0r = r @ d0
@@ -260,7 +278,6 @@ def idt(x: torch.Tensor, ref: torch.Tensor, rotations: torch.Tensor, bins: int =
         b = d1r.reshape(n * c, -1)
         lo = torch.minimum(a.amin(-1), b.amin(-1)).double()
         hi = torch.maximum(a.amax(-1), b.amax(-1)).double()
-        steps = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=x.device)
         edges = (lo[:, None] + (hi - lo)[:, None] * steps[None, :]).float()  # float64 linspace, float32 edges
         edges[:, -1] = hi.float()
         cdf0, cdf1 = _cdf(a, edges, bins), _cdf(b, edges, bins)
@@ -271,7 +288,8 @@ def idt(x: torch.Tensor, ref: torch.Tensor, rotations: torch.Tensor, bins: int =
     return d0.reshape(x.shape).clamp(0, 1).to(x.dtype)
 
 
-def _circular_gaussian(sigma: float, device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _circular_gaussian_cpu(sigma: float) -> torch.Tensor:
     """cv2.bilateralFilter's spatial weights for d <= 0: radius round(1.5σ), offsets with r ≤ radius,
     exp(−r²/(2σ²)), normalised to sum 1. (2r+1, 2r+1) float32."""
     radius = int(round(sigma * 1.5))
@@ -279,7 +297,16 @@ def _circular_gaussian(sigma: float, device: torch.device) -> torch.Tensor:
                             torch.arange(-radius, radius + 1, dtype=torch.float64), indexing="ij")
     r2 = yy ** 2 + xx ** 2
     k = torch.where(r2 <= radius ** 2, torch.exp(-r2 / (2 * sigma ** 2)), torch.zeros_like(r2))
-    return (k / k.sum()).float().to(device)
+    return (k / k.sum()).float()
+
+
+def _circular_gaussian(sigma: float, device: torch.device) -> torch.Tensor:
+    return _const_kernel(float(sigma), str(device))
+
+
+@functools.lru_cache(maxsize=8)
+def _const_kernel(sigma: float, device: str) -> torch.Tensor:
+    return _circular_gaussian_cpu(sigma).to(device)
 
 
 def _smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
