@@ -8,6 +8,7 @@ extra_info says which.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from pathlib import Path
@@ -88,7 +89,8 @@ def load_recipe(cfg: Config, src: str, dst: str, run_dir: Path, *, compile_mode:
         "train.target_iter=0"])
 
 
-_SETTINGS = contextlib.ExitStack()  # the run's process settings stay on for the benchmark process
+_SETTINGS = contextlib.ExitStack()  # the run's process settings stay on for the benchmark process ...
+atexit.register(_SETTINGS.close)  # ... and are undone before the interpreter tears torch down
 
 
 def make_trainer(r):

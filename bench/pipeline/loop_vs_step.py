@@ -6,7 +6,7 @@
 For each design (pipeline:workers) a loader is built on the same trainer and its cache filled (steady
 state); then blocks of `--steps` fixed-batch steps and `--steps` loop iterations (Trainer.run's loop
 body: wait for the batch, move it, step) alternate, each block's first iteration discarded, so slow
-drifts of a shared machine's load hit all designs alike. Prints per design: median s/iteration of the
+drifts of a shared machine's load hit all designs alike (the design order rotates from block to block). Prints per design: median s/iteration of the
 loop and of the step in its blocks, their ratio, the loader wait share, the load average. This is how
 the 2-core default (engine/data/auto.py) was chosen; the suite's `train` figures give the same ratio
 for the default design only.
@@ -57,8 +57,8 @@ def main(argv=None) -> int:
     for _ in range(2):  # warm-up: allocator, oneDNN primitives, optimizer state
         t.train_one(fixed)
     load0 = os.getloadavg()
-    for _ in range(args.blocks):
-        for name, loader, it, res in designs:
+    for b in range(args.blocks):
+        for name, loader, it, res in designs[b % len(designs):] + designs[:b % len(designs)]:  # rotate the order
             t.clock = LoopClock()
             for i in range(args.steps + 1):
                 loop_iteration(t, it)

@@ -35,9 +35,10 @@ import cv2
 import torch
 
 from engine.data import holdout
-from engine.data.auto import resolve_pipeline, resolve_workers
+from engine.data.auto import resolve_pipeline, resolve_workers, usable_cores
 from engine.data.dataset import MODES, BatchPlanner, SAEHDBatches
 from engine.data.device import DeviceAugment, DeviceBatches, DeviceLoader
+from engine.data.prefill import prefill_cache
 from engine.data.shard import shard_faceset, shard_seed
 from engine.data.sample import SampleOptions
 from engine.errors import CheckpointError, DataError
@@ -273,6 +274,10 @@ def build_loader(data: Any, *, resolution: int, face_type: str, batch_size: int,
     pin = dev.type == "cuda" if pin_memory is None else pin_memory
     loader = FaceLoader(batches, planner, workers=n_workers, pin_memory=pin)
     loader.held_out = held_out  # engine.data.holdout.HeldOut or None; the trainer records it in checkpoints
+    if n_workers == 0 and mode != "dfl":  # in process: decode everything now, in parallel (engine.data.prefill)
+        bad = prefill_cache(batches, usable_cores())
+        if bad:
+            loader._report_bad(bad)
     if mode == "device":
         return DeviceLoader(loader, DeviceAugment(src_opts, dst_opts, warp_impl=warp_impl), dev)
     return loader

@@ -185,6 +185,24 @@ def test_stream_is_deterministic_resumable_and_worker_independent(root, ct):
         assert not _equal(next(d), first[0])
 
 
+def test_in_process_loader_prefills_the_cache_with_a_pool(root, monkeypatch):
+    """workers = 0: every face is decoded up front by a process pool (engine.data.prefill); the batches are
+    those of a loader whose workers fill the cache lazily."""
+    from engine.data import prefill
+
+    monkeypatch.setattr(prefill, "INLINE_BELOW", 0)  # use the pool even for this small faceset
+    monkeypatch.setattr("engine.data.loader.usable_cores", lambda: 2)
+    spec = DataSpec(src=str(root / "src"), dst=str(root / "dst"), pipeline="device", ct_mode="rct")
+    kw = dict(resolution=64, face_type="f", batch_size=3, seed=2)
+    with build_loader(spec, workers=0, **kw) as a, build_loader(spec, workers=2, **kw) as b:
+        caches = a.batches._caches
+        assert all(bool((c.status == 1).all()) for c in caches.values())
+        assert bool((caches["dst"].ct_status == 1).all())
+        assert all(int(c.status.sum()) == 0 for c in b.batches._caches.values())  # lazy: nothing yet
+        for _ in range(2):
+            assert _equal(next(a), next(b))
+
+
 def test_batch_shapes_ranges_and_pretrain(root):
     spec = DataSpec(src=str(root / "src"), dst=str(root / "dst"), pretrain_faceset=str(root / "src"),
                     pipeline="device", ct_mode="mkl")
