@@ -14,6 +14,11 @@ both on the same draws (tests/data/test_device_color.py).
 | `idt`                 | color_transfer_idt            | per-pixel interpolation in float32 (numpy: float64)        |
 | `sot`                 | color_transfer_sot (+ clip)   | regularisation: cv2.bilateralFilter(σcolour 5, σspace 16) on the advection field becomes the same normalised circular Gaussian without the colour term. The colour weight exp(−(Σ|Δ|)²/50) of an advection field (|Δ| ≲ 0.3) is ≥ 0.99, so this is a < 1% change of the smoothing weights (bounded in the tests) |
 
+On CUDA every op queues without a host synchronisation except torch.linalg.eigh (lct, mkl), which checks
+its convergence on the host: with those two ct modes the host waits for the side stream's work queued so
+far (the batch's copy and its colour statistics) before the current step is launched, so that part does
+not overlap the step.
+
 Random draws (idt's rotations, sot's directions) are arguments, drawn by the caller from each sample's
 own stream (engine.data.device): `haar_rotations` gives special_ortho_group's distribution (Haar on
 SO(3)) from normals, not scipy's stream.
@@ -202,7 +207,7 @@ def lct(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     eye = torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
     ct = tc @ tc.transpose(-1, -2) / tc.shape[-1] + eps * eye
     cs = sc @ sc.transpose(-1, -2) / sc.shape[-1] + eps * eye
-    m = _sqrtm_sym(cs) @ torch.linalg.inv(_sqrtm_sym(ct))
+    m = _sqrtm_sym(cs) @ torch.linalg.inv_ex(_sqrtm_sym(ct))[0]  # _ex: no error check, no host sync
     out = (m.to(x.dtype) @ tc.to(x.dtype)) + ms.to(x.dtype)
     return out.reshape(x.shape).clamp(0, 1)
 
@@ -284,7 +289,7 @@ def idt(x: torch.Tensor, ref: torch.Tensor, rotations: torch.Tensor, bins: int =
         f = _interp(cdf0.double(), cdf1.double(), edges[:, 1:].double())
         d_r = _interp(a, edges[:, 1:], f.float(), left=0.0, right=float(bins))
         delta = (d_r - a).reshape(n, c, -1)
-        d0 = d0 + torch.linalg.solve(r, delta) / n_rot
+        d0 = d0 + torch.linalg.solve_ex(r, delta)[0] / n_rot  # _ex: no error check, no host sync
     return d0.reshape(x.shape).clamp(0, 1).to(x.dtype)
 
 

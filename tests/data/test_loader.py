@@ -113,7 +113,8 @@ def test_ddp_ranks_read_disjoint_shards_that_cover_the_faceset(root):
         for side in (0, 1):
             a, b = names[side], names[2 + side]
             assert a and b and not a & b
-        assert names[0] | names[2] == {s.name for s in _loader(root, workers=0).batches.src.samples}
+        with _loader(root, workers=0) as whole:
+            assert names[0] | names[2] == {s.name for s in whole.batches.src.samples}
         for _ in range(2):
             x, y = next(r0), next(r1)
             assert x["warped_src"].shape[0] == y["warped_src"].shape[0] == 2
