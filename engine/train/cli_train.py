@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     evaluator = TrainingEvaluator(r) if r.train.eval_every else None  # the loop (below engine.eval) only calls it
     summary = train(r, resume=resume, max_steps=args.max_steps, progress=not args.no_progress, evaluator=evaluator)
     print(f"trained {summary['steps_done']} steps (now at step {summary['step']}); "
-          f"median {summary['median_s_per_step']:.3f} s/step; checkpoint {summary['checkpoint']}"
+          f"median {summary['median_s_per_step']:.3f} s/step ({summary['loop_s_per_step']:.3f} s per loop iteration, "
+          f"{summary['loader_wait_pct']:.1f}% waiting for data); checkpoint {summary['checkpoint']}"
           if summary["median_s_per_step"] is not None else f"no steps run; checkpoint {summary['checkpoint']}")
     return 0
