@@ -38,8 +38,12 @@ def main(argv=None) -> int:
     ap.add_argument("--designs", default="device:auto,device:1,fast:2")
     args = ap.parse_args(argv)
 
+    with tempfile.TemporaryDirectory(prefix="torchsae-loop-vs-step-") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args, tmp: Path) -> int:
     cfg = CONFIGS[args.config]
-    tmp = Path(tempfile.mkdtemp(prefix="torchsae-loop-vs-step-"))
     src, dst, label = faces(tmp / "faces")
     r = load_recipe(cfg, src, dst, tmp / "run")
     if args.threads:
