@@ -158,10 +158,38 @@ class BatchPlanner:
 # Fast-mode cache
 
 
+CACHE_PREFIX = "torchsae-facecache-"
+
+
 def _remove_cache_dir(path: str, owner_pid: int) -> None:
     # Forked workers inherit this finalizer; only the process that created the folder removes it.
     if os.getpid() == owner_pid:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_caches(root: str | Path) -> list[Path]:
+    """Remove the cache folders of runs that died without cleaning up (kill -9, power loss): a folder is
+    named `torchsae-facecache-<pid>-*` by the process that owns it and is stale once that process is gone.
+    A killed run at res 256 leaves ~1.6 MB per face behind, so without this every crash leaks gigabytes."""
+    removed = []
+    for d in Path(root).glob(CACHE_PREFIX + "*"):
+        pid = d.name[len(CACHE_PREFIX):].split("-", 1)[0]
+        if d.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("removed %d face cache folder(s) left by runs that no longer exist under %s", len(removed), root)
+    return removed
 
 
 class FaceCache:
@@ -171,14 +199,16 @@ class FaceCache:
     (engine.data.sample.PreparedFace) and, for dst facesets used as ct references, ct_status / ct
     (R, R, 3) uint8. Filled lazily by whichever process first needs a sample: every sample is decoded and
     converted once per run. Data is written before its status byte, so a reader that sees status 1 reads
-    complete data. The folder is removed when the creating process drops the cache.
+    complete data. The folder is removed when the creating process drops the cache, and by the next cache
+    created in the same place if that process died first (`remove_stale_caches`).
     """
 
     def __init__(self, n: int, resolution: int, *, with_ct: bool = False, cache_dir: str | Path | None = None):
         self.n, self.resolution, self.with_ct = int(n), int(resolution), bool(with_ct)
-        if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix="torchsae-facecache-", dir=None if cache_dir is None else str(cache_dir))
+        root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_caches(root)
+        self.dir = tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-", dir=str(root))
         self._finalizer = weakref.finalize(self, _remove_cache_dir, self.dir, os.getpid())
         self._open("w+")
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +15,7 @@ import torch
 
 from synthetic_faces import synthetic_face, write_synthetic_faceset
 
-from engine.data.dataset import BATCH_KEYS, BatchPlan, BatchPlanner, SAEHDBatches
+from engine.data.dataset import BATCH_KEYS, CACHE_PREFIX, BatchPlan, BatchPlanner, FaceCache, SAEHDBatches
 from engine.data.sample import SampleOptions
 from engine.data.yaw import ShuffleIndex, UniformYawIndex, yaw_bins
 from engine.errors import DataError
@@ -189,3 +193,23 @@ def test_scan_skips_bad_files_with_one_warning(tmp_path, caplog):
 def test_yaws_for_uniform_sampling(facesets):
     yaws = Faceset(facesets / "src").yaws()
     assert yaws.shape == (6,) and np.isfinite(yaws).all() and np.abs(yaws).max() < np.deg2rad(45)
+
+
+def test_face_cache_folders_of_dead_runs_are_removed(tmp_path):
+    # A run killed with -9 never runs its finalizer: the next cache created in the same place removes the
+    # folder, because the pid in its name no longer exists; a live owner's folder (ours) stays.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = tmp_path / f"{CACHE_PREFIX}{dead}-abc123"
+    stale.mkdir()
+    (stale / "image.u8").write_bytes(b"\0" * 1024)
+    other = tmp_path / "unrelated-folder"
+    other.mkdir()
+    live = FaceCache(2, 8, cache_dir=tmp_path)
+    assert not stale.exists() and other.exists()
+    assert Path(live.dir).name.startswith(f"{CACHE_PREFIX}{os.getpid()}-")
+    again = FaceCache(2, 8, cache_dir=tmp_path)  # a second cache of a live process leaves the first alone
+    assert Path(live.dir).exists() and Path(again.dir).exists()
+    live.close()
+    again.close()
+    assert not Path(live.dir).exists()
