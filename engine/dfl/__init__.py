@@ -1,7 +1,10 @@
 """DeepFaceLab SAEHD model files: restricted reading, key map, import into TorchSAE and export back (spec §8).
 
-    from engine.dfl import import_model, export_dfl_parts
     recipe, model = import_model("path/to/model_dir", name="mymodel")
+
+files.py (DFL's pickled part/data/optimizer files, read with the allow-list unpickler) and keymap.py (names
+and layouts) are the format; convert.py builds and trains nothing itself: it uses the graph, optimizers and
+checkpoints below it (engine.graph, engine.optim, engine.train.checkpoint).
 """
 
 from engine.dfl.convert import (MODEL_OPTION_KEYS, dfl_model_options, dfl_part_arrays, export_dfl_model,

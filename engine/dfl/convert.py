@@ -19,10 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import recipe as recipe_mod
 from engine.dfl.files import (data_path, find_model_names, part_path, read_data_file, read_optimizer_file,
                               read_part_file, write_data_file, write_part_file)
 from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array, torch_to_dfl_name
 from engine.errors import CheckpointError, TorchSAEError
+from engine.graph import build
+from engine.modules import discriminators as D
+from engine.optim import (AdaBelief, RMSprop, make_optimizer, optimizer_from_dfl, optimizer_to_dfl,
+                          saehd_param_groups)
+from engine.recipe.specs import OptimSpec
+from engine.train import checkpoint as ck
 
 __all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_dfl_discriminators",
            "import_dfl_training_state", "export_dfl_checkpoint", "load_dfl_parts", "load_dfl_weights",
@@ -41,8 +48,8 @@ def dfl_part_arrays(module: nn.Module, part: str) -> dict[str, np.ndarray]:
             for k, v in module.state_dict().items()}
 
 
-def _stage_part(module: nn.Module, part: str, arrays: dict[str, np.ndarray], source: str
-                ) -> list[tuple[nn.Parameter, np.ndarray]]:
+def _stage_part(module: nn.Module, part: str, arrays: dict[str, np.ndarray], source: str,
+                options: str = "archi, resolution and dims") -> list[tuple[nn.Parameter, np.ndarray]]:
     """Check one part's DFL arrays (keys without the part prefix) against ``module``; return
     (parameter, torch-layout array) pairs, or raise CheckpointError listing every problem."""
     params = dict(module.named_parameters())
@@ -61,15 +68,17 @@ def _stage_part(module: nn.Module, part: str, arrays: dict[str, np.ndarray], sou
     if problems:
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
         raise CheckpointError(f"{source}: does not fit part '{part}' of this model "
-                              f"({len(problems)} problem{'s' if len(problems) > 1 else ''}; check the archi, "
-                              "resolution and dims options):\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
+                              f"({len(problems)} problem{'s' if len(problems) > 1 else ''}; check the {options} "
+                              "options):\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more)
     return [(p, dfl_to_torch_array(arrays[key])) for key, (p, _) in expected.items()]
 
 
-def load_dfl_part_file(module: nn.Module, path: str | Path, part: str) -> None:
+def load_dfl_part_file(module: nn.Module, path: str | Path, part: str, *,
+                       options: str = "archi, resolution and dims") -> None:
     """Load one DFL part file into any module whose parameter names mirror DFL's variable names (e.g. a
-    discriminator saved as ``GAN.npy`` with scope ``D_src``): same checks as `load_dfl_parts`."""
-    staged = _stage_part(module, part, read_part_file(path), str(path))
+    discriminator saved as ``GAN.npy`` with scope ``D_src``): same checks as `load_dfl_parts`; a file that
+    does not fit names `options`, the options that decide the module's shapes."""
+    staged = _stage_part(module, part, read_part_file(path), str(path), options)
     with torch.no_grad():
         for p, a in staged:
             p.copy_(torch.from_numpy(a))
@@ -169,9 +178,6 @@ def import_model(path: str | Path, *, name: str | None = None, options: dict[str
     face_type, ae_dims, e_dims, d_dims, d_mask_dims, ...) override them, and are required for a folder of
     part files without data.dat. The recipe is made by ``engine.recipe.from_options``.
     """
-    from engine.graph import build
-    from engine.recipe import from_options
-
     folder, name, data = _resolve_folder(path, name)
     opts: dict[str, Any] = dict(data["options"]) if data else {}
     if options:
@@ -187,7 +193,7 @@ def import_model(path: str | Path, *, name: str | None = None, options: dict[str
     if data is not None:
         log.info("DFL model '%s': iter %s, archi %s, resolution %s", name, data.get("iter"), opts.get("archi"),
                  opts.get("resolution"))
-    recipe = from_options(opts, name=name or folder.name)
+    recipe = recipe_mod.from_options(opts, name=name or folder.name)
     model = build(recipe, device=device)
     load_dfl_parts(model, folder, name)
     return recipe, model
@@ -198,8 +204,6 @@ OPTIMIZER_PART = "src_dst_opt"  # DFL's generator optimizer file (<name>_SAEHD_s
 
 def _saveable(model: nn.Module) -> dict[str, nn.Parameter]:
     """{torch name: parameter} of DFL's saveable set (spec §3.6), in the trainer's order."""
-    from engine.optim import saehd_param_groups
-
     return saehd_param_groups(model, model.model_spec.archi_type, True)[1]
 
 
@@ -208,8 +212,6 @@ def _optimizer_state(path: Path, optimizer: str, params: dict[str, tuple[str, nn
     """Read a DFL optimizer file for ``params`` ({torch name: (DFL variable name, parameter)}) and return
     ``{"name", "iterations", "state": {torch name: {slot: tensor}}}``; checked by loading it into a scratch
     optimizer of the recipe's class (`engine.optim.optimizer_from_dfl`: every slot key, every shape)."""
-    from engine.optim import AdaBelief, RMSprop, optimizer_from_dfl
-
     classes = {"adabelief": AdaBelief, "rmsprop": RMSprop}
     if optimizer not in classes:
         raise CheckpointError(f"{path}: DFL optimizer state is for adabelief or rmsprop, not {optimizer!r}")
@@ -248,19 +250,22 @@ def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module,
     return _optimizer_state(path, optimizer, params, lambda _v, a: dfl_to_torch_array(a))
 
 
-# our trainer's attribute -> (DFL weight file, DFL optimizer file); spec §8.1
-DISCRIMINATOR_FILES = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
+# our trainer's attribute -> (DFL weight file, DFL optimizer file, DFL variable scope); spec §8.1, §8.2
+DISCRIMINATOR_FILES = {"code_d": ("code_discriminator", "D_code_opt", "dis"), "gan_d": ("GAN", "GAN_opt", "D_src")}
+# the options that decide each discriminator's shapes (named when a file does not fit them)
+_DISCRIMINATOR_OPTIONS = {"code_d": "ae_dims and resolution", "gan_d": "resolution, gan_patch_size and gan_dims"}
 
 
-def _discriminator(attr: str, recipe, model: nn.Module):
-    """(module, DFL key map) of the trainer's discriminator `attr` for this recipe (as engine.train.build.build_trainer builds it)."""
-    from engine.modules import discriminators as D
-
+def _discriminator(attr: str, recipe, model: nn.Module) -> nn.Module:
+    """The trainer's discriminator `attr` for this recipe (as engine.train.build.build_trainer builds it)."""
     if attr == "code_d":
-        mod = D.code_discriminator_for(model, recipe.model.ae_dims)
-        return mod, D.code_d_key_map(mod)
-    mod = D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
-    return mod, D.unet_patch_d_key_map(mod)
+        return D.code_discriminator_for(model, recipe.model.ae_dims)
+    return D.gan_discriminator_for(recipe.model.resolution, recipe.loss.gan_patch_size, recipe.loss.gan_dims)
+
+
+def _scoped_names(module: nn.Module, scope: str) -> dict[str, tuple[str, nn.Parameter]]:
+    """{torch name: (DFL variable name ``<scope>/<path>/<weight|bias>:0``, parameter)} (engine.dfl.keymap)."""
+    return {n: (torch_to_dfl_name(f"{scope}.{n}", strip_part=False), p) for n, p in module.named_parameters()}
 
 
 def import_dfl_discriminators(folder: str | Path, name: str | None, recipe, model: nn.Module
@@ -273,25 +278,21 @@ def import_dfl_discriminators(folder: str | Path, name: str | None, recipe, mode
     exactly: DFL re-initialises a discriminator whose options changed (§1), so a file that does not fit the
     options is refused here (CheckpointError naming file, key and shapes) rather than silently dropped.
     """
-    from engine.modules import discriminators as D
-
     out: dict[str, dict[str, Any]] = {}
-    for attr, (wfile, ofile) in DISCRIMINATOR_FILES.items():
+    for attr, (wfile, ofile, scope) in DISCRIMINATOR_FILES.items():
         wpath = part_path(folder, wfile, name)
         if not wpath.is_file():
             continue
         if attr == "code_d" and (getattr(model, "dfl_archi", None) is None or recipe.model.archi_type != "df"):
             log.info("%s: the code discriminator belongs to DF models; ignored for %s", wpath, recipe.model.archi)
             continue
-        mod, km = _discriminator(attr, recipe, model)
-        D.load_dfl_weights(mod, km, read_part_file(wpath), strip_scope=True, source=str(wpath))
+        mod = _discriminator(attr, recipe, model)
+        load_dfl_part_file(mod, wpath, scope, options=_DISCRIMINATOR_OPTIONS[attr])
         opath = part_path(folder, ofile, name)
         opt = None
         if opath.is_file():
-            params = dict(mod.named_parameters())
-            kinds = {dname: kind for dname, kind in km.values()}
-            opt = _optimizer_state(opath, recipe.optim.name, {t: (d, params[t]) for t, (d, _) in km.items()},
-                                   lambda v, a: D.tf_to_torch(a, kinds[v]))
+            opt = _optimizer_state(opath, recipe.optim.name, _scoped_names(mod, scope),
+                                   lambda _v, a: dfl_to_torch_array(a))
         out[attr] = {"model": {k: v.detach().cpu() for k, v in mod.state_dict().items()}, "optimizer": opt}
         log.info("%s: imported the %s discriminator%s", wpath, attr, " with its optimizer state" if opt else "")
     return out
@@ -362,13 +363,6 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     would re-initialise it). A run with adam/adamw (no DFL file format) gets weights and options only, with
     a warning.
     """
-    from engine import recipe as recipe_mod
-    from engine.graph import build
-    from engine.modules import discriminators as D
-    from engine.optim import make_optimizer, optimizer_to_dfl
-    from engine.recipe.specs import OptimSpec
-    from engine.train import checkpoint as ck
-
     loaded = ck.load(path, train_state=True)  # one verified checkpoint for both files (a run folder: its newest)
     payload, state = loaded.payload, loaded.state
     recipe = recipe_mod.loads(payload["recipe_toml"], source=f"{path} (stored recipe)")
@@ -400,16 +394,14 @@ def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> li
     by_dfl = {torch_to_dfl_name(n, strip_part=False): p for n, p in saveable.items()}
     files.append(write_part_file(part_path(folder, OPTIMIZER_PART, name),
                                  optimizer_to_dfl(g_opt, by_dfl, lambda _v, a: torch_to_dfl_array(a))))
-    for attr, (wfile, ofile) in DISCRIMINATOR_FILES.items():
+    for attr, (wfile, ofile, scope) in DISCRIMINATOR_FILES.items():
         if attr not in state:
             continue
-        mod, km = _discriminator(attr, recipe, model)
+        mod = _discriminator(attr, recipe, model)
         mod.load_state_dict(state[attr])
-        files.append(write_part_file(part_path(folder, wfile, name), D.dfl_state(mod, km)))
+        files.append(write_part_file(part_path(folder, wfile, name), dfl_part_arrays(mod, scope)))
         d_opt = make_optimizer(list(mod.parameters()), cfg)  # the trainer's order: mod.parameters()
         d_opt.load_state_dict(state[attr + "_opt"])
-        named = dict(mod.named_parameters())
-        kinds = {dname: kind for dname, kind in km.values()}
         files.append(write_part_file(part_path(folder, ofile, name), optimizer_to_dfl(
-            d_opt, {d: named[t] for t, (d, _) in km.items()}, lambda v, a: D.torch_to_tf(a, kinds[v]))))
+            d_opt, dict(_scoped_names(mod, scope).values()), lambda _v, a: torch_to_dfl_array(a))))
     return files

@@ -20,7 +20,8 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from engine.faces.faceset import FaceData, FaceSample, load_faceset
+from engine.faces.face_sample import FaceSample
+from engine.faces.faceset import FaceData, load_faceset
 from engine.faces.facetypes import FaceType
 from engine.faces.landmarks import get_transform_mat, transform_points
 from engine.data.sample import SampleOptions, full_face_mask, image_to_model, mask_to_model

@@ -42,7 +42,7 @@ def _dims(value_info) -> list:
 
 def check_dfm(proto, resolution: int, *, where: str = "dfm") -> None:
     """Raise TorchSAEError listing every way `proto` departs from the DFM contract; see module docstring."""
-    import onnx
+    import onnx  # heavy (protobuf): loaded only when a .dfm is checked
 
     problems = []
     opset = {o.domain: o.version for o in proto.opset_import}.get("", None)

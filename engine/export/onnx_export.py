@@ -49,6 +49,7 @@ from engine.export import verify
 from engine.export.dfm import DFM_IR_VERSION, DFM_OPSET, check_dfm
 from engine.export.faces import list_images, read_face, smooth_faces
 from engine.export.graphs import DFM_INPUT, DFM_OUTPUTS, ONNX_IO, DfmSwap, OnnxSwap, to_half
+from engine.export.quantize import quantize_int8
 
 log = logging.getLogger("torchsae.export")
 
@@ -119,7 +120,7 @@ def trace_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, *, input
 def simplify(proto, *, where: str):
     """(simplified proto, tool name) with onnxsim, falling back to onnxslim; (proto, None) if both fail."""
     try:
-        import onnxsim
+        import onnxsim  # heavy, and one of two simplifiers: whichever is importable is used
 
         simp, ok = onnxsim.simplify(proto)
         if not ok:
@@ -129,7 +130,7 @@ def simplify(proto, *, where: str):
         log.warning("%s: onnxsim failed (%s: %s); simplifying with onnxslim instead", where, type(e).__name__,
                     str(e).splitlines()[0] if str(e) else "")
     try:
-        import onnxslim
+        import onnxslim  # heavy, and the fallback simplifier when onnxsim is not importable
 
         with contextlib.redirect_stdout(io.StringIO()):  # onnxslim prints a summary table
             simp = onnxslim.slim(proto)
@@ -195,7 +196,7 @@ def export_model(model: torch.nn.Module, out: str | Path, *, fmt: str = "onnx", 
 
 def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimplified, verify_faces, metadata,
                   int8=False):
-    import onnx
+    import onnx  # heavy (protobuf): loaded only when a model is exported
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -285,8 +286,6 @@ def _int8(final, net_ref, R, faces_dir, in_name, out_names, where, checks: list)
     (up to 32 calibration faces after the 4 verification ones when the folder has them; smooth random
     images otherwise, then calibration and check share them). Appends ("int8 <faces>", output, max abs
     error, mean limit, p99 limit) to `checks`."""
-    from engine.export.quantize import quantize_int8
-
     faces, what = verification_faces(R, faces_dir, n=4 + INT8_CALIBRATION_FACES)
     check, calib = (faces[:4], faces[4:]) if len(faces) >= 8 else (faces, faces)
     check = np.ascontiguousarray(check.transpose(0, 3, 1, 2))

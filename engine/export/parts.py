@@ -41,7 +41,7 @@ from engine.export import verify
 from engine.export.graphs import PartNet, to_half
 from engine.export.onnx_export import (DEFAULT_OPSET, reference_kernels, simplify, trace_onnx,
                                        verification_faces)
-from engine.graph.spec import IMAGE
+from engine.recipe.graph_spec import IMAGE
 
 log = logging.getLogger("torchsae.export")
 
@@ -92,7 +92,7 @@ def export_parts(model: torch.nn.Module, folder: str | Path, *, opset: int | Non
 
 
 def _export_parts(model, folder, *, opset, fp16, simplify_graph, verify_faces, metadata) -> PartsReport:
-    import onnx
+    import onnx  # heavy (protobuf): loaded only when parts are exported
 
     t0 = time.perf_counter()
     opset = DEFAULT_OPSET if opset is None else int(opset)

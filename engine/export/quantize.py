@@ -35,7 +35,7 @@ MIN_INT8_OPSET = 13
 def quantize_int8(model, faces: np.ndarray, *, input_name: str, where: str):
     """The int8 QDQ version of `model` (an fp32 onnx.ModelProto), activation ranges from `faces`
     (N, ...) float32 in the model's input layout, one face per calibration run. Returns a ModelProto."""
-    import onnx
+    import onnx  # heavy: onnx and onnxruntime's quantizer load only for --int8
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -23,8 +23,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from engine.errors import TorchSAEError, first_line
+from engine.export.inference import load_for_inference
+from engine.export.parts import MANIFEST, PartsRunner
+from engine.export.verify import ort_session
 
 log = logging.getLogger("torchsae.export")
 
@@ -33,7 +37,7 @@ __all__ = ["OrtSwapper", "PartsSwapper", "TorchSwapper", "open_model", "ort_prov
 
 def ort_providers() -> list[str]:
     """["CUDAExecutionProvider", "CPUExecutionProvider"] when onnxruntime has CUDA, else the CPU only."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded only when a model runs in ONNX Runtime
 
     avail = ort.get_available_providers()
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in avail else []) + ["CPUExecutionProvider"]
@@ -43,8 +47,6 @@ class OrtSwapper:
     """An exported model (.dfm or .onnx) in ONNX Runtime; see the module docstring for how it is read."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):
-        from engine.export.verify import ort_session
-
         self.path = Path(path)
         try:
             self.sess = ort_session(self.path, providers or ort_providers())
@@ -94,8 +96,6 @@ class PartsSwapper:
     """A ``--parts`` export folder, chained by PartsRunner."""
 
     def __init__(self, folder: str | Path, providers: list[str] | None = None):
-        from engine.export.parts import PartsRunner
-
         self.runner = PartsRunner(folder, providers or ort_providers())
         self.resolution = self.runner.resolution
         self.description = f"{Path(folder).name} (parts, ONNX Runtime)"
@@ -109,10 +109,6 @@ class TorchSwapper:
     """A checkpoint or DFL model folder run in torch (CUDA when available)."""
 
     def __init__(self, path: str | Path, device: str | None = None):
-        import torch
-
-        from engine.export.inference import load_for_inference
-
         self.recipe, model = load_for_inference(path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
@@ -120,8 +116,6 @@ class TorchSwapper:
         self.description = f"{Path(path).name} (torch, {self.device})"
 
     def __call__(self, faces: np.ndarray):
-        import torch
-
         x = torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2), dtype=np.float32)).to(self.device)
         with torch.no_grad():
             outs = self.model.swap(x)
@@ -131,8 +125,6 @@ class TorchSwapper:
 def open_model(path: str | Path):
     """A swapper for `path`: .onnx/.dfm file -> OrtSwapper; folder with parts.json -> PartsSwapper;
     anything else (checkpoint file, DFL model folder) -> TorchSwapper."""
-    from engine.export.parts import MANIFEST
-
     path = Path(path)
     if not path.exists():
         raise TorchSAEError(f"{path}: no such model file or folder")

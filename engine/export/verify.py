@@ -44,7 +44,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 def ort_session(model, providers: list[str] | None = None):
     """An onnxruntime InferenceSession on a path or an in-memory ModelProto/bytes (CPU by default)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded only when an ONNX file is run
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: ORT warns about unused initializers on unsimplified graphs
@@ -108,7 +108,7 @@ def check_graph(proto, *, opset: int, where: str) -> None:
     """onnx.checker (full, with shape inference), the opset, and no custom ops: every node and opset
     import must be in the default ONNX domain (export forces reference kernels; a custom op would make
     the file unusable in a stock ONNX Runtime such as DeepFaceLive's)."""
-    import onnx
+    import onnx  # heavy (protobuf): loaded only when an ONNX file is checked
 
     try:
         onnx.checker.check_model(proto, full_check=True)

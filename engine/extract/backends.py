@@ -102,7 +102,7 @@ class DlibDetector:
     """
 
     def __init__(self, upsample: int = 0, threshold: float = 0.0, retry_upsample: bool = True):
-        import dlib
+        import dlib  # heavy (C extension): loaded only by the dlib backend
 
         self._det = dlib.get_frontal_face_detector()
         self.upsample = int(upsample)
@@ -126,7 +126,7 @@ class DlibBackend:
     name = "dlib"
 
     def __init__(self, detector: DlibDetector | None = None, predictor_path: str | Path | None = None):
-        import dlib
+        import dlib  # heavy (C extension): loaded only by the dlib backend
 
         self.detector = detector or DlibDetector()
         path = Path(predictor_path) if predictor_path else dlib_model_path("shape_predictor_68_face_landmarks.dat")
@@ -156,14 +156,14 @@ class DlibBackend:
 
 def fan_weights_url() -> str:
     """Download URL of the 2D FAN-4 weights, as the face-alignment package knows it."""
-    from face_alignment.api import models_urls
+    from face_alignment.api import models_urls  # optional: only the FAN backend needs face-alignment
 
     return models_urls["2DFAN-4"]
 
 
 def fan_cached_weights_path() -> Path:
     """Where face-alignment's downloader keeps the FAN weights: <torch hub dir>/checkpoints/<file name>."""
-    import torch.hub
+    import torch.hub  # heavy: extraction with dlib runs without torch
 
     name = os.path.basename(fan_weights_url())
     return Path(torch.hub.get_dir()) / "checkpoints" / name
@@ -177,7 +177,7 @@ def load_fan(weights: str | Path, device: str = "cpu"):
     unpickling). The number of hourglass modules is read from the keys (`m0.`, `m1.`, ...; 2DFAN-4 has
     4). DataError naming the file when it is missing, unreadable or not a FAN state dict.
     """
-    import torch
+    import torch  # heavy: extraction with dlib runs without torch
     from face_alignment.models import FAN
 
     path = Path(weights)
@@ -253,7 +253,7 @@ class FanBackend:
         return self._landmarks_rgb(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), rect)
 
     def _landmarks_rgb(self, rgb: np.ndarray, rect: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # heavy: extraction with dlib runs without torch
         from face_alignment.utils import crop
 
         l, t, r, b = (float(v) for v in rect)
@@ -272,7 +272,7 @@ class FanBackend:
 
 
 def _default_device() -> str:
-    import torch
+    import torch  # heavy: extraction with dlib runs without torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -300,7 +300,7 @@ def resolve_backend(backend: str = "auto", fan_weights: str | Path | None = None
         return FanBackend(load_fan(cached, device), device=device), f"FAN weights found in {cached}"
     if backend == "auto":
         return DlibBackend(), f"auto: FAN weights not found at {cached} (pass --fan-weights PATH to use FAN)"
-    from face_alignment.utils import load_file_from_url
+    from face_alignment.utils import load_file_from_url  # optional: only the FAN backend needs face-alignment
 
     url = fan_weights_url()
     try:

@@ -30,10 +30,12 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 from engine.errors import DataError
+from engine.extract.extractor import SUMMARY_NAME, extract
 
 __all__ = [
     "PYFEAT_REQUIREMENT",
@@ -110,7 +112,7 @@ def _cache_lock(cache: Path):
     do not fetch into the same files at once; a no-op where fcntl does not exist (Windows)."""
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
+        import fcntl  # POSIX only: on Windows the lock is skipped
     except ImportError:
         yield
         return
@@ -148,8 +150,6 @@ def _fetch_demo_videos(cache: Path) -> tuple[Path, Path]:
 
 
 def _is_complete(ws: Path) -> bool:
-    from engine.extract.extractor import SUMMARY_NAME
-
     marker = ws / MARKER
     if not marker.is_file():
         return False
@@ -168,10 +168,6 @@ def _is_complete(ws: Path) -> bool:
 
 def demo_data(workspace: str | Path, *, cache: str | Path | None = None, backend: str = "auto", fan_weights=None, progress: bool = True) -> dict:
     """Fetch and extract the demo faces into `workspace` (see module doc); returns demo_data.json's dict."""
-    import time
-
-    from engine.extract.extractor import extract
-
     ws = Path(workspace)
     if _is_complete(ws):
         log.info("demo-data: %s is complete (%s found), nothing to do", ws, ws / MARKER)

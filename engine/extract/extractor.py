@@ -31,7 +31,9 @@ from pathlib import Path
 import attrs
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from engine.faces import dfljpg
 from engine.faces.facetypes import FaceType
 from engine.errors import DataError
 from engine.fileio import write_atomic
@@ -104,8 +106,6 @@ def face_metadata(aligned, rect: np.ndarray, source_filename: str) -> dict:
 
 
 def _write_face(path: Path, image: np.ndarray, meta: dict, jpeg_quality: int) -> None:
-    from engine.faces import dfljpg
-
     # dfljpg.write is atomic (temp file + rename): an interrupted run never leaves a half-written face.
     dfljpg.write(path, image, meta, quality=jpeg_quality)
 
@@ -160,8 +160,6 @@ def extract(
     backend: 'auto' | 'dlib' | 'fan' or a ready FaceBackend (tests pass fakes). step: use every
     `step`-th frame (frame names keep their true index). Returns the summary also written as JSON.
     """
-    from tqdm import tqdm
-
     ft = FaceType.parse(face_type, "--face-type")
     if ft == FaceType.MARK_ONLY:
         raise DataError("--face-type mark_only has no aligned crop; extraction needs one of h, mf, f, wf, head")

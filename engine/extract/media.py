@@ -117,7 +117,7 @@ class MediaSource:
             finally:
                 cap.release()
             return
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # the ffmpeg fallback, loaded only when OpenCV cannot read the video
 
         gen = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="bgr24")
         try:
@@ -133,7 +133,7 @@ class MediaSource:
 
 
 def _ffmpeg_count(path: Path) -> int:
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # the ffmpeg fallback, loaded only when OpenCV cannot read the video
 
     try:
         n, _secs = imageio_ffmpeg.count_frames_and_secs(str(path))

@@ -40,7 +40,11 @@ import attrs
 import cv2
 import numpy as np
 
-from engine.errors import DataError
+from engine.errors import DataError, did_you_mean
+from engine.extract.backends import dlib_model_path
+from engine.faces import dfljpg
+from engine.faces.landmarks import estimate_pitch_yaw_roll
+from engine.faces.masks import get_image_hull_mask
 from engine.fileio import write_atomic
 
 __all__ = [
@@ -104,8 +108,6 @@ def list_faces(folder: str | Path) -> list[Path]:
 
 def _meta(path: Path) -> dict:
     """DFL metadata of an aligned face (engine.faces.dfljpg.read); DataError if it has no landmarks."""
-    from engine.faces import dfljpg
-
     meta = dfljpg.read(path)
     if not meta or meta.get("landmarks") is None:
         raise DataError(f"{path}: not an aligned DFL face (no DFLJPG landmarks); sort needs extracted faces")
@@ -114,16 +116,12 @@ def _meta(path: Path) -> dict:
 
 def _read(path: Path) -> tuple[np.ndarray, dict]:
     """(BGR uint8 image, DFL metadata dict) of an aligned face."""
-    from engine.faces import dfljpg
-
     meta = _meta(path)
     return dfljpg.read_image(path), meta
 
 
 def sharpness(image: np.ndarray, landmarks) -> float:
     """Variance of the Laplacian of the grey image over the hull-mask pixels (NaN if the mask is empty)."""
-    from engine.faces.masks import get_image_hull_mask
-
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float64) if image.ndim == 3 else image.astype(np.float64)
     lap = cv2.filter2D(grey, cv2.CV_64F, _LAPLACIAN, borderType=cv2.BORDER_REFLECT_101)
     mask = get_image_hull_mask(grey.shape, np.asarray(landmarks, dtype=np.float64))[..., 0] > 0
@@ -145,11 +143,7 @@ def blur_scores(paths: list[Path]) -> np.ndarray:
 
 def yaw_scores(paths: list[Path]) -> np.ndarray:
     """(N,) yaw in radians per face (spec §6.6, size = image width as DFL passes)."""
-    from engine.faces.landmarks import estimate_pitch_yaw_roll
-
     out = np.empty(len(paths), dtype=np.float64)
-    from engine.faces import dfljpg
-
     for i, p in enumerate(paths):
         meta = _meta(p)
         width = dfljpg.read_shape(p)[1]
@@ -210,9 +204,8 @@ def hist_chain_order(hists: np.ndarray) -> tuple[list[int], np.ndarray]:
 def face_descriptors(paths: list[Path], model_path: str | Path | None = None) -> np.ndarray:
     """(N, 128) float64 dlib face-recognition descriptors, one per aligned face, from its stored 68
     landmarks (dlib aligns its own 150x150 chip from them)."""
-    import dlib
+    import dlib  # heavy (C extension): only sorting by face identity needs it
 
-    from engine.extract.backends import dlib_model_path
 
     model = dlib.face_recognition_model_v1(str(model_path or dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")))
     out = np.zeros((len(paths), 128), dtype=np.float64)
@@ -245,7 +238,7 @@ def cluster_identities(desc: np.ndarray, threshold: float = 0.6) -> tuple[np.nda
     if n == 1:
         raw = np.zeros(1, dtype=np.int64)
     else:
-        from scipy.cluster.hierarchy import fcluster, linkage
+        from scipy.cluster.hierarchy import fcluster, linkage  # heavy: only the face-identity clustering needs scipy
 
         raw = fcluster(linkage(desc, method="average", metric="euclidean"), t=threshold, criterion="distance")
     seed = max(np.unique(raw), key=lambda c: ((raw == c).sum(), -int(np.argmax(raw == c))))
@@ -268,8 +261,6 @@ def sort_faceset(folder: str | Path, by: str, *, face_threshold: float = 0.6, ou
     """Rank the faces in `folder` by `by` (blur | yaw | hist | face) and write the JSON result to
     `output` (default `folder/sort_<by>.json`). Moves nothing."""
     if by not in SORT_METHODS:
-        from engine.errors import did_you_mean
-
         raise DataError(f"sort --by {by!r} is not known{did_you_mean(by, SORT_METHODS)} (valid: {', '.join(SORT_METHODS)})")
     folder = Path(folder)
     paths = list_faces(folder)

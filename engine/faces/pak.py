@@ -25,7 +25,7 @@ TorchSAE's packed cache `faceset.tspak` is one file built for random access from
              source_filename, xseg_mask: [offset, nbytes] | null, seg_ie_polys: {polys: [{type, pts}]} |
              null}], "source": {dir, files, newest_mtime_ns}}
 
-Readers map the file once per process (np.memmap, opened lazily by engine.faces.faceset) and slice it:
+Readers map the file once per process (np.memmap, opened lazily by engine.faces.face_sample) and slice it:
 no per-sample open/seek/read, and FaceSample records stay small and picklable for worker processes.
 Decoded packs need no JPEG decode at all (a sample is a read-only view of the map). The file is
 written to a temporary name beside the target and renamed into place (atomic). Landmarks are stored as
@@ -46,7 +46,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engine.faces.faceset import FaceSample, image_files, normalise_seg_ie_polys, sample_from_meta
+from engine.faces.face_sample import FaceSample, image_files, normalise_seg_ie_polys, sample_from_meta
 from engine.faces.facetypes import FaceType
 from engine.errors import DataError, UnsafeFileError
 from engine.safe_pickle import ALLOWED_GLOBALS

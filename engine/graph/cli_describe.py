@@ -14,8 +14,8 @@ import json
 from engine.errors import TorchSAEError
 from engine.graph import describe, render
 from engine.graph.plan import graph_of
-from engine.graph.spec import graph_to_dict
 from engine.recipe import load_command_line
+from engine.recipe.graph_spec import graph_to_dict
 from engine.recipe.specs import TRAIN_FLAGS
 from engine.recipe.toml_write import dumps
 

@@ -35,8 +35,8 @@ from torch import nn
 
 from engine.errors import RecipeError
 from engine.graph.plan import GraphPlan
-from engine.graph.spec import IMAGE
 from engine.modules import Adapter, Decoder, Encoder, Inter
+from engine.recipe.graph_spec import IMAGE
 
 __all__ = ["SwapModel"]
 

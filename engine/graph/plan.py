@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 
 from engine.errors import RecipeError, RecipeErrors
-from engine.graph.spec import IMAGE, GraphSpec
 from engine.graph.templates import PRESETS, preset_graph
+from engine.recipe.graph_spec import IMAGE, GraphSpec
 
 __all__ = ["PlannedNode", "GraphPlan", "model_spec_of", "graph_of", "plan", "check", "fmt_shape"]
 

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.graph.model import SwapModel
 from engine.graph.plan import GraphPlan, fmt_shape, model_spec_of, plan
-from engine.graph.spec import IMAGE
 from engine.modules import Act, Downscale, ResidualBlock, Upscale
+from engine.recipe.graph_spec import IMAGE
 
 __all__ = ["derived_values", "describe", "render"]
 
@@ -116,8 +117,6 @@ def _layer_rows(module: nn.Module, in_shape: tuple[int, ...]) -> list[dict[str, 
 
 def describe(recipe_or_model_spec: Any) -> dict[str, Any]:
     """A JSON-able description of the recipe's network (see `render` for the text form)."""
-    from engine.graph.model import SwapModel
-
     ms, _source = model_spec_of(recipe_or_model_spec)
     p: GraphPlan = plan(recipe_or_model_spec)
     model = SwapModel(p, ms, device="meta")

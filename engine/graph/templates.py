@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.graph.spec import GraphSpec, IdentitySpec, NodeSpec
+from engine.recipe.graph_spec import GraphSpec, IdentitySpec, NodeSpec
 
 __all__ = ["df", "liae", "PRESETS", "preset_graph"]
 

@@ -45,7 +45,7 @@ __all__ = [
     "gan_active",
     "true_face_g_active",
     "true_face_d_active",
-    "identity_recon_losses",
+    "identity_recon_loss",
     "SAEHDTargets",
     "apply_blur_out_mask",
     "blur_out_mask",
@@ -329,26 +329,21 @@ def code_d_loss(code_d: Callable[[torch.Tensor], torch.Tensor], src_code: torch.
     return 0.5 * (dloss(1.0, code_d(dst_code)) + dloss(0.0, code_d(src_code)))
 
 
-def identity_recon_losses(model, batch: Mapping[str, torch.Tensor], identities, spec: LossSpec, rt: LossRuntime
-                          ) -> dict[str, torch.Tensor]:
-    """Per-identity reconstruction for explicit graphs with identities beyond src/dst (a TorchSAE addition).
+def identity_recon_loss(x: str, target: torch.Tensor, target_mask: torch.Tensor, target_mask_em: torch.Tensor | None,
+                        pred: torch.Tensor, pred_mask: torch.Tensor, spec: LossSpec, rt: LossRuntime
+                        ) -> dict[str, torch.Tensor]:
+    """Reconstruction of identity `x` for explicit graphs with identities beyond src/dst (a TorchSAE addition).
 
-    For each identity X the batch carries ``warped_X, target_X, target_Xm, target_Xm_em``; X's face goes
-    through X's own code path and decoder (``model.reconstruct``) and gets SAEHD's src/dst terms 1–4 (§3.4)
-    with the same mask preparation (§3.3). Returns ``{"X_dssim": (N,), "X_mse": …, "X_mask_mse": …,
-    ["X_em_l1"], "X_loss": sum}`` for each X; the training step adds every ``X_loss`` to G_loss.
+    `target` (N, 3, R, R), `target_mask` (N, 1, R, R) and `target_mask_em` (the eyes/mouth mask or None) are
+    the batch's ``target_X, target_Xm, target_Xm_em``; `pred`, `pred_mask` are X's face rendered through X's
+    own code path and decoder (the caller runs the model: engine.train.extra_losses). SAEHD's src/dst terms
+    1–4 (§3.4) with the same mask preparation (§3.3). Returns ``{"X_dssim": (N,), "X_mse": …,
+    "X_mask_mse": …, ["X_em_l1"], "X_loss": sum}``; the training step adds ``X_loss`` to G_loss.
     """
-    out: dict[str, torch.Tensor] = {}
-    sigma = rt.sigma_mask
-    for x in identities:
-        target, mask = batch[f"target_{x}"], batch[f"target_{x}m"]
-        pred, pred_mask = model.reconstruct(batch[f"warped_{x}"], x)
-        if spec.masked_training:
-            blur = torch.clamp(gaussian_blur(mask, sigma), 0.0, 0.5) * 2.0
-            t_m, p_m = target * blur, pred * blur
-        else:
-            t_m, p_m = target, pred
-        terms = _recon_terms(x, t_m, p_m, target, pred, batch.get(f"target_{x}m_em"), mask, pred_mask, spec, rt)
-        out.update(terms)
-        out[f"{x}_loss"] = _sum_in_order(terms.values())
-    return out
+    if spec.masked_training:
+        blur = torch.clamp(gaussian_blur(target_mask, rt.sigma_mask), 0.0, 0.5) * 2.0
+        t_m, p_m = target * blur, pred * blur
+    else:
+        t_m, p_m = target, pred
+    terms = _recon_terms(x, t_m, p_m, target, pred, target_mask_em, target_mask, pred_mask, spec, rt)
+    return {**terms, f"{x}_loss": _sum_in_order(terms.values())}

@@ -7,7 +7,7 @@
 - runner.py   the resumable, multi-process driver writing merged frames
 - video.py    merged frames -> H.264 mp4 with the source's audio (imageio-ffmpeg's ffmpeg)
 - cli_merge.py  `torchsae merge`
-XSeg (mask modes 6-9) lives in engine.modules.xseg.
+XSeg masks (mask modes 6-9) come from engine.xseg.model (`open_masker`: any XSeg model form).
 """
 
 from engine.merge.config import MergeConfig, config_from_spec

@@ -52,6 +52,7 @@ from typing import Any
 import attrs
 import cv2
 import numpy as np
+from PIL import Image
 
 from engine.faces.color_transfer import color_hist_match, merger_color_transfer
 from engine.faces.facetypes import FaceType
@@ -172,8 +173,6 @@ def _hw(m: np.ndarray) -> np.ndarray:
 def reduce_colors(img_bgr: np.ndarray, n_colors: int) -> np.ndarray:
     """DFL's reduce_colors: uint8 RGB (truncating ·255) -> PIL adaptive palette of n colours -> back to BGR
     float32 in [0, 1]."""
-    from PIL import Image
-
     rgb = (img_bgr[..., ::-1] * 255.0).astype(np.uint8)
     pal = Image.fromarray(np.ascontiguousarray(rgb)).convert("P", palette=Image.Palette.ADAPTIVE, colors=n_colors)
     back = np.asarray(pal.convert("RGB"), dtype=np.float32) / 255.0

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from engine.export.runtime import open_model
 from engine.faces.facetypes import FaceType
 from engine.errors import TorchSAEError
 
@@ -63,8 +64,6 @@ def _export_face_type(swapper: Any) -> str | None:
 def open_merge_model(path: str | Path) -> MergeModel:
     """Open a checkpoint (file, step folder or run folder), a DFL model folder, a .onnx/.dfm file or a parts
     folder for merging. Raises TorchSAEError/CheckpointError naming the path when it cannot be used."""
-    from engine.export.runtime import open_model
-
     swapper = open_model(path)
     recipe = getattr(swapper, "recipe", None)
     ft_name = recipe.model.face_type if recipe is not None else _export_face_type(swapper)

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from engine.errors import DataError, TorchSAEError
 from engine.fileio import write_atomic
@@ -150,8 +151,6 @@ def merge_frames(
     """Merge every frame of `frames` into `out_dir` (module doc). `model`: a MergeModel (or anything with
     `resolution` and `predict(faces (N,R,R,3)) -> (face, prd_mask, dst_mask)`); `xseg`: an XSegExtractor,
     required by mask modes 6..9. Returns the run's MergeSummary."""
-    from tqdm import tqdm
-
     if fmt not in FORMATS:
         raise DataError(f"--format {fmt!r}: valid {', '.join(FORMATS)}")
     if cfg.needs_xseg and xseg is None:

@@ -25,6 +25,9 @@ import attrs
 import cv2
 import numpy as np
 
+from engine.extract.extractor import SUMMARY_NAME
+from engine.extract.media import VIDEO_EXTS, open_media, read_image, video_frame_stem
+from engine.faces import dfljpg
 from engine.faces.facetypes import FaceType
 from engine.faces.landmarks import get_transform_mat, transform_points
 from engine.errors import DataError
@@ -74,8 +77,6 @@ class AlignedIndex:
 
 def index_aligned(folder: str | Path) -> AlignedIndex:
     """Read every DFLJPG in `folder` and group its source_landmarks by source frame stem."""
-    from engine.faces import dfljpg
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"--aligned {folder}: no such folder (expected DFL's aligned faces, e.g. data_dst/aligned)")
@@ -112,8 +113,6 @@ class FrameSource:
     def read(self, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[int, str, np.ndarray]]:
         """Yield (index, stem, uint8 BGR frame) in order, leaving out the stems in `skip` (a video's skipped
         frames are grabbed but not converted; a folder's are not read)."""
-        from engine.extract.media import open_media, read_image
-
         if self.kind == "images":
             for i, (stem, f) in enumerate(zip(self.stems, self.files)):
                 if stem not in skip:
@@ -127,8 +126,6 @@ class FrameSource:
 def open_frames(path: str | Path) -> FrameSource:
     """A folder of frames or a video file (DataError when neither). A video's `stems` come from its
     container frame count, which can be approximate; `read` yields whatever the decoder delivers."""
-    from engine.extract.media import open_media, video_frame_stem
-
     src = open_media(path)
     if src.kind == "video":
         return FrameSource(path=src.path, kind="video", stems=tuple(video_frame_stem(i) for i in range(max(src.count, 0))),
@@ -172,7 +169,7 @@ def video_fps(path: str | Path) -> float | None:
     if fps and fps > 0 and math.isfinite(fps):
         return float(fps)
     try:
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # the ffmpeg fallback, loaded only when OpenCV cannot read the video
 
         gen = imageio_ffmpeg.read_frames(str(path))
         meta = next(gen)
@@ -186,9 +183,6 @@ def video_fps(path: str | Path) -> float | None:
 def source_video_of(aligned: Path) -> Path | None:
     """The video the faces were extracted from, as engine.extract records it in
     ``<aligned>/extract_summary.json`` ("input"), when that file and video still exist."""
-    from engine.extract.extractor import SUMMARY_NAME
-    from engine.extract.media import VIDEO_EXTS
-
     f = Path(aligned) / SUMMARY_NAME
     if not f.is_file():
         return None

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from engine.errors import DataError, TorchSAEError
+from engine.extract.media import read_image
 
 __all__ = ["ffmpeg_exe", "write_video"]
 
@@ -32,7 +33,7 @@ log = logging.getLogger("torchsae.merge")
 def ffmpeg_exe() -> str | None:
     """Path of imageio-ffmpeg's ffmpeg binary, or None when it is not installed/usable."""
     try:
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # loaded only when a video is written
 
         return imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError):
@@ -40,8 +41,6 @@ def ffmpeg_exe() -> str | None:
 
 
 def _read(path: Path) -> np.ndarray:
-    from engine.extract.media import read_image
-
     return read_image(path)
 
 

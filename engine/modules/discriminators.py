@@ -11,19 +11,18 @@ Matched DFL behaviour:
   * LeakyReLU 0.2 in the UNet discriminator, 0.1 in the code discriminator; outputs are logits.
   * Glorot-uniform weights, zero biases (§2.1).
 Parameter names mirror DFL's variables: ``in_conv``, ``convs_{i}``, ``upconvs_{j}``, ``center_out``,
-``center_conv``, ``out_conv`` (UNet); ``convs_{i}``, ``out_conv`` (code). TF layouts convert as
+``center_conv``, ``out_conv`` (UNet, DFL scope ``D_src``); ``convs_{i}``, ``out_conv`` (code, scope ``dis``),
+so torch ``convs_0.weight`` is DFL's ``D_src/convs_0/weight:0``. TF layouts convert as
 conv ``(kh,kw,in,out) → (out,in,kh,kw)`` and conv-transpose ``(kh,kw,out,in) → (in,out,kh,kw)``; both are
-``W.transpose(3, 2, 0, 1)``.
+``W.transpose(3, 2, 0, 1)`` (engine.dfl.keymap; engine.dfl.convert loads and writes DFL's weight files).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.dfl.keymap import dfl_to_torch_array, torch_to_dfl_array
 from engine.errors import TorchSAEError
 
 __all__ = [
@@ -33,12 +32,8 @@ __all__ = [
     "CodeDiscriminator",
     "code_discriminator_n_convs",
     "check_unet_patch_d_resolution",
-    "unet_patch_d_key_map",
-    "code_d_key_map",
-    "tf_to_torch",
-    "torch_to_tf",
-    "load_dfl_weights",
-    "dfl_state",
+    "code_discriminator_for",
+    "gan_discriminator_for",
 ]
 
 
@@ -218,37 +213,6 @@ class CodeDiscriminator(nn.Module):
         return self.out_conv(x)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# DFL key maps: torch parameter name -> (DFL variable name, layout kind)
-# kind: "conv" (TF (kh,kw,in,out)), "conv_transpose" (TF (kh,kw,out,in)), "bias".
-
-
-def _key_map(module: nn.Module, scope: str) -> dict[str, tuple[str, str]]:
-    out: dict[str, tuple[str, str]] = {}
-    for name, mod in module.named_modules():
-        if isinstance(mod, (nn.Conv2d, _ConvTransposeSame)):
-            kind = "conv_transpose" if isinstance(mod, _ConvTransposeSame) else "conv"
-            out[f"{name}.weight"] = (f"{scope}/{name}/weight:0", kind)
-            out[f"{name}.bias"] = (f"{scope}/{name}/bias:0", "bias")
-    return out
-
-
-def unet_patch_d_key_map(module: UNetPatchDiscriminator, scope: str = "D_src") -> dict[str, tuple[str, str]]:
-    """{torch name: (DFL variable name, kind)}, e.g. ``convs_0.weight → ('D_src/convs_0/weight:0', 'conv')``.
-
-    The weight file (``GAN.npy``) keys are these names without the ``D_src/`` scope (§8.2).
-    """
-    return _key_map(module, scope)
-
-
-def code_d_key_map(module: CodeDiscriminator, scope: str = "dis") -> dict[str, tuple[str, str]]:
-    """{torch name: (DFL variable name, kind)}, e.g. ``out_conv.bias → ('dis/out_conv/bias:0', 'bias')``.
-
-    The weight file (``code_discriminator.npy``) keys drop the ``dis/`` scope (§8.2).
-    """
-    return _key_map(module, scope)
-
-
 def code_discriminator_for(model: nn.Module, ae_dims: int) -> CodeDiscriminator:
     """SAEHD's code discriminator for a DF model (§3.5): on the inter output, ``ae_dims`` channels."""
     return CodeDiscriminator(in_ch=ae_dims, code_res=model.inter.out_res())
@@ -257,57 +221,3 @@ def code_discriminator_for(model: nn.Module, ae_dims: int) -> CodeDiscriminator:
 def gan_discriminator_for(resolution: int, gan_patch_size: int, gan_dims: int) -> UNetPatchDiscriminator:
     """SAEHD's GAN discriminator D_src (§3.5): patch ``gan_patch_size`` (0: DFL's default resolution//8)."""
     return UNetPatchDiscriminator(patch_size=gan_patch_size or resolution // 8, in_ch=3, base_ch=gan_dims)
-
-
-_KINDS = ("conv", "conv_transpose", "bias")
-
-
-def tf_to_torch(arr: np.ndarray, kind: str) -> np.ndarray:
-    """TF layout → torch layout: conv (kh,kw,in,out)→(out,in,kh,kw); conv-transpose (kh,kw,out,in)→(in,out,kh,kw);
-    bias as is (engine.dfl.keymap's rank rule, which every layer kind here follows)."""
-    if kind not in _KINDS:
-        raise ValueError(f"tf_to_torch: unknown kind {kind!r} (valid: {', '.join(_KINDS)})")
-    return dfl_to_torch_array(np.asarray(arr))
-
-
-def torch_to_tf(arr: np.ndarray, kind: str) -> np.ndarray:
-    """Inverse of `tf_to_torch`."""
-    if kind not in _KINDS:
-        raise ValueError(f"torch_to_tf: unknown kind {kind!r} (valid: {', '.join(_KINDS)})")
-    return torch_to_dfl_array(np.asarray(arr))
-
-
-def load_dfl_weights(module: nn.Module, key_map: dict[str, tuple[str, str]], weights: dict[str, np.ndarray],
-                     *, strip_scope: bool = False, source: str = "weights") -> None:
-    """Copy DFL-named arrays into `module` (in place, under no_grad).
-
-    `weights` is keyed by full DFL variable names (``D_src/convs_0/weight:0``) or, with strip_scope=True,
-    by the weight-file keys without the scope (``convs_0/weight:0``). Missing keys or shape mismatches
-    raise CheckpointError naming `source`, the key and the shapes.
-    """
-    from engine.errors import CheckpointError
-
-    params = dict(module.named_parameters())
-    for tname, (dname, kind) in key_map.items():
-        key = dname.split("/", 1)[1] if strip_scope else dname
-        if key not in weights:
-            raise CheckpointError(f"{source}: missing key {key!r} for parameter {tname!r}")
-        arr = tf_to_torch(weights[key], kind)
-        p = params[tname]
-        if tuple(arr.shape) != tuple(p.shape):
-            raise CheckpointError(f"{source}: {key!r} has shape {tuple(np.asarray(weights[key]).shape)} (TF layout), "
-                                  f"expected a TF shape giving {tuple(p.shape)} for {tname!r}")
-        with torch.no_grad():
-            p.copy_(torch.from_numpy(arr).to(p.dtype))
-
-
-def dfl_state(module: nn.Module, key_map: dict[str, tuple[str, str]], *, strip_scope: bool = True
-              ) -> dict[str, np.ndarray]:
-    """`module`'s parameters as DFL arrays (TF layout, float32), keyed like DFL's weight file (scope stripped)
-    or, with strip_scope=False, by full variable names."""
-    params = dict(module.named_parameters())
-    out = {}
-    for tname, (dname, kind) in key_map.items():
-        key = dname.split("/", 1)[1] if strip_scope else dname
-        out[key] = torch_to_tf(params[tname].detach().cpu().float().numpy(), kind)
-    return out

@@ -1,8 +1,9 @@
 """DFL's XSeg segmentation network (spec §7.1) in NCHW torch, and `XSegNet.extract` (spec §7.3).
 
     net = XSeg()                                  # base_ch 32: 17,569,317 parameters, 222 tensors
-    load_dfl_xseg(net, "models/XSeg_256.npy")     # DFL's weight file (restricted unpickle)
     mask = XSegExtractor(net)(face_bgr_256)       # (256,256,3) BGR [0,1] -> (256,256,1), DFL's extract()
+
+DFL's weight file (XSeg_256.npy) is read into an XSeg by engine.xseg.model (`read_dfl_xseg`).
 
 Structure (c = base_ch, input 3×256×256 BGR in [0, 1]):
 - ConvBlock = Conv2D 3×3 pad 1 (+bias) -> FRN -> TLU; UpConvBlock = ConvTranspose 3×3 stride 2 -> FRN -> TLU.
@@ -33,27 +34,16 @@ much), hence the golden tolerances 2e-3 (logits) / 5e-4 (sigmoid).
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array
-from engine.errors import CheckpointError
 from engine.modules.layers import glorot_init_
 
-__all__ = ["FRNorm2D", "TLU", "BlurPool", "ConvBlock", "UpConvBlock", "XSeg", "XSegExtractor",
-           "XSEG_RESOLUTION", "XSEG_WEIGHTS_NAME", "dfl_xseg_arrays", "load_dfl_xseg", "load_dfl_xseg_arrays",
-           "xseg_weights_path", "open_xseg"]
-
-log = logging.getLogger("torchsae.merge")
+__all__ = ["FRNorm2D", "TLU", "BlurPool", "ConvBlock", "UpConvBlock", "XSeg", "XSegExtractor", "XSEG_RESOLUTION"]
 
 XSEG_RESOLUTION = 256
-XSEG_WEIGHTS_NAME = "XSeg_256.npy"
-_DFL_SCOPE = "XSeg"
 
 
 class FRNorm2D(nn.Module):
@@ -246,88 +236,6 @@ class XSeg(nn.Module):
         return logits, torch.sigmoid(logits)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# DFL weight files
-
-
-def _torch_key(dfl_key: str) -> str:
-    name = dfl_key[:-2] if dfl_key.endswith(":0") else dfl_key
-    if name.startswith(_DFL_SCOPE + "/"):
-        name = name[len(_DFL_SCOPE) + 1:]
-    return name.replace("/", ".")
-
-
-def load_dfl_xseg_arrays(net: XSeg, arrays: dict[str, np.ndarray], source: str = "<arrays>") -> None:
-    """Load DFL-named XSeg weights into `net` (keys with or without the 'XSeg/' scope, with or without ':0').
-
-    Every parameter must be present with DFL's shape for it; a missing, extra or mis-shaped key raises
-    CheckpointError naming `source`, the key and the expected shape (DFL itself would silently re-initialise
-    the whole model, spec §8.2; for merging that would give a meaningless mask).
-    """
-    params = dict(net.named_parameters())
-    staged: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in arrays.items():
-        tk = _torch_key(key)
-        if tk not in params:
-            unknown.append(key)
-            continue
-        arr = np.asarray(value)
-        want = tuple(params[tk].shape)
-        t = dfl_to_torch_array(arr)
-        if tuple(t.shape) != want:
-            dfl_shape = dfl_shape_of(want)
-            raise CheckpointError(f"{source}: '{key}' has shape {tuple(arr.shape)}, which does not fit this XSeg "
-                                  f"(base_ch {net.base_ch}; expected DFL shape {dfl_shape})")
-        staged[tk] = torch.from_numpy(t)
-    missing = sorted(set(params) - set(staged))
-    if unknown or missing:
-        parts = []
-        if missing:
-            names = [_DFL_SCOPE + "/" + m.replace(".", "/") + ":0" for m in missing[:3]]
-            parts.append(f"missing {len(missing)} weight(s), e.g. {names}")
-        if unknown:
-            parts.append(f"{len(unknown)} unknown key(s), e.g. {unknown[:3]}")
-        raise CheckpointError(f"{source}: not the weights of DFL's XSeg (base_ch {net.base_ch}): " + "; ".join(parts))
-    with torch.no_grad():
-        for k, t in staged.items():
-            params[k].copy_(t)
-
-
-def dfl_xseg_arrays(net: XSeg, scope: bool = False) -> dict[str, np.ndarray]:
-    """`net`'s weights in DFL's names and layouts: keys 'conv01/conv/weight:0' as inside XSeg_256.npy
-    (or 'XSeg/conv01/conv/weight:0' with ``scope=True``)."""
-    pre = _DFL_SCOPE + "/" if scope else ""
-    return {pre + k.replace(".", "/") + ":0": torch_to_dfl_array(p.detach().cpu().numpy()) for k, p in net.named_parameters()}
-
-
-def xseg_weights_path(path: str | Path) -> Path:
-    """The XSeg weight file for `path`: the file itself, or ``<folder>/XSeg_256.npy`` (DFL's name).
-
-    CheckpointError naming the missing file otherwise.
-    """
-    p = Path(path)
-    f = p / XSEG_WEIGHTS_NAME if p.is_dir() else p
-    if not f.is_file():
-        where = f"folder {p} has no {XSEG_WEIGHTS_NAME}" if p.is_dir() else f"{p}: no such file"
-        raise CheckpointError(f"XSeg model: {where} (expected DFL's trained XSeg weights '{XSEG_WEIGHTS_NAME}', "
-                              "as DFL's XSeg trainer writes them into its model folder)")
-    return f
-
-
-def load_dfl_xseg(net: XSeg, path: str | Path) -> Path:
-    """Load DFL's ``XSeg_256.npy`` (a file, or a folder holding it) into `net`; returns the file read.
-
-    The file is a pickle: it is read with the restricted unpickler (engine.dfl.files.read_part_file), so a
-    file asking for anything but numpy arrays raises UnsafeFileError before running anything.
-    """
-    from engine.dfl.files import read_part_file
-
-    f = xseg_weights_path(path)
-    load_dfl_xseg_arrays(net, read_part_file(f), source=str(f))
-    return f
-
-
 class XSegExtractor:
     """DFL's ``XSegNet.extract`` (spec §7.3): mask = sigmoid(net(img)), clipped to [0, 1], values < 0.1 -> 0.
 
@@ -357,23 +265,3 @@ class XSegExtractor:
         m = np.clip(np.concatenate(outs, 0), 0.0, 1.0)
         m[m < 0.1] = 0.0
         return m[0] if single else m
-
-
-def open_xseg(path: str | Path, device: str | torch.device | None = None) -> XSegExtractor:
-    """Load DFL's XSeg_256.npy from `path` (file or folder) into an XSeg at 256 and wrap it as an extractor
-    (CPU unless `device` says otherwise, as DFL's merger places it).
-
-    The base width is read from the file (conv01's kernel has base_ch outputs): DFL always trains 32; any
-    other width (e.g. a small test model) loads the same way.
-    """
-    from engine.dfl.files import read_part_file
-
-    f = xseg_weights_path(path)
-    arrays = read_part_file(f)
-    first = next((v for k, v in arrays.items() if _torch_key(k) == "conv01.conv.weight"), None)
-    if first is None or np.ndim(first) != 4:
-        raise CheckpointError(f"{f}: not DFL XSeg weights (no 4-D 'conv01/conv/weight:0'; found e.g. {list(arrays)[:3]})")
-    net = XSeg(base_ch=int(np.shape(first)[3]))
-    load_dfl_xseg_arrays(net, arrays, source=str(f))
-    log.info("XSeg: loaded %s (base_ch %d)", f, net.base_ch)
-    return XSegExtractor(net, device=device or "cpu")

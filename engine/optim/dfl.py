@@ -36,6 +36,7 @@ import torch
 from torch.optim import Optimizer
 
 from kernels import dfl_update
+from kernels.dispatch import CHOICES, KernelChoiceError
 
 __all__ = ["DFLOptimizer", "RMSprop", "AdaBelief", "global_grad_norm", "clip_scale"]
 
@@ -56,8 +57,6 @@ def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _check_kernels(kernels: str) -> str:
-    from kernels.dispatch import CHOICES, KernelChoiceError
-
     if kernels not in CHOICES:
         raise KernelChoiceError(f"optimizer kernels = {kernels!r}: expected one of {', '.join(CHOICES)}")
     return kernels

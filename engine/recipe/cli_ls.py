@@ -1,7 +1,7 @@
 """`torchsae ls [FAMILY] [--json]`: the names a recipe can use, read from where they are defined.
 
     archis      [model].archi: df|liae with any subset of DFL's options u, d, t, c (engine.recipe.specs)
-    blocks      [graph] node types (engine.graph.spec.NODE_TYPES)
+    blocks      [graph] node types (engine.recipe.graph_spec.NODE_TYPES)
     losses      the [loss] weights and powers, the terms a [[schedule.ramp]] can name (LossSpec)
     schedules   [schedule].lr's schedules, plus the other [schedule] switches
     optimizers  [optim].name
@@ -21,7 +21,7 @@ import json
 
 import attrs
 
-from engine.graph.spec import NODE_TYPES
+from engine.recipe.graph_spec import NODE_TYPES
 from engine.recipe.specs import (ARCHI_OPTS, ARCHI_TYPES, CT_MODES, FACE_TYPES, CompileSpec, LossSpec, MergeSpec,
                                  OptimSpec, ScheduleSpec)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from engine.recipe.load import from_dict
 from engine.recipe.specs import TABLES
 
 log = logging.getLogger("torchsae.recipe")
@@ -60,8 +61,6 @@ def options_to_doc(options: dict[str, Any]) -> dict[str, Any]:
 
 def from_options(options: dict[str, Any], *, name: str = "dfl-import"):
     """A validated Recipe from DFL's options dict (raises RecipeErrors naming the option)."""
-    from engine.recipe.load import from_dict
-
     return from_dict(options_to_doc(options), source=f"<DFL options of {name}>", name=name)
 
 

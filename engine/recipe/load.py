@@ -26,8 +26,10 @@ from typing import Any, Iterable
 import attrs
 
 from engine.errors import RecipeError, RecipeErrors, did_you_mean
+from engine.recipe.graph_spec import graph_to_dict, parse_graph_table
 from engine.recipe.specs import (ARCHI_OPTS, ARCHI_TYPES, KIND_TABLES, RECIPE_KINDS, TABLES, XSEG_TRAIN_KEYS, LossSpec,
                                  ModelSpec, Recipe)
+from engine.recipe.toml_write import dumps as toml_dumps
 
 ALL_TABLES = tuple(TABLES) + ("graph",)
 TOP_KEYS = ("extends", "kind")
@@ -290,6 +292,16 @@ def split_command_line(words: Iterable[str | None]) -> tuple[str | None, list[st
     return (paths[0] if paths else None), [w for w in words if is_override(w)]
 
 
+def resume_value(resume: bool | str | None, overrides: list[str]) -> bool | str | None:
+    """The value of a command's ``--resume [CKPT]``. ``--resume model.ae_dims=384`` means "resume the
+    latest" followed by an override (argparse's optional CKPT swallowed it): the override is appended back
+    to `overrides` and True returned. A word that is an existing path stays the checkpoint."""
+    if isinstance(resume, str) and is_override(resume) and not Path(resume).exists():
+        overrides.append(resume)
+        return True
+    return resume
+
+
 def load_command_line(words: Iterable[str | None], extra_overrides: Iterable[str] = ()) -> Recipe:
     """`load` for a command's positional words (`split_command_line`), then `extra_overrides` (e.g. what a
     command's shorthand flags set). RecipeErrors when no word names a recipe."""
@@ -427,8 +439,6 @@ def _finish(doc: dict[str, Any], ctx: _Ctx, source: str | None, name: str | None
         values = doc.get(table, {})
         built[table] = _build(cls, values if isinstance(values, dict) else {}, table, ctx, table)
     if isinstance(doc.get("graph"), dict):
-        from engine.graph.spec import parse_graph_table
-
         graph, gerrs = parse_graph_table(doc["graph"], source)
         ctx.errors.extend(gerrs)
         if graph is not None:
@@ -506,16 +516,12 @@ def to_dict(recipe: Recipe) -> dict[str, Any]:
             t[f.name] = v
         out[table] = t
     if recipe.model.graph is not None:
-        from engine.graph.spec import graph_to_dict
-
         out["graph"] = graph_to_dict(recipe.model.graph)
     return out
 
 
 def dumps(recipe: Recipe) -> str:
     """The resolved recipe as TOML; `loads(dumps(r))` gives back an equal Recipe (checkpoints store this)."""
-    from engine.recipe.toml_write import dumps as toml_dumps
-
     header = f"# resolved recipe '{recipe.name}'" + (f" (from {recipe.source})" if recipe.source else "") + "\n"
     return header + toml_dumps(to_dict(recipe))
 
@@ -538,4 +544,4 @@ def diff(a: Recipe, b: Recipe) -> list[str]:
 
 
 __all__ = ["load", "loads", "from_dict", "dumps", "to_dict", "diff", "parse_archi", "is_override",
-           "split_command_line", "load_command_line", "ModelSpec"]
+           "split_command_line", "load_command_line", "resume_value", "ModelSpec"]

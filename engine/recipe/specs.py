@@ -10,12 +10,11 @@ This module imports no torch: `torchsae validate` is instant.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
-if TYPE_CHECKING:  # engine.graph.spec owns the explicit-graph schema; parsed lazily by engine.recipe.load
-    from engine.graph.spec import GraphSpec
+from engine.recipe.graph_spec import GraphSpec
 
 # ---------------------------------------------------------------------------------------------------------
 # Field helper: attrs field + schema metadata

@@ -50,6 +50,7 @@ import torch
 
 from engine.errors import CheckpointError, UnsafeFileError, first_line
 from engine.fileio import fsync_dir, write_atomic
+from engine.recipe import loads, to_dict
 from engine.safe_pickle import describe_torch_load_error
 
 log = logging.getLogger("torchsae.train")
@@ -434,8 +435,6 @@ def load_train_state(path: str | Path) -> dict[str, Any] | None:
 
 def check_compatible(stored_toml: str, recipe, source: str) -> None:
     """Refuse a checkpoint whose architecture differs from the recipe's, naming every differing key."""
-    from engine.recipe import loads, to_dict
-
     stored = loads(stored_toml, source=f"{source} (stored recipe)")
     a, b = to_dict(stored), to_dict(recipe)
     diffs = [f"model.{k}: checkpoint {a['model'].get(k)!r} != recipe {b['model'].get(k)!r}"

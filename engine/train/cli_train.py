@@ -10,14 +10,13 @@ data.dst, --resolution model.resolution, --batch-size train.batch_size, --steps 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from engine.errors import TorchSAEError
 from engine.eval.training import TrainingEvaluator
-from engine.recipe import is_override, load_command_line
-from engine.recipe.specs import Recipe
-from engine.recipe.specs import TRAIN_FLAGS
+from engine.recipe import load_command_line, resume_value
+from engine.recipe.specs import TRAIN_FLAGS, Recipe
 from engine.train.loop import train
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe TOML")
@@ -41,23 +40,13 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def resume_from(args: argparse.Namespace) -> bool | str | None:
-    """--resume's value. `--resume model.ae_dims=384` means "resume the latest" followed by an override (the
-    optional CKPT would otherwise swallow it): the override goes back to the others."""
-    r = args.resume
-    if isinstance(r, str) and is_override(r) and not Path(r).exists():
-        args.overrides.append(r)
-        return True
-    return r
-
-
 def recipe_from(args: argparse.Namespace) -> Recipe:
     """The recipe with the command line's overrides (in any order around it), then the flags' keys."""
     return load_command_line([args.recipe, *args.overrides], flag_overrides(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    resume = resume_from(args)
+    resume = resume_value(args.resume, args.overrides)  # before recipe_from: may hand an override back
     r = recipe_from(args)
     if r.kind != "saehd":
         raise TorchSAEError(f"{args.recipe}: an XSeg recipe (kind = \"xseg\"); train it with `torchsae xseg train "

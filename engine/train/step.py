@@ -116,7 +116,7 @@ def saehd_train_step(model: nn.Module, g_opt: torch.optim.Optimizer, batch: Mapp
     gradient are skipped by every optimizer here. The discriminators and their optimizers are required
     exactly when the loss activates them (`loss` is the [loss] spec in force, `rt` its LossRuntime).
     `extra_losses(outputs, batch) -> {name: (N,)}` adds TorchSAE terms
-    (e.g. `engine.losses.latent_distill_hook`) to G_loss; they are reported under their names.
+    (e.g. `engine.train.extra_losses.latent_distill_hook`) to G_loss; they are reported under their names.
     """
     run_code, run_gan = true_face_d_active(loss, rt), gan_active(loss, rt)
     if true_face_g_active(loss, rt) and code_d is None:

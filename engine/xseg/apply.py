@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from engine.faces import dfljpg
-from engine.faces.faceset import image_files
+from engine.faces.face_sample import image_files
 from engine.faces.facetypes import FaceType
 from engine.faces.landmarks import get_transform_mat, transform_points
 from engine.errors import CheckpointError, DataError

@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 
 from engine.faces.facetypes import FaceType
-from engine.faces.faceset import FaceSample
+from engine.faces.face_sample import FaceSample
 from engine.faces.filters import blursharpen, linear_motion_blur
 from engine.faces.landmarks import get_transform_mat
 from engine.errors import DataError

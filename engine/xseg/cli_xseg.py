@@ -23,8 +23,7 @@ import argparse
 import json
 
 from engine.fileio import write_atomic
-from engine.recipe import dumps, load_command_line
-from engine.train.cli_train import resume_from
+from engine.recipe import dumps, load_command_line, resume_value
 from engine.xseg.apply import apply_xseg, fetch_labelled, remove_labels, remove_masks, restore_backup
 from engine.xseg.dfl_io import export_dfl_xseg, import_dfl_xseg
 from engine.xseg.export import export_xseg_onnx
@@ -136,7 +135,7 @@ def _print(d: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     v = args.verb
     if v == "train":
-        resume = resume_from(args)  # `--resume xseg.lr=2e-4`: the override is not a checkpoint path
+        resume = resume_value(args.resume, args.overrides)  # `--resume xseg.lr=2e-4`: not a checkpoint path
         flags = []
         if args.run_dir:
             flags.append(f"train.run_dir={json.dumps(args.run_dir)}")

@@ -12,7 +12,7 @@ when the checkpoint has its training state, zeros / empty otherwise, as DFL star
 `XSeg) train.bat` continues it and DFL's `apply` / merger use it. `import_dfl_xseg` reads a folder back
 into a single-file TorchSAE checkpoint (weights, the face type, DFL's iteration) with its recipe.
 Reading is the restricted unpickler (engine.safe_pickle) throughout; the key map is the same one that
-loads DFL's recorded XSeg weights in the golden test (engine.modules.xseg).
+loads DFL's recorded XSeg weights in the golden test (engine.xseg.model).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from engine.dfl.files import read_optimizer_file, write_part_file
 from engine.dfl.keymap import dfl_to_torch_array, torch_to_dfl_array
 from engine.errors import CheckpointError
 from engine.fileio import write_atomic
-from engine.modules.xseg import XSEG_WEIGHTS_NAME, XSeg, dfl_xseg_arrays
+from engine.modules.xseg import XSeg
 from engine.optim import RMSprop, optimizer_from_dfl, optimizer_to_dfl
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
-from engine.xseg.model import XSEG_DATA_NAME, load_xseg, xseg_recipe_of
+from engine.xseg.model import XSEG_DATA_NAME, XSEG_WEIGHTS_NAME, dfl_xseg_arrays, load_xseg, xseg_recipe_of
 
 __all__ = ["XSEG_OPT_NAME", "dfl_var_names", "load_dfl_optimizer", "export_dfl_xseg", "import_dfl_xseg"]
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import attrs
 
 from engine.faces import dfljpg, pak
-from engine.faces.faceset import FaceSample, image_files, load_faceset, sample_from_meta
+from engine.faces.face_sample import FaceSample, image_files, sample_from_meta
+from engine.faces.faceset import load_faceset
 from engine.errors import DataError, UnsafeFileError
 from engine.xseg.polys import Poly, parse_polys, point_count
 

@@ -8,7 +8,10 @@
 A TorchSAE XSeg checkpoint is an ordinary checkpoint (engine.train.checkpoint) whose stored recipe has
 `kind = "xseg"`; the [xseg] table gives the network (base_ch, resolution) and the face type. A DFL XSeg
 folder holds `XSeg_256.npy` (weights) and usually `XSeg_data.dat`, whose options give the face type (DFL's
-apply reads it from there too). DFL's weight files are read with the restricted unpickler.
+apply reads it from there too). DFL's weight files are read with the restricted unpickler; DFL's names
+and layouts (`dfl_xseg_arrays`, `load_dfl_xseg_arrays`: torch ``conv01.frn.eps`` <-> DFL
+``XSeg/conv01/frn/eps:0``, kernels by engine.dfl.keymap's rank rule) are the same ones that load DFL's
+recorded XSeg weights in the golden test.
 
 `Masker` wraps any of them as DFL's `XSegNet.extract` (spec §7.3: sigmoid, clipped to [0, 1], values
 below 0.1 set to 0) on NHWC BGR faces; faces of another size than the network's are resized to it
@@ -25,21 +28,25 @@ import numpy as np
 import torch
 
 from engine import recipe as recipe_mod
-from engine.faces.facetypes import FaceType
 from engine.dfl.files import read_data_file, read_part_file
+from engine.dfl.keymap import dfl_shape_of, dfl_to_torch_array, torch_to_dfl_array
 from engine.errors import CheckpointError, TorchSAEError
 from engine.export.runtime import ort_providers
 from engine.export.verify import ort_session
-from engine.modules.xseg import XSEG_WEIGHTS_NAME, XSeg, XSegExtractor, load_dfl_xseg_arrays, xseg_weights_path
+from engine.faces.facetypes import FaceType
+from engine.modules.xseg import XSeg, XSegExtractor
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 
-__all__ = ["XSEG_DATA_NAME", "build_xseg", "load_xseg", "xseg_recipe_of", "dfl_face_type", "Masker", "OnnxMasker",
+__all__ = ["XSEG_WEIGHTS_NAME", "XSEG_DATA_NAME", "build_xseg", "load_xseg", "xseg_recipe_of", "dfl_face_type",
+           "dfl_xseg_arrays", "load_dfl_xseg_arrays", "xseg_weights_path", "read_dfl_xseg", "Masker", "OnnxMasker",
            "open_masker", "is_dfl_xseg_folder"]
 
 log = logging.getLogger("torchsae.xseg")
 
+XSEG_WEIGHTS_NAME = "XSeg_256.npy"  # DFL's XSeg weight file (spec §8.2)
 XSEG_DATA_NAME = "XSeg_data.dat"
+_DFL_SCOPE = "XSeg"
 
 
 def build_xseg(r: Recipe) -> XSeg:
@@ -70,12 +77,83 @@ def dfl_face_type(folder: Path) -> FaceType | None:
     return None if ft is None else FaceType.parse(ft, f"{dat}: options['face_type']")
 
 
-def _dfl_net(path: Path) -> tuple[XSeg, Path]:
+def _torch_key(dfl_key: str) -> str:
+    name = dfl_key[:-2] if dfl_key.endswith(":0") else dfl_key
+    if name.startswith(_DFL_SCOPE + "/"):
+        name = name[len(_DFL_SCOPE) + 1:]
+    return name.replace("/", ".")
+
+
+def load_dfl_xseg_arrays(net: XSeg, arrays: dict[str, np.ndarray], source: str = "<arrays>") -> None:
+    """Load DFL-named XSeg weights into `net` (keys with or without the 'XSeg/' scope, with or without ':0').
+
+    Every parameter must be present with DFL's shape for it; a missing, extra or mis-shaped key raises
+    CheckpointError naming `source`, the key and the expected shape (DFL itself would silently re-initialise
+    the whole model, spec §8.2; for merging that would give a meaningless mask).
+    """
+    params = dict(net.named_parameters())
+    staged: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in arrays.items():
+        tk = _torch_key(key)
+        if tk not in params:
+            unknown.append(key)
+            continue
+        arr = np.asarray(value)
+        want = tuple(params[tk].shape)
+        t = dfl_to_torch_array(arr)
+        if tuple(t.shape) != want:
+            dfl_shape = dfl_shape_of(want)
+            raise CheckpointError(f"{source}: '{key}' has shape {tuple(arr.shape)}, which does not fit this XSeg "
+                                  f"(base_ch {net.base_ch}; expected DFL shape {dfl_shape})")
+        staged[tk] = torch.from_numpy(t)
+    missing = sorted(set(params) - set(staged))
+    if unknown or missing:
+        parts = []
+        if missing:
+            names = [_DFL_SCOPE + "/" + m.replace(".", "/") + ":0" for m in missing[:3]]
+            parts.append(f"missing {len(missing)} weight(s), e.g. {names}")
+        if unknown:
+            parts.append(f"{len(unknown)} unknown key(s), e.g. {unknown[:3]}")
+        raise CheckpointError(f"{source}: not the weights of DFL's XSeg (base_ch {net.base_ch}): " + "; ".join(parts))
+    with torch.no_grad():
+        for k, t in staged.items():
+            params[k].copy_(t)
+
+
+def dfl_xseg_arrays(net: XSeg, scope: bool = False) -> dict[str, np.ndarray]:
+    """`net`'s weights in DFL's names and layouts: keys 'conv01/conv/weight:0' as inside XSeg_256.npy
+    (or 'XSeg/conv01/conv/weight:0' with ``scope=True``)."""
+    pre = _DFL_SCOPE + "/" if scope else ""
+    return {pre + k.replace(".", "/") + ":0": torch_to_dfl_array(p.detach().cpu().numpy()) for k, p in net.named_parameters()}
+
+
+def xseg_weights_path(path: str | Path) -> Path:
+    """The XSeg weight file for `path`: the file itself, or ``<folder>/XSeg_256.npy`` (DFL's name).
+
+    CheckpointError naming the missing file otherwise.
+    """
+    p = Path(path)
+    f = p / XSEG_WEIGHTS_NAME if p.is_dir() else p
+    if not f.is_file():
+        where = f"folder {p} has no {XSEG_WEIGHTS_NAME}" if p.is_dir() else f"{p}: no such file"
+        raise CheckpointError(f"XSeg model: {where} (expected DFL's trained XSeg weights '{XSEG_WEIGHTS_NAME}', "
+                              "as DFL's XSeg trainer writes them into its model folder)")
+    return f
+
+
+def read_dfl_xseg(path: str | Path) -> tuple[XSeg, Path]:
+    """(XSeg holding DFL's weights, the file read) for DFL's XSeg_256.npy at `path` (the file, or a folder
+    holding it), read with the restricted unpickler.
+
+    The base width is read from the file (conv01's kernel has base_ch outputs): DFL always trains 32; any
+    other width (e.g. a small test model) loads the same way.
+    """
     f = xseg_weights_path(path)
     arrays = read_part_file(f)
-    first = next((v for k, v in arrays.items() if k.split("XSeg/")[-1].startswith("conv01/conv/weight")), None)
+    first = next((v for k, v in arrays.items() if _torch_key(k) == "conv01.conv.weight"), None)
     if first is None or np.ndim(first) != 4:
-        raise CheckpointError(f"{f}: not DFL XSeg weights (no 4-D 'conv01/conv/weight:0')")
+        raise CheckpointError(f"{f}: not DFL XSeg weights (no 4-D 'conv01/conv/weight:0'; found e.g. {list(arrays)[:3]})")
     net = XSeg(base_ch=int(np.shape(first)[3]))
     load_dfl_xseg_arrays(net, arrays, source=str(f))
     return net, f
@@ -89,7 +167,7 @@ def load_xseg(path: str | Path) -> tuple[XSeg, FaceType | None, int, Recipe | No
         raise CheckpointError(f"{p}: no such XSeg model (expected a TorchSAE XSeg run/checkpoint, or DFL's XSeg "
                               f"folder with {XSEG_WEIGHTS_NAME})")
     if is_dfl_xseg_folder(p):
-        net, f = _dfl_net(p)
+        net, f = read_dfl_xseg(p)
         folder = f.parent
         ft = dfl_face_type(folder)
         step = 0

@@ -96,7 +96,7 @@ def test_export_dfl_model_writes_data_dat(tmp_path):
 
 
 def test_non_dfl_graph_cannot_go_to_dfl(tmp_path):
-    from engine.graph import parse_graph_table
+    from engine.recipe.graph_spec import parse_graph_table
 
     g, _ = parse_graph_table({
         "nodes": [{"name": "encoder", "type": "encoder"}, {"name": "inter", "type": "inter", "input": "encoder"},

@@ -13,7 +13,7 @@ import torch
 
 from engine import recipe as recipe_mod
 from engine.dfl import export_dfl_model, part_path, read_part_file
-from engine.dfl.keymap import dfl_to_torch_array, dfl_to_torch_name
+from engine.dfl.keymap import dfl_to_torch_array, dfl_to_torch_name, torch_to_dfl_array
 from engine.errors import CheckpointError
 from engine.graph import build
 from engine.recipe.specs import ModelSpec
@@ -46,6 +46,11 @@ def _dfl_model(folder, archi, adabelief, *, iters=ITERS, drop_key=False):
     return expected
 
 
+def _weight_file(module) -> dict[str, np.ndarray]:
+    """A discriminator's DFL weight file: {'convs_0/weight:0': TF-layout array} (scope stripped, spec §8.2)."""
+    return {n.replace(".", "/") + ":0": torch_to_dfl_array(p.detach().numpy()) for n, p in module.named_parameters()}
+
+
 def _add_discriminators(folder):
     """Turn the model in `folder` (made by _dfl_model) into one trained with true_face_power and GAN: options,
     code_discriminator.npy / GAN.npy (weight-file keys, scope stripped) and D_code_opt.npy / GAN_opt.npy (full
@@ -58,21 +63,21 @@ def _add_discriminators(folder):
     torch.manual_seed(5)
     model = build(ModelSpec(archi="df-ud", **TINY))
     mods = {"code_d": D.code_discriminator_for(model, TINY["ae_dims"]), "gan_d": D.gan_discriminator_for(64, 8, 8)}
-    maps = {"code_d": D.code_d_key_map(mods["code_d"]), "gan_d": D.unet_patch_d_key_map(mods["gan_d"])}
-    files = {"code_d": ("code_discriminator", "D_code_opt"), "gan_d": ("GAN", "GAN_opt")}
+    files = {"code_d": ("code_discriminator", "D_code_opt", "dis"), "gan_d": ("GAN", "GAN_opt", "D_src")}
     rng = np.random.default_rng(2)
     want_ms = {}
     for attr, mod in mods.items():
-        wfile, ofile = files[attr]
-        part_path(folder, wfile, "m").write_bytes(pickle.dumps(D.dfl_state(mod, maps[attr]), protocol=4))
+        wfile, ofile, scope = files[attr]
+        part_path(folder, wfile, "m").write_bytes(pickle.dumps(_weight_file(mod), protocol=4))
         opt = {"iters:0": np.int64(77)}
-        for tname, (dname, kind) in maps[attr].items():
-            shape = D.torch_to_tf(dict(mod.named_parameters())[tname].detach().numpy(), kind).shape
+        for tname, p in mod.named_parameters():
+            dname = f"{scope}/{tname.replace('.', '/')}:0"
+            shape = torch_to_dfl_array(p.detach().numpy()).shape
             for slot in ("ms", "vs"):
                 v = rng.random(shape, dtype=np.float32)
                 opt[f"{slot}_{dname.replace(':', '_')}:0"] = v
                 if slot == "ms":
-                    want_ms[(attr, tname)] = D.tf_to_torch(v, kind)
+                    want_ms[(attr, tname)] = dfl_to_torch_array(v)
         part_path(folder, ofile, "m").write_bytes(pickle.dumps(opt, protocol=4))
     return mods, want_ms
 
@@ -224,10 +229,9 @@ def test_discriminators_and_their_optimizers_are_imported(tmp_path, capsys):
         assert got_opt.iterations == 77
     # a GAN.npy that does not fit the options (gan_dims 8 in data.dat, the file built with 16) is refused
     other = D.gan_discriminator_for(64, 8, 16)
-    part_path(folder, "GAN", "m").write_bytes(pickle.dumps(D.dfl_state(other, D.unet_patch_d_key_map(other)),
-                                                           protocol=4))
+    part_path(folder, "GAN", "m").write_bytes(pickle.dumps(_weight_file(other), protocol=4))
     rc, _, io = _import(tmp_path, capsys)
-    assert rc == 2 and "m_SAEHD_GAN.npy" in io.err
+    assert rc == 2 and "m_SAEHD_GAN.npy" in io.err and "gan_patch_size and gan_dims" in io.err
 
 
 def test_export_dfl_round_trip_after_training(tmp_path, capsys):

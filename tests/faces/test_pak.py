@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from engine.faces import dfljpg, pak
-from engine.faces.faceset import FaceSample, load_faceset, scan_faceset
+from engine.faces.face_sample import FaceSample
+from engine.faces.faceset import load_faceset, scan_faceset
 from engine.errors import DataError, UnsafeFileError
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "dfljpg"

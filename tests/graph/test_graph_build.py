@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from engine.errors import RecipeError, RecipeErrors, TorchSAEError
-from engine.graph import build, check, parse_graph_table, plan
+from engine.graph import build, check, plan
+from engine.recipe.graph_spec import parse_graph_table
 from engine.recipe.specs import ModelSpec
 
 R = 64

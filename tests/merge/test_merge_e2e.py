@@ -205,7 +205,8 @@ def test_xseg_mask_modes_run_dfl_weight_files(ws, capsys, tmp_path):
 
     import torch
 
-    from engine.modules.xseg import XSeg, dfl_xseg_arrays
+    from engine.modules.xseg import XSeg
+    from engine.xseg.model import dfl_xseg_arrays
 
     for name, bias in (("ones", 20.0), ("low", float(np.log(0.05 / 0.95)))):
         net = XSeg(base_ch=2)

@@ -14,7 +14,7 @@ import pytest
 from engine import recipe
 from engine.__main__ import main
 from engine.errors import RecipeErrors
-from engine.graph.spec import NODE_TYPES
+from engine.recipe.graph_spec import NODE_TYPES
 from engine.recipe.cli_ls import vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]

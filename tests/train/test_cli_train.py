@@ -9,7 +9,8 @@ import pytest
 
 from engine.__main__ import parse_command
 from engine.errors import RecipeErrors
-from engine.train.cli_train import recipe_from, resume_from
+from engine.recipe import resume_value
+from engine.train.cli_train import recipe_from
 
 ROOT = Path(__file__).resolve().parents[2]
 DF256 = str(ROOT / "recipes" / "df256.toml")
@@ -17,7 +18,7 @@ DF256 = str(ROOT / "recipes" / "df256.toml")
 
 def _recipe(argv: list[str]):
     _, args = parse_command("train", argv)
-    resume = resume_from(args)
+    resume = resume_value(args.resume, args.overrides)
     return recipe_from(args), resume, args
 
 

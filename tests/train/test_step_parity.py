@@ -245,7 +245,8 @@ def test_step_with_cpu_autocast_is_finite(init_weights):
 
 
 def test_latent_distill_hook_adds_to_g_loss_and_leaves_the_teacher_alone(init_weights):
-    from engine.losses import latent_distill, latent_distill_hook
+    from engine.losses import latent_distill
+    from engine.train.extra_losses import latent_distill_hook
 
     model = dfl_model(init_weights)
     torch.manual_seed(5)

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.graph import df, graph_to_dict, liae, parse_graph_table
-from engine.graph.spec import ADAPTER_KINDS, NODE_KEYS, RESERVED_NAMES, GraphSpec, IdentitySpec, NodeSpec
+from engine.graph import df, liae
+from engine.recipe.graph_spec import (ADAPTER_KINDS, NODE_KEYS, RESERVED_NAMES, GraphSpec, IdentitySpec, NodeSpec,
+                                     graph_to_dict, parse_graph_table)
 from engine.recipe.specs import ModelSpec
 
 MS = ModelSpec(archi="df-ud", resolution=64, ae_dims=32, e_dims=8, d_dims=8, d_mask_dims=8)

@@ -1,22 +1,24 @@
 """DFL's discriminators (spec §3.5): find_archi against DFL's table (every recorded patch size), the UNet
 patch discriminator and the code discriminator against DFL forward/backward goldens with the recorded
-weights, ConvTranspose alignment, key maps and layout conversions."""
+weights loaded by the production reader (engine.dfl: DFL's names are the parameter names under the scope
+``D_src`` / ``dis``), ConvTranspose alignment."""
 
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.dfl import dfl_part_arrays, load_dfl_part_file
+from engine.dfl.keymap import torch_to_dfl_array, torch_to_dfl_name
 from engine.errors import CheckpointError, TorchSAEError
 from engine.losses import dloss
 from engine.modules.discriminators import (CodeDiscriminator, UNetPatchDiscriminator, _ConvTransposeSame,
-                                           check_unet_patch_d_resolution, code_d_key_map, dfl_state, find_archi,
-                                           load_dfl_weights, receptive_field, tf_to_torch, torch_to_tf,
-                                           unet_patch_d_key_map)
+                                           check_unet_patch_d_resolution, find_archi, receptive_field)
 
 
 def nchw(a) -> torch.Tensor:
@@ -25,6 +27,19 @@ def nchw(a) -> torch.Tensor:
 
 def nhwc(t: torch.Tensor) -> np.ndarray:
     return t.detach().permute(0, 2, 3, 1).numpy()
+
+
+def dfl_names(module: torch.nn.Module, scope: str) -> dict[str, str]:
+    """{torch name: DFL variable name}: the parameter path under DFL's scope (``D_src/convs_0/weight:0``)."""
+    return {n: torch_to_dfl_name(f"{scope}.{n}", strip_part=False) for n, _ in module.named_parameters()}
+
+
+def load_weights(module: torch.nn.Module, scope: str, g, tmp_path) -> None:
+    """The recorded ``weight/<scope>/...`` arrays through DFL's weight-file reader (scope stripped, spec §8.2)."""
+    f = tmp_path / "weights.npy"
+    f.write_bytes(pickle.dumps({k[len(f"weight/{scope}/"):]: g[k] for k in g.files if k.startswith("weight/")},
+                               protocol=4))
+    load_dfl_part_file(module, f, scope)
 
 
 @pytest.mark.parity
@@ -52,14 +67,14 @@ def test_unet_patch_d_param_count_spec_example():
 
 
 @pytest.mark.parity
-def test_unet_patch_d_matches_dfl(golden):
+def test_unet_patch_d_matches_dfl(golden, tmp_path):
     g = np.load(golden / "extra" / "unet_patch_d_res64_ps8_dims16.npz")
     meta = json.loads((golden / "extra" / "unet_patch_d_res64_ps8_dims16.json").read_text())
     d = UNetPatchDiscriminator(8, 3, 16)
-    km = unet_patch_d_key_map(d)
-    assert sorted(v[0] for v in km.values()) == sorted(r["name"] for r in meta["param_table"])
+    names = dfl_names(d, "D_src")
+    assert sorted(names.values()) == sorted(r["name"] for r in meta["param_table"])
     assert sum(p.numel() for p in d.parameters()) == meta["param_count_total"]
-    load_dfl_weights(d, km, {k[len("weight/"):]: g[k] for k in g.files if k.startswith("weight/")})
+    load_weights(d, "D_src", g, tmp_path)
     x = nchw(g["input"]).requires_grad_()
     center, full = d(x)
     np.testing.assert_allclose(nhwc(center), g["center_out"], atol=2e-6)
@@ -69,25 +84,24 @@ def test_unet_patch_d_matches_dfl(golden):
         np.testing.assert_allclose(dloss(lab, ours).detach().numpy(), g[ref], rtol=1e-5, err_msg=ref)
     (dloss(1, center) + dloss(1, full)).sum().backward()
     params = dict(d.named_parameters())
-    for tname, (dname, kind) in km.items():
+    for tname, dname in names.items():
         ref = g[f"grad/{dname}"]
-        got = torch_to_tf(params[tname].grad.numpy(), kind)
+        got = torch_to_dfl_array(params[tname].grad.numpy())
         # observed <= 2.4e-5 of the tensor's largest |grad| (a bias summed over 64x64 positions)
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max(), err_msg=dname)
     np.testing.assert_allclose(nhwc(x.grad), g["grad_input"], rtol=0, atol=1e-4 * np.abs(g["grad_input"]).max())
 
 
 @pytest.mark.parity
-def test_code_discriminator_matches_dfl(golden, shared_golden):
+def test_code_discriminator_matches_dfl(golden, shared_golden, tmp_path):
     g = np.load(golden / "extra" / "code_d_df_res64_ae64.npz")
     meta = json.loads((golden / "extra" / "code_d_df_res64_ae64.json").read_text())
     full = np.load(shared_golden / "extra" / "code_d_df_res64_ae64.npz")  # weights: 5.8 MB, not copied
     d = CodeDiscriminator(64, 8)
     assert d.n_convs == 2
-    km = code_d_key_map(d)
-    assert sorted(v[0] for v in km.values()) == sorted(r["name"] for r in meta["param_table"])
+    assert sorted(dfl_names(d, "dis").values()) == sorted(r["name"] for r in meta["param_table"])
     assert sum(p.numel() for p in d.parameters()) == meta["param_count_total"]
-    load_dfl_weights(d, km, {k[len("weight/"):]: full[k] for k in full.files if k.startswith("weight/")})
+    load_weights(d, "dis", full, tmp_path)
     x = nchw(g["input_code"]).requires_grad_()
     out = d(x)
     np.testing.assert_allclose(nhwc(out), g["out"], atol=1e-6)
@@ -95,8 +109,8 @@ def test_code_discriminator_matches_dfl(golden, shared_golden):
     np.testing.assert_allclose(dloss(0, out).detach().numpy(), g["dloss_zeros"], rtol=1e-5)
     dloss(1, out).sum().backward()
     params = dict(d.named_parameters())
-    for tname, (dname, kind) in km.items():
-        got = torch_to_tf(params[tname].grad.numpy(), kind)
+    for tname, dname in dfl_names(d, "dis").items():
+        got = torch_to_dfl_array(params[tname].grad.numpy())
         key = f"grad/{dname}"
         if key + "__first4096" in g.files:
             ref, got = g[key + "__first4096"], got.ravel()[:4096]
@@ -160,31 +174,25 @@ def test_conv_transpose_same_gradients_match_float64(channels_last):
     assert rel <= 1e-6, f"bias gradient relative error {rel:.2e}"
 
 
-def test_layout_conversion_round_trip_and_dfl_state():
-    a = np.arange(3 * 3 * 4 * 5, dtype=np.float32).reshape(3, 3, 4, 5)
-    assert tf_to_torch(a, "conv").shape == (5, 4, 3, 3)
-    assert tf_to_torch(a, "conv")[2, 1, 0, 2] == a[0, 2, 1, 2]
-    np.testing.assert_array_equal(torch_to_tf(tf_to_torch(a, "conv_transpose"), "conv_transpose"), a)
+def test_weight_file_round_trip_and_errors_name_the_key(tmp_path):
     d = UNetPatchDiscriminator(8)
-    state = dfl_state(d, unet_patch_d_key_map(d))  # weight-file keys (scope stripped)
-    assert state["upconvs_0/weight:0"].shape == (3, 3, 32, 64)  # TF (kh, kw, out, in)
+    state = dfl_part_arrays(d, "D_src")  # weight-file keys (scope stripped)
+    assert state["upconvs_0/weight:0"].shape == (3, 3, 32, 64)  # TF conv-transpose (kh, kw, out, in)
+    assert state["in_conv/weight:0"].shape == (1, 1, 3, 16)  # TF conv (kh, kw, in, out)
+    f = tmp_path / "GAN.npy"
+    f.write_bytes(pickle.dumps(state, protocol=4))
     d2 = UNetPatchDiscriminator(8)
-    load_dfl_weights(d2, unet_patch_d_key_map(d2), state, strip_scope=True)
+    load_dfl_part_file(d2, f, "D_src")
     for (n, p), (_, q) in zip(d.named_parameters(), d2.named_parameters()):
         assert torch.equal(p, q), n
-
-
-def test_load_errors_name_the_key():
-    d = UNetPatchDiscriminator(8)
-    km = unet_patch_d_key_map(d)
-    state = dfl_state(d, km, strip_scope=False)
-    del state["D_src/out_conv/bias:0"]
-    with pytest.raises(CheckpointError, match="D_src/out_conv/bias:0"):
-        load_dfl_weights(d, km, state, source="GAN.npy")
-    state = dfl_state(d, km, strip_scope=False)
-    state["D_src/in_conv/weight:0"] = np.zeros((1, 1, 4, 16), np.float32)
-    with pytest.raises(CheckpointError, match="in_conv"):
-        load_dfl_weights(d, km, state)
+    del state["out_conv/bias:0"]
+    state["in_conv/weight:0"] = np.zeros((1, 1, 4, 16), np.float32)
+    f.write_bytes(pickle.dumps(state, protocol=4))
+    with pytest.raises(CheckpointError) as e:
+        load_dfl_part_file(d2, f, "D_src", options="gan_dims")
+    msg = str(e.value)
+    assert "GAN.npy: does not fit part 'D_src'" in msg and "check the gan_dims options" in msg
+    assert "key 'out_conv/bias:0' missing" in msg and "key 'in_conv/weight:0': expected shape (1, 1, 3, 16)" in msg
 
 
 def test_resolution_check():
