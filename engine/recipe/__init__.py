@@ -1,8 +1,18 @@
-"""Recipes: TOML at the edge, frozen typed specs inside (no torch imported here).
+r"""Recipes: TOML at the edge, frozen typed specs inside (no torch imported here).
 
-    from engine import recipe
-    r = recipe.load("recipes/df256.toml", overrides=["optim.lr=1e-4"])
-    r.model.archi, r.loss.masked_training, recipe.dumps(r)
+`recipe.load("recipes/df256.toml", overrides=["optim.lr=1e-4"])` reads a file; `loads` a string:
+
+>>> from engine import recipe
+>>> r = recipe.loads('[model]\narchi = "liae-ud"\nresolution = 128\n', source="x.toml", overrides=["optim.lr=1e-4"])
+>>> r.model.archi, r.model.resolution, r.optim.lr, r.loss.masked_training   # unset keys: DFL's defaults
+('liae-ud', 128, 0.0001, True)
+>>> recipe.dumps(r).splitlines()[0]                  # the fully resolved recipe, as checkpoints store it
+"# resolved recipe 'x' (from x.toml)"
+>>> recipe.loads('[model]\narchi = "liae-uz"\n', source="x.toml")
+Traceback (most recent call last):
+  ...
+engine.errors.RecipeErrors: 1 problem in recipe:
+  x.toml:2: [model] archi = 'liae-uz': unknown option 'z' (form '<df|liae>[-<opts>]', opts from u, d, t, c)
 """
 
 from engine.recipe.dfl_options import from_options, to_options

@@ -17,7 +17,7 @@ from engine.dfl import import_model, read_part_file
 from engine.errors import CheckpointError, DataError, UnsafeFileError
 from engine.safe_pickle import safe_load_file, safe_loads
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "archi"
+GOLDEN = Path(__file__).resolve().parent / "golden" / "archi"
 
 
 class _System:
