@@ -1,6 +1,6 @@
 """The merger: swapped faces back into the frames, then a video (DFL's merger, spec §10).
 
-- config.py   MergeConfig: DFL's MergerConfigMasked settings (from the recipe's [merge] table + flags)
+- config.py   the settings: the recipe's [merge] table (MergeSpec, DFL's MergerConfigMasked) + flags, DFL's mode ids
 - face.py     MergeMaskedFace / MergeMasked: masks, colour transfer, warps, blends, post-processing
 - model.py    the model as a batch predictor (checkpoint, DFL folder, .onnx/.dfm, parts) + its face type
 - sources.py  frames (folder or video), aligned faces grouped by source frame, motion vectors
@@ -10,8 +10,8 @@
 XSeg masks (mask modes 6-9) come from engine.xseg.model (`open_masker`: any XSeg model form).
 """
 
-from engine.merge.config import MergeConfig, config_from_spec
-from engine.merge.face import Prediction, composite_faces, merge_face, merge_frame, predict_face
+from engine.merge.config import merge_face_type, with_flags
+from engine.merge.face import Prediction, composite_faces, merge_face, merge_frame, predict_face, predict_faces
 
-__all__ = ["MergeConfig", "config_from_spec", "Prediction", "merge_face", "merge_frame", "composite_faces",
-           "predict_face"]
+__all__ = ["merge_face_type", "with_flags", "Prediction", "merge_face", "merge_frame", "composite_faces",
+           "predict_face", "predict_faces"]

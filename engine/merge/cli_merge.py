@@ -31,13 +31,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from engine import recipe as recipe_mod
 from engine.errors import TorchSAEError
 from engine.export.inference import latest_checkpoint
-from engine.faces.facetypes import FaceType
-from engine.merge.config import CT_MODES, MASK_MODES, MODES, SHARPEN_MODES, SPEC_TO_CONFIG, config_from_spec
+from engine.merge.config import merge_face_type, needs_xseg, with_flags
 from engine.merge.model import open_merge_model
 from engine.merge.runner import merge_frames, output_path
 from engine.merge.sources import index_aligned, open_frames, source_video_of, video_fps
@@ -51,6 +51,8 @@ __all__ = ["add_arguments", "run", "resolve_paths"]
 log = logging.getLogger("torchsae.merge")
 
 DEFAULT_FPS = 25.0
+# the [merge] keys with a flag of the same name (the others: `merge.key=value` overrides)
+MERGE_FLAGS = tuple(f.name for f in attrs.fields(MergeSpec) if f.name != "workers")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,23 +83,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = p.add_argument_group("merge settings (override the recipe's [merge] table; DFL MergerConfig)")
-    s.add_argument("--mode", help=f"one of {', '.join(MODES)}")
-    s.add_argument("--mask-mode", help=f"name or DFL id: {', '.join(f'{i} {n}' for i, n in enumerate(MASK_MODES))}")
-    s.add_argument("--erode", type=int, help="erode (+) / dilate (-) the mask, -400..400 px at 4x model resolution")
-    s.add_argument("--blur", type=int, help="mask blur, 0..400 px at 4x model resolution")
-    s.add_argument("--motion-blur-power", type=int, help="0..100")
-    s.add_argument("--output-face-scale", type=int, help="-50..50 (%%)")
-    s.add_argument("--color-transfer", help=f"one of {', '.join(CT_MODES)}")
-    s.add_argument("--sharpen-mode", help=f"one of {', '.join(SHARPEN_MODES)}")
-    s.add_argument("--blursharpen-amount", type=int, help="-100..100 (blur < 0 < sharpen)")
-    s.add_argument("--super-resolution-power", type=int, help="only 0: DFL's FaceEnhancer weights are not available")
-    s.add_argument("--image-denoise-power", type=int, help="0..500")
-    s.add_argument("--bicubic-degrade-power", type=int, help="0..100")
-    s.add_argument("--color-degrade-power", type=int, help="0..100")
-    s.add_argument("--masked-hist-match", dest="masked_hist_match", action="store_true", default=None,
-                   help="hist-match inside the mask only (DFL default)")
-    s.add_argument("--no-masked-hist-match", dest="masked_hist_match", action="store_false", default=None)
-    s.add_argument("--hist-match-threshold", type=int, help="0..255 (default 238)")
+    for name in MERGE_FLAGS:  # one flag per [merge] key, its help and valid values from the schema
+        meta = attrs.fields_dict(MergeSpec)[name].metadata
+        flag = "--" + name.replace("_", "-")
+        if meta["type"] is bool:
+            s.add_argument(flag, dest=name, action="store_true", default=None, help=meta["help"])
+            s.add_argument("--no-" + flag[2:], dest=name, action="store_false", default=None)
+        elif meta["choices"]:
+            ids = ", ".join(f"{i} {n}" for i, n in enumerate(meta["choices"]))
+            s.add_argument(flag, help=f"{meta['help']}: name or DFL id, {ids}".replace("%", "%%"))
+        else:
+            s.add_argument(flag, type=int, help=f"{meta['help']}, {meta['min']}..{meta['max']}".replace("%", "%%"))
 
 
 def _recipe_of(args) -> Recipe | None:
@@ -146,32 +142,31 @@ def run(args: argparse.Namespace) -> int:
     spec = (recipe or model.recipe).merge if (recipe or model.recipe) is not None else MergeSpec()
 
     if args.face_type:
-        face_type = FaceType.parse(args.face_type, "--face-type")
+        face_type = merge_face_type(args.face_type, "--face-type")
     elif model.face_type is not None:
-        face_type = model.face_type
+        face_type = merge_face_type(model.face_type, f"{paths['model']}: face type")
     else:
         types = aligned.face_types
         if not types:
             raise TorchSAEError(f"{paths['model']}: the model does not say which face type it was trained on and the "
                                 "aligned faces carry none; give --face-type (h, mf, f, wf, head)")
-        face_type = FaceType.parse(max(types, key=types.get), f"{paths['aligned']}: face_type")
+        face_type = merge_face_type(max(types, key=types.get), f"{paths['aligned']}: face_type")
         log.info("merge: face type %s taken from the aligned faces (the model does not record one)", face_type.long_name)
 
     # one flag per [merge] key, same name (add_arguments); None = not given
-    overrides = {key: getattr(args, key) for key in SPEC_TO_CONFIG}
-    cfg = config_from_spec(spec, face_type, overrides)
+    spec = with_flags(spec, {key: getattr(args, key) for key in MERGE_FLAGS})
 
     xseg = None
     if args.xseg_model:
         # DFL runs XSeg on the CPU; a GPU is simply faster and gives the same mask within float tolerance
         xseg = open_masker(args.xseg_model, device="cuda" if torch.cuda.is_available() else "cpu")
-    elif cfg.needs_xseg:
-        raise TorchSAEError(f"mask mode {cfg.mask_mode_name} runs DFL's XSeg network: give --xseg-model DIR (DFL's "
+    elif needs_xseg(spec):
+        raise TorchSAEError(f"mask mode {spec.mask_mode} runs DFL's XSeg network: give --xseg-model DIR (DFL's "
                             "XSeg folder holding XSeg_256.npy, or a `torchsae xseg train` run folder; an exported XSeg "
                             ".onnx file works too)")
 
     workers = spec.workers if args.workers is None else args.workers
-    summary = merge_frames(model, frames, aligned, paths["out"], cfg, xseg=xseg, workers=workers, fmt=args.format,
+    summary = merge_frames(model, frames, aligned, paths["out"], spec, face_type, xseg=xseg, workers=workers, fmt=args.format,
                            mask_dir=args.mask_dir, seed=args.seed, progress=not args.no_progress)
     result = summary.to_dict()
 

@@ -3,7 +3,7 @@ composite every face of the frame.
 
 Images are BGR float32 in [0, 1], (H, W, 3); masks (H, W, 1). R is the model resolution.
 
-merge_face(img_bgr, landmarks, cfg, prediction):
+merge_face(img_bgr, landmarks, spec, face_type, prediction):  (spec: the [merge] table, engine.merge.config)
  1. hull = landmark hull of the frame (§6.5).
  2-3. face_mat = get_transform_mat(lm, R, face_type); face_output_mat the same with scale
     1 + output_face_scale/100; face_mask_output_mat the latter at 4R (mask_subres_size).
@@ -40,7 +40,7 @@ spec §10.2 steps 10.7-10.8.
 
 Deviations:
 - DFL's idt / sot draw from numpy's global RNG; here `rng` (per frame, seeded) makes merges reproducible.
-- Super resolution (FaceEnhancer) is not available: MergeConfig rejects a power ≠ 0.
+- Super resolution (FaceEnhancer) is not available: [merge].super_resolution_power accepts only 0.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ from engine.faces.filters import blursharpen, linear_motion_blur  # re-exported:
 from engine.faces.landmarks import get_transform_mat
 from engine.faces.masks import get_image_hull_mask
 from engine.errors import TorchSAEError
-from engine.merge.config import MergeConfig
+from engine.merge.config import color_transfer_id, mask_mode_id, needs_xseg, sharpen_mode_id
+from engine.recipe.specs import MergeSpec
 
 __all__ = [
     "FaceGeometry", "Prediction", "face_geometry", "dst_face_crop", "predictor_input", "xseg_dst_input",
@@ -138,27 +139,36 @@ def xseg_prd_input(prd_face: np.ndarray) -> np.ndarray:
     return cv2.resize(np.clip(prd_face, 0.0, 1.0), (XSEG_INPUT_SIZE, XSEG_INPUT_SIZE))
 
 
-def predict_face(img_bgr: np.ndarray, landmarks: Any, cfg: MergeConfig, resolution: int,
+def predict_faces(img_bgr: np.ndarray, landmarks: Sequence[Any], spec: MergeSpec, face_type: FaceType, resolution: int,
+                  predict: Callable[[np.ndarray], Sequence[np.ndarray]],
+                  xseg: Callable[[np.ndarray], np.ndarray] | None = None) -> list[tuple[Prediction, FaceGeometry]]:
+    """Crop every face of a frame and run the predictor on them as one batch (and XSeg, as one batch, when
+    the mask mode needs it): one (Prediction, FaceGeometry) per landmarks.
+
+    predict(faces (N, R, R, 3)) -> (face (N,R,R,3), prd_mask (N,R,R[,1]), dst_mask (N,R,R[,1])), as
+    engine.export.runtime swappers return (celeb, celeb_mask, face_mask). xseg: XSegExtractor-like,
+    (N,256,256,3) -> (N,256,256,1).
+    """
+    geoms = [face_geometry(lm, resolution, face_type, spec.output_face_scale) for lm in landmarks]
+    x = np.stack([predictor_input(dst_face_crop(img_bgr, g), resolution) for g in geoms])
+    faces, prd_m, dst_m = (np.asarray(o) for o in predict(x))
+    xp = xd = [None] * len(geoms)
+    if needs_xseg(spec):
+        if xseg is None:
+            raise TorchSAEError(f"mask mode {spec.mask_mode} needs an XSeg model (--xseg-model DIR with XSeg_256.npy)")
+        if mask_mode_id(spec) in (6, 8, 9):
+            xp = list(xseg(np.stack([xseg_prd_input(f) for f in faces])))
+        if mask_mode_id(spec) in (7, 8, 9):
+            xd = list(xseg(np.stack([xseg_dst_input(img_bgr, lm, face_type) for lm in landmarks])))
+    return [(Prediction(face=faces[i], prd_mask=_hw(prd_m[i]), dst_mask=_hw(dst_m[i]), xseg_prd=xp[i], xseg_dst=xd[i]),
+             g) for i, g in enumerate(geoms)]
+
+
+def predict_face(img_bgr: np.ndarray, landmarks: Any, spec: MergeSpec, face_type: FaceType, resolution: int,
                  predictor: Callable[[np.ndarray], Sequence[np.ndarray]],
                  xseg: Callable[[np.ndarray], np.ndarray] | None = None) -> Prediction:
-    """Run the predictor (and XSeg when cfg's mask mode needs it) for one face of a frame.
-
-    predictor(faces (N, R, R, 3)) -> (face (N,R,R,3), prd_mask (N,R,R[,1]), dst_mask (N,R,R[,1])), as
-    engine.export.runtime swappers return (celeb, celeb_mask, face_mask). xseg: XSegExtractor-like,
-    (N,256,256,3) -> (N,256,256,1). Batched callers use the step functions directly (engine.merge.runner).
-    """
-    geom = face_geometry(landmarks, resolution, cfg.face_type, cfg.output_face_scale)
-    x = predictor_input(dst_face_crop(img_bgr, geom), resolution)
-    face, prd_m, dst_m = (np.asarray(o)[0] for o in predictor(x[None]))
-    xp = xd = None
-    if cfg.needs_xseg:
-        if xseg is None:
-            raise TorchSAEError(f"mask mode {cfg.mask_mode_name} needs an XSeg model (--xseg-model DIR with XSeg_256.npy)")
-        if cfg.mask_mode in (6, 8, 9):
-            xp = xseg(xseg_prd_input(face)[None])[0]
-        if cfg.mask_mode in (7, 8, 9):
-            xd = xseg(xseg_dst_input(img_bgr, landmarks, cfg.face_type)[None])[0]
-    return Prediction(face=face, prd_mask=_hw(prd_m), dst_mask=_hw(dst_m), xseg_prd=xp, xseg_dst=xd)
+    """`predict_faces` for one face of a frame."""
+    return predict_faces(img_bgr, [landmarks], spec, face_type, resolution, predictor, xseg)[0][0]
 
 
 def _hw(m: np.ndarray) -> np.ndarray:
@@ -237,10 +247,10 @@ def process_work_mask(mask_4r: np.ndarray, input_size: int, erode: int, blur: in
     return np.clip(m, 0.0, 1.0)
 
 
-def _select_mask(cfg: MergeConfig, pred_mask: np.ndarray, dst_mask: np.ndarray, hull_face: np.ndarray,
+def _select_mask(spec: MergeSpec, pred_mask: np.ndarray, dst_mask: np.ndarray, hull_face: np.ndarray,
                  prediction: Prediction, size: int) -> np.ndarray:
-    """Step 6: the (R, R) work mask for cfg.mask_mode."""
-    mm = cfg.mask_mode
+    """Step 6: the (R, R) work mask for the mask mode (DFL's ids)."""
+    mm = mask_mode_id(spec)
     if mm == 0:
         return np.ones_like(hull_face)
     if mm == 1:
@@ -256,7 +266,7 @@ def _select_mask(cfg: MergeConfig, pred_mask: np.ndarray, dst_mask: np.ndarray, 
 
     def xs(m: np.ndarray | None, which: str) -> np.ndarray:
         if m is None:
-            raise TorchSAEError(f"mask mode {cfg.mask_mode_name} needs the {which} mask; give an XSeg model "
+            raise TorchSAEError(f"mask mode {spec.mask_mode} needs the {which} mask; give an XSeg model "
                                 "(--xseg-model DIR holding XSeg_256.npy)")
         m = np.asarray(m, dtype=np.float32)
         m = m[..., 0] if m.ndim == 3 else m
@@ -284,7 +294,8 @@ def _warp_back(face: np.ndarray, mat: np.ndarray, size: tuple[int, int]) -> np.n
 def merge_face(
     img_bgr: np.ndarray,
     landmarks: Any,
-    cfg: MergeConfig,
+    spec: MergeSpec,
+    face_type: FaceType,
     prediction: Prediction,
     *,
     img_bgr_uint8: np.ndarray | None = None,
@@ -295,7 +306,8 @@ def merge_face(
 ) -> tuple[np.ndarray, np.ndarray]:
     """DFL's MergeMaskedFace (spec §10.2, steps in the module docstring) for one face.
 
-    img_bgr (H, W, 3) float32 in [0, 1] (= uint8 frame / 255); landmarks (68, 2) frame px; prediction from
+    img_bgr (H, W, 3) float32 in [0, 1] (= uint8 frame / 255); landmarks (68, 2) frame px; spec: the [merge]
+    settings; face_type: the model's crop; prediction from
     `predict_face` (or any predictor fed `predictor_input`). img_bgr_uint8: the uint8 frame for
     seamlessClone (default round(img·255)). geometry: precomputed transforms (tests inject DFL's recorded
     ones). motion: (motion_power px, motion_deg) of this frame for motion blur. rng: for idt/sot/mix.
@@ -306,7 +318,8 @@ def merge_face(
     h, w = img_bgr.shape[:2]
     img_size = (w, h)
     t = trace if trace is not None else {}
-    geom = geometry or face_geometry(landmarks, prediction.face.shape[0], cfg.face_type, cfg.output_face_scale)
+    ct = color_transfer_id(spec)  # DFL's merger dispatches colour transfer by id (0 none)
+    geom = geometry or face_geometry(landmarks, prediction.face.shape[0], face_type, spec.output_face_scale)
     r_in, r_out, r_mask = geom.input_size, geom.output_size, geom.mask_subres_size
 
     hull = get_image_hull_mask(img_bgr.shape, landmarks)  # (H, W, 1)
@@ -320,12 +333,12 @@ def merge_face(
     if prd_face.shape[:2] != (r_out, r_out):
         raise TorchSAEError(f"predicted face is {prd_face.shape[:2]}, expected the model resolution {(r_out, r_out)}")
 
-    wrk = np.array(_select_mask(cfg, prd_mask, dst_mask, hull_face, prediction, r_out), dtype=np.float32)
+    wrk = np.array(_select_mask(spec, prd_mask, dst_mask, hull_face, prediction, r_out), dtype=np.float32)
     wrk[wrk < _NOISE] = 0.0
     if wrk.shape[0] != r_mask:
         wrk = cv2.resize(wrk, (r_mask, r_mask), interpolation=cv2.INTER_CUBIC)
-    if "raw" not in cfg.mode:
-        wrk = process_work_mask(wrk, r_in, cfg.erode_mask_modifier, cfg.blur_mask_modifier)
+    if "raw" not in spec.mode:
+        wrk = process_work_mask(wrk, r_in, spec.erode, spec.blur)
     t["work_mask_subres"] = wrk
 
     frame_mask = cv2.warpAffine(wrk, geom.face_mask_output_mat, img_size, np.zeros((h, w), dtype=np.float32),
@@ -337,13 +350,13 @@ def merge_face(
     wrk_a = wrk[..., None]  # (R, R, 1)
     t["frame_mask"] = frame_mask
 
-    if cfg.mode == "original":
+    if spec.mode == "original":
         return img_bgr, frame_mask
-    if cfg.mode == "raw-rgb":
+    if spec.mode == "raw-rgb":
         face_px = _warp_back(prd_face, geom.face_output_mat, img_size)
         square = _warp_back(np.ones_like(prd_face), geom.face_output_mat, img_size)
         return np.clip(img_bgr * (1 - square) + face_px * square, 0.0, 1.0), frame_mask
-    if cfg.mode == "raw-predict":
+    if spec.mode == "raw-predict":
         return prd_face, wrk_a
 
     # overlay / hist-match / seamless / seamless-hist-match: only if the mask covers ≥ 4 px each way
@@ -356,21 +369,21 @@ def merge_face(
     # (DFL sets only a > 0 to 1), which the -m colour transfers and hist-match then see
     area = np.where(wrk_a > 0, np.float32(1.0), wrk_a).astype(np.float32)
     t["area_mask"] = area
-    seamless = "seamless" in cfg.mode
-    if not seamless and cfg.color_transfer_mode != 0:
+    seamless = "seamless" in spec.mode
+    if not seamless and ct != 0:
         t["ct_arg0"], t["ct_arg1"] = prd_face, dst_face
-        prd_face = merger_color_transfer(cfg.color_transfer_mode, prd_face, dst_face, area, rng=rng)
+        prd_face = merger_color_transfer(ct, prd_face, dst_face, area, rng=rng)
         t["ct_out"] = prd_face
 
-    if cfg.mode == "hist-match":
-        hist_mask = area if cfg.masked_hist_match else np.ones_like(area)
+    if spec.mode == "hist-match":
+        hist_mask = area if spec.masked_hist_match else np.ones_like(area)
         white = 1.0 - hist_mask  # outside the mask both images are forced to white
         hm1 = np.minimum(prd_face * hist_mask + white, 1.0)
         # DFL clips hm2 where the (already clipped) hm1 > 1, i.e. never: hm2 keeps values above 1 where the
         # area mask carries the cubic resize's small negative ringing
         hm2 = dst_face * hist_mask + white
         t["hist_match_arg0"], t["hist_match_arg1"] = hm1, hm2
-        prd_face = color_hist_match(hm1, hm2, cfg.hist_match_threshold).astype(np.float32)
+        prd_face = color_hist_match(hm1, hm2, spec.hist_match_threshold).astype(np.float32)
         t["hist_match_out"] = prd_face
 
     s_mask = seamless_mask(frame_mask) if seamless else None
@@ -395,36 +408,36 @@ def merge_face(
     out = img_bgr * (1 - frame_mask) + out * frame_mask
 
     motion_power, motion_deg = motion
-    mp = cfg.motion_blur_power / 100.0
-    if ((seamless and cfg.color_transfer_mode != 0) or cfg.mode == "seamless-hist-match" or mp != 0
-            or cfg.blursharpen_amount != 0 or cfg.image_denoise_power != 0 or cfg.bicubic_degrade_power != 0):
+    mp = spec.motion_blur_power / 100.0
+    if ((seamless and ct != 0) or spec.mode == "seamless-hist-match" or mp != 0
+            or spec.blursharpen_amount != 0 or spec.image_denoise_power != 0 or spec.bicubic_degrade_power != 0):
         out_face = cv2.warpAffine(out, geom.face_mat, (r_out, r_out), flags=cv2.INTER_CUBIC)
-        if seamless and cfg.color_transfer_mode != 0:
+        if seamless and ct != 0:
             t["ct_arg0"], t["ct_arg1"] = out_face, dst_face
-            out_face = merger_color_transfer(cfg.color_transfer_mode, out_face, dst_face, area, rng=rng)
+            out_face = merger_color_transfer(ct, out_face, dst_face, area, rng=rng)
             t["ct_out"] = out_face
-        if cfg.mode == "seamless-hist-match":
-            out_face = color_hist_match(out_face, dst_face, cfg.hist_match_threshold)
+        if spec.mode == "seamless-hist-match":
+            out_face = color_hist_match(out_face, dst_face, spec.hist_match_threshold)
         if mp != 0:
             k = int(motion_power * mp)
             if k >= 1:
                 out_face = linear_motion_blur(out_face, int(np.clip(k + 1, 2, 50)), motion_deg)
-        if cfg.blursharpen_amount != 0:
-            out_face = blursharpen(out_face, cfg.sharpen_mode, 3, cfg.blursharpen_amount)
+        if spec.blursharpen_amount != 0:
+            out_face = blursharpen(out_face, sharpen_mode_id(spec), 3, spec.blursharpen_amount)
         base = img_bgr
-        if cfg.image_denoise_power != 0:
-            base = denoise_frame(base, cfg.image_denoise_power)
-        if cfg.bicubic_degrade_power != 0:
-            base = bicubic_degrade(base, cfg.bicubic_degrade_power)
+        if spec.image_denoise_power != 0:
+            base = denoise_frame(base, spec.image_denoise_power)
+        if spec.bicubic_degrade_power != 0:
+            base = bicubic_degrade(base, spec.bicubic_degrade_power)
         new_out = _warp_back(out_face.astype(np.float32), geom.face_mat, img_size)
         out = np.clip(base * (1 - frame_mask) + new_out * frame_mask, 0.0, 1.0)
 
-    if cfg.color_degrade_power != 0:
+    if spec.color_degrade_power != 0:
         reduced = reduce_colors(out, 256)
-        if cfg.color_degrade_power == 100:
+        if spec.color_degrade_power == 100:
             out = reduced
         else:
-            a = cfg.color_degrade_power / 100.0
+            a = spec.color_degrade_power / 100.0
             out = out * (1.0 - a) + reduced * a
     return out.astype(np.float32), frame_mask
 
@@ -449,7 +462,8 @@ def composite_faces(img_bgr: np.ndarray, results: Sequence[tuple[np.ndarray, np.
 def merge_frame(
     frame_uint8: np.ndarray,
     faces: Sequence[tuple[Any, Prediction]],
-    cfg: MergeConfig,
+    spec: MergeSpec,
+    face_type: FaceType,
     *,
     motion: tuple[float, float] = (0.0, 0.0),
     rng: np.random.RandomState | np.random.Generator | None = None,
@@ -458,7 +472,7 @@ def merge_frame(
     composite them (`composite_faces`). frame_uint8 (H, W, 3) uint8 BGR -> (H, W, 4) uint8 BGR + mask.
     A frame without faces comes back unchanged (mask 0)."""
     img = frame_uint8.astype(np.float32) / 255.0
-    results = [merge_face(img, lm, cfg, pred, img_bgr_uint8=frame_uint8, motion=motion, rng=rng)
+    results = [merge_face(img, lm, spec, face_type, pred, img_bgr_uint8=frame_uint8, motion=motion, rng=rng)
                for lm, pred in faces]
     if not results:
         return np.concatenate([frame_uint8, np.zeros(frame_uint8.shape[:2] + (1,), np.uint8)], -1)

@@ -1,7 +1,7 @@
 """The merge driver: every frame -> its swapped faces -> a merged image file, then optionally a video.
 
-    summary = merge_frames(model, open_frames("data_dst"), index_aligned("data_dst/aligned"), "merged", cfg,
-                           workers=2)
+    summary = merge_frames(model, open_frames("data_dst"), index_aligned("data_dst/aligned"), "merged",
+                           recipe.merge, FaceType.WHOLE_FACE, workers=2)
 
 Work split (DFL's Merger runs the predictor in the main process and the compositing in workers too):
 - the main process reads each frame, crops its faces (`face_geometry`, `predictor_input`), runs the model on
@@ -34,10 +34,11 @@ from tqdm import tqdm
 
 from engine.errors import DataError, TorchSAEError
 from engine.fileio import write_atomic
-from engine.merge.config import MergeConfig
-from engine.merge.face import (FaceGeometry, Prediction, composite_faces, dst_face_crop, face_geometry, merge_face,
-                               predictor_input, xseg_dst_input, xseg_prd_input)
+from engine.faces.facetypes import FaceType
+from engine.merge.config import needs_xseg, settings_line
+from engine.merge.face import FaceGeometry, Prediction, composite_faces, merge_face, predict_faces
 from engine.merge.sources import AlignedIndex, FrameSource, motion_vectors
+from engine.recipe.specs import MergeSpec
 
 __all__ = ["MergeSummary", "merge_frames", "output_path", "FORMATS"]
 
@@ -86,7 +87,8 @@ class _Task:
     frame: np.ndarray = attrs.field(eq=False)
     faces: tuple[tuple[np.ndarray, Prediction, FaceGeometry], ...] = attrs.field(eq=False)
     motion: tuple[float, float]
-    cfg: MergeConfig
+    spec: MergeSpec
+    face_type: FaceType
     out_path: Path
     mask_path: Path | None
     fmt: str
@@ -99,7 +101,7 @@ def _run_task(task: _Task) -> tuple[str, int]:
     if task.faces:
         img = frame.astype(np.float32) / 255.0
         rng = np.random.default_rng([task.seed, zlib.crc32(task.stem.encode("utf-8"))])
-        results = [merge_face(img, lm, task.cfg, pred, img_bgr_uint8=frame, geometry=geom, motion=task.motion, rng=rng)
+        results = [merge_face(img, lm, task.spec, task.face_type, pred, img_bgr_uint8=frame, geometry=geom, motion=task.motion, rng=rng)
                    for lm, pred, geom in task.faces]
         merged = composite_faces(img, results)  # (H, W, 4) uint8: BGR + mask
         bgr, mask = merged[..., :3], merged[..., 3]
@@ -116,30 +118,13 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _predict_frame(frame: np.ndarray, landmarks: list[np.ndarray], cfg: MergeConfig, model: Any, xseg: Any
-                   ) -> list[tuple[np.ndarray, Prediction, FaceGeometry]]:
-    """Crop every face of a frame, run the model on them as one batch (and XSeg when needed)."""
-    img = frame.astype(np.float32) / 255.0
-    r = model.resolution
-    geoms = [face_geometry(lm, r, cfg.face_type, cfg.output_face_scale) for lm in landmarks]
-    x = np.stack([predictor_input(dst_face_crop(img, g), r) for g in geoms])
-    faces, prd_m, dst_m = model.predict(x)
-    xp = xd = [None] * len(landmarks)
-    if cfg.needs_xseg:
-        if cfg.mask_mode in (6, 8, 9):
-            xp = list(xseg(np.stack([xseg_prd_input(f) for f in faces])))
-        if cfg.mask_mode in (7, 8, 9):
-            xd = list(xseg(np.stack([xseg_dst_input(img, lm, cfg.face_type) for lm in landmarks])))
-    return [(lm, Prediction(face=faces[i], prd_mask=prd_m[i], dst_mask=dst_m[i], xseg_prd=xp[i], xseg_dst=xd[i]), g)
-            for i, (lm, g) in enumerate(zip(landmarks, geoms))]
-
-
 def merge_frames(
     model: Any,
     frames: FrameSource,
     aligned: AlignedIndex,
     out_dir: str | Path,
-    cfg: MergeConfig,
+    spec: MergeSpec,
+    face_type: FaceType,
     *,
     xseg: Any = None,
     workers: int = 0,
@@ -148,13 +133,14 @@ def merge_frames(
     seed: int = 0,
     progress: bool = True,
 ) -> MergeSummary:
-    """Merge every frame of `frames` into `out_dir` (module doc). `model`: a MergeModel (or anything with
-    `resolution` and `predict(faces (N,R,R,3)) -> (face, prd_mask, dst_mask)`); `xseg`: an XSegExtractor,
-    required by mask modes 6..9. Returns the run's MergeSummary."""
+    """Merge every frame of `frames` into `out_dir` (module doc) with the [merge] settings `spec`, cropping
+    faces of `face_type`. `model`: a MergeModel (or anything with `resolution` and `predict(faces (N,R,R,3))
+    -> (face, prd_mask, dst_mask)`); `xseg`: an XSegExtractor, required by mask modes 6..9. Returns the run's
+    MergeSummary."""
     if fmt not in FORMATS:
         raise DataError(f"--format {fmt!r}: valid {', '.join(FORMATS)}")
-    if cfg.needs_xseg and xseg is None:
-        raise TorchSAEError(f"mask mode {cfg.mask_mode_name} runs XSeg: give --xseg-model DIR (a folder holding DFL's "
+    if needs_xseg(spec) and xseg is None:
+        raise TorchSAEError(f"mask mode {spec.mask_mode} runs XSeg: give --xseg-model DIR (a folder holding DFL's "
                             "XSeg_256.npy)")
     if workers < 0:
         raise DataError(f"--workers {workers}: must be 0 (merge in this process) or more")
@@ -178,8 +164,8 @@ def merge_frames(
     done = {s for s in stems if output_path(out_dir, s, fmt).is_file() and
             (mdir is None or (mdir / f"{s}.png").is_file())}
     lms = [[rec.landmarks for rec in aligned.for_frame(s)] for s in stems]
-    motions = dict(zip(stems, motion_vectors(lms))) if cfg.motion_blur_power else {}
-    log.info("merge: %s", cfg.summary())
+    motions = dict(zip(stems, motion_vectors(lms))) if spec.motion_blur_power else {}
+    log.info("merge: %s", settings_line(spec, face_type))
     log.info("merge: %d frames, %d already merged in %s", len(stems), len(done), out_dir)
 
     t0 = time.perf_counter()
@@ -203,8 +189,14 @@ def merge_frames(
             if stem not in known:
                 extra.append(stem)
             recs = aligned.for_frame(stem)
-            faces = _predict_frame(frame, [r.landmarks for r in recs], cfg, model, xseg) if recs else []
-            task = _Task(stem=stem, frame=frame, faces=tuple(faces), motion=motions.get(stem, (0.0, 0.0)), cfg=cfg,
+            faces = []
+            if recs:  # every face of the frame through the model as one batch
+                lms = [r.landmarks for r in recs]
+                img = frame.astype(np.float32) / 255.0
+                faces = [(lm, pred, g) for lm, (pred, g) in
+                         zip(lms, predict_faces(img, lms, spec, face_type, model.resolution, model.predict, xseg))]
+            task = _Task(stem=stem, frame=frame, faces=tuple(faces), motion=motions.get(stem, (0.0, 0.0)), spec=spec,
+                         face_type=face_type,
                          out_path=output_path(out_dir, stem, fmt),
                          mask_path=(mdir / f"{stem}.png") if mdir is not None else None, fmt=fmt, seed=seed)
             if pool is None:

@@ -16,13 +16,13 @@ engine.errors.RecipeErrors: 1 problem in recipe:
 """
 
 from engine.recipe.dfl_options import from_options, to_options
-from engine.recipe.load import (diff, dumps, from_dict, is_override, load, load_command_line, loads, parse_archi,
-                                resume_value, split_command_line, to_dict)
+from engine.recipe.load import (diff, dumps, evolve, from_dict, is_override, load, load_command_line, loads,
+                                parse_archi, resume_value, split_command_line, to_dict)
 from engine.recipe.specs import (TABLES, CompileSpec, DataSpec, ExportSpec, LossSpec, MergeSpec, ModelSpec,
                                  OptimSpec, RampSpec, Recipe, ScheduleSpec, TrainSpec)
 
 __all__ = [
-    "load", "loads", "from_dict", "from_options", "to_options", "dumps", "to_dict", "diff", "parse_archi",
+    "load", "loads", "from_dict", "evolve", "from_options", "to_options", "dumps", "to_dict", "diff", "parse_archi",
     "is_override", "split_command_line", "load_command_line", "resume_value", "Recipe",
     "TABLES",
     "DataSpec", "ModelSpec", "LossSpec", "ScheduleSpec", "RampSpec", "OptimSpec", "TrainSpec", "ExportSpec",

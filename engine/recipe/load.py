@@ -148,7 +148,9 @@ def _check(field: attrs.Attribute, value: Any, where: str, ctx: _Ctx, table: str
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         lo, hi = meta.get("min"), meta.get("max")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            err(f"'{key}' = {value} is out of range", f"valid: {'-inf' if lo is None else lo}..{'inf' if hi is None else hi}")
+            valid = f"{lo} only: {meta['help']}" if lo is not None and lo == hi else \
+                f"{'-inf' if lo is None else lo}..{'inf' if hi is None else hi}"
+            err(f"'{key}' = {value} is out of range", f"valid: {valid}")
             return _BAD
         if meta.get("even") and value % 2:
             err(f"'{key}' = {value} must be even (DFL forces even channel counts)", f"use {value + 1}")
@@ -160,7 +162,8 @@ def _schema_fields(cls: type) -> dict[str, attrs.Attribute]:
     return {f.name: f for f in attrs.fields(cls) if f.metadata.get("type") not in (None, "graph")}
 
 
-def _build(cls: type, values: dict[str, Any], where: str, ctx: _Ctx, table: str) -> Any:
+def _checked(cls: type, values: dict[str, Any], where: str, ctx: _Ctx, table: str) -> dict[str, Any]:
+    """The values that pass `cls`'s schema (errors recorded in `ctx` for the others)."""
     fields = _schema_fields(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
@@ -171,7 +174,11 @@ def _build(cls: type, values: dict[str, Any], where: str, ctx: _Ctx, table: str)
         v = _check(fields[key], value, where, ctx, table, key)
         if v is not _BAD:
             kwargs[key] = v
-    return cls(**kwargs)
+    return kwargs
+
+
+def _build(cls: type, values: dict[str, Any], where: str, ctx: _Ctx, table: str) -> Any:
+    return cls(**_checked(cls, values, where, ctx, table))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,6 +297,18 @@ def split_command_line(words: Iterable[str | None]) -> tuple[str | None, list[st
         raise RecipeErrors([RecipeError(None, None, f"more than one recipe on the command line: {', '.join(paths)}",
                                         "give one recipe; overrides have the form table.key=value or ~table.key")])
     return (paths[0] if paths else None), [w for w in words if is_override(w)]
+
+
+def evolve(spec: Any, values: dict[str, Any], *, source: str) -> Any:
+    """`spec` (one table's spec, e.g. a Recipe's MergeSpec) with `values` ({key: value}) checked against its
+    schema exactly as a recipe's values are: RecipeErrors naming `source`, the key, the bad value and what is
+    valid. For settings given outside a recipe (a command's flags)."""
+    table = next(t for t, cls in TABLES.items() if cls is type(spec))
+    ctx = _Ctx(source, None)
+    checked = _checked(type(spec), values, table, ctx, table)
+    if ctx.errors:
+        raise RecipeErrors(ctx.errors)
+    return attrs.evolve(spec, **checked)
 
 
 def resume_value(resume: bool | str | None, overrides: list[str]) -> bool | str | None:
@@ -544,4 +563,4 @@ def diff(a: Recipe, b: Recipe) -> list[str]:
 
 
 __all__ = ["load", "loads", "from_dict", "dumps", "to_dict", "diff", "parse_archi", "is_override",
-           "split_command_line", "load_command_line", "resume_value", "ModelSpec"]
+           "split_command_line", "load_command_line", "resume_value", "evolve", "ModelSpec"]

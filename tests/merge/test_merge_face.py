@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from engine.faces.landmarks import landmarks_68_3D, transform_points
 from engine.faces.masks import get_image_hull_mask
 from engine.errors import TorchSAEError
-from engine.merge.config import CT_MODES, MASK_MODES, MODES, MergeConfig, config_from_spec
+from engine.errors import RecipeErrors
+from engine.faces.facetypes import FaceType
+from engine.merge.config import (CT_MODES, MASK_MODES, MODES, color_transfer_id, mask_mode_id, merge_face_type,
+                                 needs_xseg, with_flags)
 from engine.merge.face import (Prediction, blursharpen, composite_faces, dst_face_crop, face_geometry,
                                linear_motion_blur, merge_face, merge_frame, predict_face, predictor_input,
                                process_work_mask, reduce_colors, seamless_mask)
@@ -49,6 +52,11 @@ def crop_inside(lm: np.ndarray, margin: int = 3) -> bool:
     return c.min() >= margin and c[:, 0].max() <= W - 1 - margin and c[:, 1].max() <= H - 1 - margin
 
 
+def settings(face_type="f", **flags) -> tuple[MergeSpec, FaceType]:
+    """(the [merge] settings with `flags`, modes by name or DFL id; the crop's face type)."""
+    return with_flags(MergeSpec(), flags), merge_face_type(face_type)
+
+
 def self_prediction(img, lm, mask) -> Prediction:
     """The dst face itself as the 'swap', with the given learned masks."""
     x = predictor_input(dst_face_crop(img, face_geometry(lm, R, "f")), R)
@@ -75,10 +83,9 @@ def test_identity_when_the_swap_is_the_dst_face(seed, face, erode, blur, case):
     lm = landmarks_at(*face)
     assert crop_inside(lm)  # the strategy keeps the crop inside the frame (edges would see the zero border)
     img = smooth_frame(seed)
-    cfg = MergeConfig.make(face_type="f", mode=case[0], color_transfer_mode=case[1], mask_mode="learned-prd",
-                           erode_mask_modifier=erode, blur_mask_modifier=blur, hist_match_threshold=255,
-                           masked_hist_match=False)
-    out, mask = merge_face(img, lm, cfg, self_prediction(img, lm, disc()))
+    cfg = settings(mode=case[0], color_transfer=case[1], mask_mode="learned-prd", erode=erode, blur=blur,
+                   hist_match_threshold=255, masked_hist_match=False)
+    out, mask = merge_face(img, lm, *cfg, self_prediction(img, lm, disc()))
     assert mask.max() > 0.5  # the face really was blended in
     assert np.abs(out - img).max() < 0.02
 
@@ -96,9 +103,9 @@ def test_outputs_stay_in_range_and_outside_the_mask_is_the_frame(seed, face, mod
     lm = landmarks_at(*face)
     pred = Prediction(face=rng.uniform(-0.2, 1.2, (R, R, 3)).astype(np.float32),
                       prd_mask=rng.uniform(-0.1, 1.1, (R, R)).astype(np.float32), dst_mask=disc())
-    cfg = MergeConfig.make(face_type="f", mode=mode, mask_mode=mask_mode, color_transfer_mode=ct,
-                           erode_mask_modifier=erode, blur_mask_modifier=blur, output_face_scale=scale, **extra)
-    out, mask = merge_face(img, lm, cfg, pred, motion=(12.0, 30.0), rng=np.random.RandomState(seed))
+    cfg = settings(mode=mode, mask_mode=mask_mode, color_transfer=ct, erode=erode, blur=blur, output_face_scale=scale,
+                   **extra)
+    out, mask = merge_face(img, lm, *cfg, pred, motion=(12.0, 30.0), rng=np.random.RandomState(seed))
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
     if mode == "raw-predict":  # DFL returns the face-space work mask with its cubic-resize ringing, unclipped
         assert out.shape == (R, R, 3) and mask.shape == (R, R, 1) and -0.15 < mask.min() and mask.max() < 1.15
@@ -117,7 +124,7 @@ def test_outputs_stay_in_range_and_outside_the_mask_is_the_frame(seed, face, mod
 @given(seed=st.integers(0, 10_000), h=st.integers(8, 60), w=st.integers(8, 60))
 def test_frames_without_faces_are_unchanged(seed, h, w):
     frame = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    out = merge_frame(frame, [], MergeConfig())
+    out = merge_frame(frame, [], MergeSpec(), FaceType.FULL)
     np.testing.assert_array_equal(out[..., :3], frame)
     assert not out[..., 3].any()
 
@@ -125,7 +132,7 @@ def test_frames_without_faces_are_unchanged(seed, h, w):
 def test_original_mode_returns_the_frame_and_the_face_mask():
     img = smooth_frame(3)
     lm = landmarks_at(100, 80, 0.5)
-    out, mask = merge_face(img, lm, MergeConfig.make(mode="original", mask_mode="full"), self_prediction(img, lm, disc()))
+    out, mask = merge_face(img, lm, *settings(mode="original", mask_mode="full"), self_prediction(img, lm, disc()))
     assert out is img and mask.max() == 1.0 and mask[0, 0, 0] == 0
 
 
@@ -170,9 +177,9 @@ def test_mask_modes_select_dfls_combination(mask_mode):
     rng = np.random.default_rng(mask_mode)
     p, d = rng.random((R, R)).astype(np.float32), rng.random((R, R)).astype(np.float32)
     xp, xd = rng.random((256, 256, 1)).astype(np.float32), rng.random((256, 256, 1)).astype(np.float32)
-    cfg = MergeConfig.make(face_type="f", mode="raw-predict", mask_mode=mask_mode)
+    cfg = settings(mode="raw-predict", mask_mode=mask_mode)
     pred = Prediction(face=np.zeros((R, R, 3), np.float32), prd_mask=p, dst_mask=d, xseg_prd=xp, xseg_dst=xd)
-    _, wrk = merge_face(img, lm, cfg, pred)
+    _, wrk = merge_face(img, lm, *cfg, pred)
     xs = lambda m: cv2.resize(m[..., 0], (R, R), interpolation=cv2.INTER_CUBIC)  # noqa: E731
     hull = cv2.warpAffine(get_image_hull_mask(img.shape, lm), face_geometry(lm, R, "f").face_mat, (R, R),
                           flags=cv2.INTER_CUBIC)
@@ -188,19 +195,19 @@ def test_mask_modes_select_dfls_combination(mask_mode):
 def test_xseg_modes_need_the_xseg_masks():
     img = smooth_frame(1)
     lm = landmarks_at(100, 80, 0.5)
-    cfg = MergeConfig.make(mask_mode="XSeg-dst")
+    cfg = settings(mask_mode="XSeg-dst")
     with pytest.raises(TorchSAEError, match="XSeg-dst mask.*--xseg-model"):
-        merge_face(img, lm, cfg, self_prediction(img, lm, disc()))
+        merge_face(img, lm, *cfg, self_prediction(img, lm, disc()))
     predictor = lambda x: (x, np.ones(x.shape[:3] + (1,), np.float32), np.ones(x.shape[:3] + (1,), np.float32))  # noqa: E731
     with pytest.raises(TorchSAEError, match="needs an XSeg model"):
-        predict_face(img, lm, cfg, R, predictor)
+        predict_face(img, lm, *cfg, R, predictor)
     seen = []
     fake_xseg = lambda x: (seen.append(x.shape), np.ones(x.shape[:3] + (1,), np.float32))[1]  # noqa: E731
-    pred = predict_face(img, lm, MergeConfig.make(mask_mode=9), R, predictor, fake_xseg)
+    pred = predict_face(img, lm, *settings(mask_mode=9), R, predictor, fake_xseg)
     assert seen == [(1, 256, 256, 3), (1, 256, 256, 3)] and pred.xseg_prd.shape == (256, 256, 1)
     # XSeg masks of ones make mode 8 equal to mode 0 (full)
-    a, _ = merge_face(img, lm, MergeConfig.make(mask_mode=8, erode_mask_modifier=10), pred)
-    b, _ = merge_face(img, lm, MergeConfig.make(mask_mode=0, erode_mask_modifier=10), pred)
+    a, _ = merge_face(img, lm, *settings(mask_mode=8, erode=10), pred)
+    b, _ = merge_face(img, lm, *settings(mask_mode=0, erode=10), pred)
     np.testing.assert_array_equal(a, b)
 
 
@@ -226,28 +233,33 @@ def test_filters_hand_computed():
     np.testing.assert_allclose(reduce_colors(few, 256), few, atol=1e-6)
 
 
-def test_config_validation_and_recipe_defaults():
-    cfg = config_from_spec(MergeSpec(), "f")
-    assert (cfg.mode, cfg.mask_mode, cfg.color_transfer_mode, cfg.hist_match_threshold, cfg.masked_hist_match) == \
-        ("overlay", 4, 1, 238, True)  # DFL's MergerConfigMasked defaults (§10.3)
-    cfg = config_from_spec(MergeSpec(), "wf", {"erode": 20, "mode": "seamless", "mask_mode": "7", "blur": None})
-    assert (cfg.erode_mask_modifier, cfg.mode, cfg.mask_mode_name, cfg.blur_mask_modifier) == (20, "seamless", "XSeg-dst", 0)
-    assert cfg.needs_xseg and cfg.face_type.long_name == "whole_face"
-    assert MergeConfig.make(color_transfer_mode="MKL-m").color_transfer_name == "mkl-m"
-    assert [MergeConfig.make(mask_mode=n).mask_mode for n in MASK_MODES] == list(range(10))
-    assert [MergeConfig.make(color_transfer_mode=i).color_transfer_name for i in range(9)] == list(CT_MODES)
-    with pytest.raises(TorchSAEError, match="super_resolution_power = 50: not available.*FaceEnhancer"):
-        MergeConfig.make(super_resolution_power=50)
-    with pytest.raises(TorchSAEError, match=r"erode_mask_modifier = 500: out of range \(valid: -400..400\)"):
-        MergeConfig.make(erode_mask_modifier=500)
-    with pytest.raises(TorchSAEError, match="did you mean 'seamless'"):
-        MergeConfig.make(mode="seamles")
-    with pytest.raises(TorchSAEError, match="unknown"):
-        MergeConfig.make(mask_mode=10)
-    with pytest.raises(TorchSAEError, match="did you mean 'blur'"):
-        config_from_spec(MergeSpec(), "f", {"blurr": 3})
+def test_settings_are_the_merge_table_with_dfls_ids():
+    spec = MergeSpec()
+    assert (spec.mode, mask_mode_id(spec), color_transfer_id(spec), spec.hist_match_threshold, spec.masked_hist_match) \
+        == ("overlay", 4, 1, 238, True)  # DFL's MergerConfigMasked defaults (§10.3)
+    spec = with_flags(MergeSpec(), {"erode": 20, "mode": "seamless", "mask_mode": "7", "blur": None})
+    assert (spec.erode, spec.mode, spec.mask_mode, spec.blur) == (20, "seamless", "XSeg-dst", 0)
+    assert needs_xseg(spec) and merge_face_type("wf").long_name == "whole_face"
+    assert with_flags(MergeSpec(), {"color_transfer": "MKL-m"}).color_transfer == "mkl-m"
+    assert [mask_mode_id(with_flags(MergeSpec(), {"mask_mode": n})) for n in MASK_MODES] == list(range(10))
+    assert [with_flags(MergeSpec(), {"color_transfer": i}).color_transfer for i in range(9)] == list(CT_MODES)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"super_resolution_power": 50}, r"'super_resolution_power' = 50 is out of range \(valid: 0 only: .*FaceEnhancer"),
+    ({"erode": 500}, r"'erode' = 500 is out of range \(valid: -400..400\)"),
+    ({"mode": "seamles"}, "did you mean 'seamless'"),
+    ({"mask_mode": 10}, r"'mask_mode' = '10' is not allowed \(valid: full, dst, "),
+    ({"blurr": 3}, "unknown key 'blurr' — did you mean 'blur'"),
+])
+def test_bad_settings_are_named(flags, message):
+    with pytest.raises(RecipeErrors, match=message):
+        with_flags(MergeSpec(), flags, source="merge flags")
+
+
+def test_a_mark_only_crop_is_refused():
     with pytest.raises(TorchSAEError, match="mark_only"):
-        MergeConfig.make(face_type="mark_only")
+        merge_face_type("mark_only")
 
 
 def test_motion_vectors_from_neighbouring_frames():

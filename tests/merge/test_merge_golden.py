@@ -22,8 +22,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.merge.config import MergeConfig
+from engine.faces.facetypes import FaceType
+from engine.merge.config import merge_face_type, with_flags
 from engine.merge.face import FaceGeometry, Prediction, composite_faces, merge_face
+from engine.recipe.specs import MergeSpec
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "merge"
 CASES = ["overlay", "overlay_defaults", "hist-match", "seamless", "raw-rgb", "raw-predict"]
@@ -42,26 +44,26 @@ def inputs():
 def _case(name: str):
     d = dict(np.load(GOLDEN / f"merge_{name}.npz"))
     s = json.loads((GOLDEN / f"merge_{name}.json").read_text())["settings (MergerConfigMasked.get_config())"]
-    cfg = MergeConfig.make(
-        face_type=s["face_type"], mode=s["mode"], mask_mode=s["mask_mode"],
-        erode_mask_modifier=s["erode_mask_modifier"], blur_mask_modifier=s["blur_mask_modifier"],
-        motion_blur_power=s["motion_blur_power"], output_face_scale=s["output_face_scale"],
-        color_transfer_mode=s["color_transfer_mode"], sharpen_mode=s["sharpen_mode"],
-        blursharpen_amount=s["blursharpen_amount"], super_resolution_power=s["super_resolution_power"],
-        image_denoise_power=s["image_denoise_power"], bicubic_degrade_power=s["bicubic_degrade_power"],
-        color_degrade_power=s["color_degrade_power"], masked_hist_match=s["masked_hist_match"],
-        hist_match_threshold=s["hist_match_threshold"])
-    return d, cfg
+    # DFL's MergerConfigMasked attributes (modes by DFL id) -> the [merge] keys
+    spec = with_flags(MergeSpec(), {
+        "mode": s["mode"], "mask_mode": s["mask_mode"], "erode": s["erode_mask_modifier"],
+        "blur": s["blur_mask_modifier"], "motion_blur_power": s["motion_blur_power"],
+        "output_face_scale": s["output_face_scale"], "color_transfer": s["color_transfer_mode"],
+        "sharpen_mode": s["sharpen_mode"], "blursharpen_amount": s["blursharpen_amount"],
+        "super_resolution_power": s["super_resolution_power"], "image_denoise_power": s["image_denoise_power"],
+        "bicubic_degrade_power": s["bicubic_degrade_power"], "color_degrade_power": s["color_degrade_power"],
+        "masked_hist_match": s["masked_hist_match"], "hist_match_threshold": s["hist_match_threshold"]})
+    return d, (spec, merge_face_type(s["face_type"]))
 
 
 def _prediction(inp) -> Prediction:
     return Prediction(face=inp["pred_face"], prd_mask=inp["pred_mask_src_dstm"], dst_mask=inp["pred_mask_dst_dstm"])
 
 
-def _run(inp, d, cfg, geometry: bool):
+def _run(inp, d, cfg: tuple[MergeSpec, FaceType], geometry: bool):
     geom = FaceGeometry(d["face_mat"], d["face_output_mat"], d["face_mask_output_mat"], 128, 128, 512) if geometry else None
     trace: dict = {}
-    out, mask = merge_face(inp["img_bgr"], inp["landmarks"], cfg, _prediction(inp), img_bgr_uint8=inp["frame_uint8"],
+    out, mask = merge_face(inp["img_bgr"], inp["landmarks"], *cfg, _prediction(inp), img_bgr_uint8=inp["frame_uint8"],
                            geometry=geom, trace=trace)
     return out, mask, composite_faces(inp["img_bgr"], [(out, mask)]), trace
 

@@ -134,9 +134,8 @@ def test_applied_mask_reaches_the_saehd_training_sample_and_the_merge(xseg_run, 
     np.testing.assert_allclose(full, want, atol=1e-6)
 
     # merge: XSeg-dst runs the XSeg model on the dst crop (DFL's merger does not read xseg_mask)
-    from engine.merge.config import MergeConfig
-    from engine.merge.face import xseg_dst_input
-    from engine.merge.runner import _predict_frame
+    from engine.merge.face import predict_faces, xseg_dst_input
+    from engine.recipe.specs import MergeSpec
 
     class _Model:
         resolution = 64
@@ -148,8 +147,8 @@ def test_applied_mask_reaches_the_saehd_training_sample_and_the_merge(xseg_run, 
     masker = open_masker(xseg_run)
     frame = dfljpg.read_image(sorted(xseg_faces.glob("*.jpg"))[0])
     lm = face.landmarks
-    cfg = MergeConfig(face_type=FaceType.WHOLE_FACE, mask_mode=7)
-    (_, pred, _), = _predict_frame(frame, [lm], cfg, _Model(), masker)
+    (pred, _), = predict_faces(frame.astype(np.float32) / 255, [lm], MergeSpec(mask_mode="XSeg-dst"), FaceType.WHOLE_FACE,
+                               64, _Model().predict, masker)
     want = masker(xseg_dst_input(frame.astype(np.float32) / 255, lm, FaceType.WHOLE_FACE))
     np.testing.assert_allclose(pred.xseg_dst, want, atol=1e-6)
     assert pred.xseg_dst.shape == (256, 256, 1)  # the 64-px model answers at the merger's 256 crop

@@ -105,8 +105,8 @@ def test_onnx_export_matches_torch_and_the_merger_and_apply_take_it(run256, xseg
 
     # the merger's XSeg-prd*XSeg-dst mode with the ONNX file (what `merge --xseg-model xseg.onnx` opens)
     from engine.faces.facetypes import FaceType
-    from engine.merge.config import MergeConfig
-    from engine.merge.runner import _predict_frame
+    from engine.merge.face import predict_faces
+    from engine.recipe.specs import MergeSpec
 
     class _Model:
         resolution = 64
@@ -117,9 +117,9 @@ def test_onnx_export_matches_torch_and_the_merger_and_apply_take_it(run256, xseg
 
     frame = dfljpg.read_image(sorted(xseg_faces.glob("*.jpg"))[0])
     lm = dfljpg.read(sorted(xseg_faces.glob("*.jpg"))[0])["landmarks"]
-    cfg = MergeConfig(face_type=FaceType.WHOLE_FACE, mask_mode=8)
-    (_, p_onnx, _), = _predict_frame(frame, [lm], cfg, _Model(), onnx_masker)
-    (_, p_torch, _), = _predict_frame(frame, [lm], cfg, _Model(), torch_masker)
+    img, spec = frame.astype(np.float32) / 255, MergeSpec(mask_mode="XSeg-prd*XSeg-dst")
+    (p_onnx, _), = predict_faces(img, [lm], spec, FaceType.WHOLE_FACE, 64, _Model().predict, onnx_masker)
+    (p_torch, _), = predict_faces(img, [lm], spec, FaceType.WHOLE_FACE, 64, _Model().predict, torch_masker)
     np.testing.assert_allclose(p_onnx.xseg_dst, p_torch.xseg_dst, atol=1e-4)
     np.testing.assert_allclose(p_onnx.xseg_prd, p_torch.xseg_prd, atol=1e-4)
 
