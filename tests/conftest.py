@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# One intra-op thread: the tests compare numbers, not speed, and run two xdist workers on a 2-core machine,
-# where OpenMP's spinning threads cost far more than the work (measured: a tiny forward took 0.13 s of CPU
-# with 2 threads vs 0.005 s with 1 under load). Tests that measure threading set their own count.
+# One intra-op thread: the tests compare numbers, not speed, and run as xdist workers, one per core, where
+# OpenMP's spinning threads waiting for a busy core cost far more than the tiny tensors' work. Tests that
+# measure threading set their own count.
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,9 +6,9 @@ Static QDQ quantization with onnxruntime.quantization: per-channel symmetric int
 per-tensor uint8 activations (QUInt8) whose ranges are calibrated (MinMax) on faces run through the
 model: the verification faces of the export (the recipe's dst faceset or --verify-faces, else smooth
 random images), so the ranges are those of real inputs. On CPUs with VNNI / AMX-INT8 ONNX Runtime runs
-the quantized convolutions in int8: df-ud 256/64/64/22 at res 128, batch 1, on the 2-core dev box
-61 ms fp32 → 27 ms int8 (bench/README.md tracks it), for outputs within ~1/255 of fp32 on random
-weights (the export states and checks its tolerance, `verify.TOLERANCES["int8"]`).
+the quantized convolutions in int8 (the speed-up is tracked by bench suite "export", bench/README.md), for
+outputs within ~1/255 of fp32 on random weights (the export states and checks its tolerance,
+`verify.TOLERANCES["int8"]`).
 
 Per-channel weights need DequantizeLinear's `axis` (opset 13), so this applies to format "onnx" (opset
 ≥ 13), not to DeepFaceLive's opset-12 DFM. On GPUs use the fp32 or fp16 export: ORT's CUDA provider runs

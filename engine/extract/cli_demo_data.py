@@ -13,7 +13,7 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="workspace/demo", help="DFL-style workspace to fill (default: workspace/demo)")
-    p.add_argument("--workspace", dest="out", help=argparse.SUPPRESS)  # the old name, kept as an alias
+    p.add_argument("--workspace", dest="out", help=argparse.SUPPRESS)  # an unlisted alias of --out
     p.add_argument("--cache", default=None, help="download cache (default: $TORCHSAE_CACHE or .cache/torchsae)")
     p.add_argument("--backend", default="auto", choices=["auto", "dlib", "fan"], help="face backend (default: auto)")
     p.add_argument("--fan-weights", default=None, help="local 2DFAN-4 weights file")

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--undo", action="store_true", help="move every dropped face back")
     p.add_argument("--face-threshold", type=float, default=0.6, help="identity distance cut for --by face (default 0.6)")
     p.add_argument("--out", default=None, help="ranking JSON path (default DIR/sort_<by>.json)")
-    p.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # the old name, kept as an alias
+    p.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # an unlisted alias of --out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ def depth_to_space(x: torch.Tensor, block: int = 2) -> torch.Tensor:
     c = c4 // (block * block)
     if x.dim() == 4 and c4 > 1 and x.is_contiguous(memory_format=torch.channels_last):
         # Same values, kept channels_last: returning NCHW here would flip every Upscale's output format and
-        # make the following activation / conv backward copy (measured: df-ud res 128 step 2.38 -> 2.13 s fp32).
+        # make the following activation and the conv backward copy the whole tensor back.
         y = x.permute(0, 2, 3, 1).reshape(n, h, w, block, block, c)  # (N, H, W, i, j, C)
         y = y.permute(0, 1, 3, 2, 4, 5).reshape(n, h * block, w * block, c)  # (N, H, i, W, j, C) -> NHWC
         return y.permute(0, 3, 1, 2)

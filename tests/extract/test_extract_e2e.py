@@ -231,7 +231,7 @@ def test_pip_download_failure_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_full_demo_data(tmp_path):
-    """`make data` path: all 472 + 72 frames (about 25 s here)."""
+    """`make data` path: all 472 + 72 frames (marked slow: `pytest -m slow`)."""
     from engine.extract.demo import demo_data
 
     info = demo_data(tmp_path / "demo", cache=CACHE, backend="dlib", progress=False)
