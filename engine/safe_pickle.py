@@ -31,6 +31,7 @@ import io
 import math
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,14 +40,15 @@ import numpy as np
 from engine.errors import DataError, TorchSAEError, UnsafeFileError
 
 __all__ = ["safe_loads", "safe_load", "safe_load_file", "ALLOWED_GLOBALS", "MAX_OBJECT_BYTES", "MAX_TOTAL_BYTES",
-           "describe_torch_load_error"]
+           "describe_torch_load_error", "numpy_core"]
 
 # Size limits for objects whose size the pickle states rather than spells out (see the module docstring).
 MAX_OBJECT_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 256 << 20
 
 
-def _numpy_core():
+def numpy_core():
+    """numpy's core module: numpy._core (numpy 2) or numpy.core (numpy 1.x)."""
     # numpy 2 renamed numpy.core -> numpy._core (numpy.core still exists as a warning shim)
     core = getattr(np, "_core", None)
     if core is None or not hasattr(core, "multiarray"):
@@ -62,7 +64,7 @@ def _latin1_encode(obj: Any, encoding: str = "latin1") -> bytes:
 
 
 def _allowed() -> dict[tuple[str, str], Any]:
-    core = _numpy_core()
+    core = numpy_core()
     ma, num = core.multiarray, core.numeric
     table: dict[tuple[str, str], Any] = {}
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -120,7 +122,7 @@ class _Guard:
 
     def __init__(self, max_object: int, max_total: int):
         self.max_object, self.max_total, self.total = max_object, max_total, 0
-        core = _numpy_core()
+        core = numpy_core()
         self._reconstruct_real, self._scalar_real = core.multiarray._reconstruct, core.multiarray.scalar
         self.ndarray = _NDArraySentinel(self)
 
@@ -173,18 +175,19 @@ class _Guard:
         return d
 
     def wrap(self, obj: Any) -> Any:
-        core = _numpy_core()
+        core = numpy_core()
         return {np.ndarray: self.ndarray, bytearray: self.bytearray, np.dtype: self.dtype,
                 core.multiarray._reconstruct: self.reconstruct, core.multiarray.scalar: self.scalar}.get(obj, obj)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, guard: _Guard):
+    def __init__(self, file, guard: _Guard, extra_globals: Mapping[tuple[str, str], Any]):
         super().__init__(file)
         self.guard = guard
+        self.extra_globals = extra_globals
 
     def find_class(self, module: str, name: str) -> Any:
-        obj = ALLOWED_GLOBALS.get((module, name))
+        obj = ALLOWED_GLOBALS.get((module, name)) or self.extra_globals.get((module, name))
         if obj is None:
             raise _Refused(module, name)
         return self.guard.wrap(obj)
@@ -194,11 +197,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_load(fileobj: BinaryIO, source: str, *, corrupt_error: type[TorchSAEError] = DataError,
-              max_object_bytes: int = MAX_OBJECT_BYTES, max_total_bytes: int = MAX_TOTAL_BYTES) -> Any:
+              max_object_bytes: int = MAX_OBJECT_BYTES, max_total_bytes: int = MAX_TOTAL_BYTES,
+              extra_globals: Mapping[tuple[str, str], Any] = {}) -> Any:  # noqa: B006 - read only
     """Unpickle from a binary file object with the allow-list and the size limits (module docstring).
-    ``source`` names the file in errors."""
+    ``source`` names the file in errors. ``extra_globals`` ({(module, name): object}) adds a format's own
+    harmless globals to the allow-list (e.g. the IntEnums DFL's faceset.pak pickles: engine.faces.pak)."""
     try:
-        return _RestrictedUnpickler(fileobj, _Guard(max_object_bytes, max_total_bytes)).load()
+        return _RestrictedUnpickler(fileobj, _Guard(max_object_bytes, max_total_bytes), extra_globals).load()
     except _Refused as r:
         raise UnsafeFileError(
             f"{source}: refused to unpickle: it asks for '{r.module}.{r.name}', which is not numpy array data or "

@@ -5,7 +5,8 @@ Faces are read the way DeepFaceLive feeds a model (spec §9.2 ``convert``): resi
 metadata sits in an APP15 segment), so aligned DFL facesets read directly.
 
 Resizing: INTER_AREA when shrinking (no aliasing), INTER_CUBIC when enlarging (DFL's merger warps with
-cubic). Files are read through ``np.fromfile`` + ``cv2.imdecode`` so any path works.
+cubic). Files are decoded like extraction's inputs (engine.extract.media.read_image: any path, grey, alpha
+and 16-bit images made 8-bit BGR).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import cv2
 import numpy as np
 
 from engine.errors import DataError
+from engine.extract.media import IMAGE_EXTS, read_image
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "read_face", "resize", "write_image", "smooth_faces"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["list_images", "read_face", "resize", "write_image", "smooth_faces"]
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -27,7 +27,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder of aligned faces")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -43,30 +43,13 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 def read_face(path: str | Path, resolution: int) -> tuple[np.ndarray, tuple[int, int]]:
     """One aligned face -> ((R, R, 3) float32 BGR in [0, 1], original (w, h)).
 
-    Grey images become 3-channel, alpha is dropped, 16-bit images are scaled by 1/65535. Raises DataError
-    naming the file when it cannot be decoded or is not square (aligned faces are square).
+    DataError naming the file when it cannot be decoded or is not square (aligned faces are square).
     """
-    path = Path(path)
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if img is None:
-        raise DataError(f"{path}: not a decodable image")
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = img[..., :3]
-    elif img.shape[2] != 3:
-        raise DataError(f"{path}: {img.shape[2]} channels; expected a grey, BGR or BGRA image")
+    img = read_image(Path(path))
     h, w = img.shape[:2]
     if h != w:
         raise DataError(f"{path}: {w}x{h} is not square; aligned faces are square (extract them first)")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
-    if img.dtype not in (np.uint8, np.uint16):
-        raise DataError(f"{path}: pixel type {img.dtype}; expected 8- or 16-bit")
-    face = resize(img, resolution).astype(np.float32) / scale
+    face = resize(img, resolution).astype(np.float32) / 255.0
     return np.ascontiguousarray(face), (w, h)
 
 

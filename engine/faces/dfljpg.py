@@ -41,7 +41,7 @@ import numpy as np
 from engine.faces.facetypes import FaceType
 from engine.errors import DataError
 from engine.fileio import write_atomic
-from engine.safe_pickle import safe_loads
+from engine.safe_pickle import numpy_core, safe_loads
 
 __all__ = [
     "Segment",
@@ -157,10 +157,7 @@ def _shape_from(segs: list[Segment], source: str) -> tuple[int, int, int]:
 
 
 def _numpy1_globals() -> dict[int, tuple[str, str]]:
-    core = getattr(np, "_core", None)
-    if core is None or not hasattr(core, "multiarray"):
-        import numpy.core as core  # numpy 1.x: already the right names
-    ma = core.multiarray
+    ma = numpy_core().multiarray  # under numpy 1.x these already carry the names below
     return {
         id(ma._reconstruct): ("numpy.core.multiarray", "_reconstruct"),
         id(ma.scalar): ("numpy.core.multiarray", "scalar"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["blursharpen", "linear_motion_blur"]
+__all__ = ["blursharpen", "linear_motion_blur", "median_passes"]
 
 
 def blursharpen(img: np.ndarray, sharpen_mode: int, kernel_size: int, amount: int) -> np.ndarray:
@@ -33,15 +33,22 @@ def blursharpen(img: np.ndarray, sharpen_mode: int, kernel_size: int, amount: in
             return cv2.addWeighted(img, 1.0 + 0.5 * amount, blur, -0.5 * amount, 0)
         return img
     if amount < 0:
-        n = -amount
-        while n > 0:
-            blurred = cv2.medianBlur(img, 5)
-            if n // 10 != 0:
-                img = blurred
-            else:
-                p = (n % 10) / 10.0
-                img = img * (1.0 - p) + blurred * p
-            n = max(n - 10, 0)
+        return median_passes(img, -amount, 10)
+    return img
+
+
+def median_passes(img: np.ndarray, n: int, full: int) -> np.ndarray:
+    """DFL's repeated median-5 smoothing: while n > 0, one median-5 pass, taken whole while n ≥ `full`, else
+    blended in with weight (n % full)/full; n decreases by 10 per pass. (blursharpen's blur: full = 10; the
+    merger's frame denoise: full = 100.)"""
+    while n > 0:
+        blurred = cv2.medianBlur(img, 5)
+        if n // full != 0:
+            img = blurred
+        else:
+            p = (n % full) / full
+            img = img * (1.0 - p) + blurred * p
+        n = max(n - 10, 0)
     return img
 
 

@@ -34,11 +34,9 @@ binary float64 and JSON writes floats with repr, so everything round-trips exact
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import pickle
 import struct
 import tempfile
 from pathlib import Path
@@ -48,8 +46,8 @@ import numpy as np
 
 from engine.faces.face_sample import FaceSample, image_files, normalise_seg_ie_polys, sample_from_meta
 from engine.faces.facetypes import FaceType
-from engine.errors import DataError, UnsafeFileError
-from engine.safe_pickle import ALLOWED_GLOBALS
+from engine.errors import DataError
+from engine.safe_pickle import safe_loads
 
 __all__ = [
     "DFL_PAK_FILENAME",
@@ -80,36 +78,9 @@ _DFL_ENUM_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class _PakConfigUnpickler(pickle.Unpickler):
-    """engine.safe_pickle's allow-list plus DFL's two enums; anything else is refused before any call."""
-
-    def __init__(self, f, source: str):
-        super().__init__(f)
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = _DFL_ENUM_GLOBALS.get((module, name))
-        if obj is None:
-            obj = ALLOWED_GLOBALS.get((module, name))
-        if obj is None:
-            raise UnsafeFileError(
-                f"{self._source}: refused to unpickle the sample list: it asks for '{module}.{name}', which is not "
-                "numpy data, a plain container or DFL's FaceType/SampleType. Nothing was executed. If you did not "
-                "create this file yourself, do not use it."
-            )
-        return obj
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed")
-
-
 def _load_configs(data: bytes, source: str) -> Any:
-    try:
-        return _PakConfigUnpickler(io.BytesIO(data), source).load()
-    except UnsafeFileError:
-        raise
-    except Exception as e:  # truncated/garbled pickle: many exception types
-        raise DataError(f"{source}: sample list is not a readable pickle ({type(e).__name__}: {e})") from None
+    """The pak's pickled sample list: engine.safe_pickle's allow-list (and size limits) plus DFL's two enums."""
+    return safe_loads(data, f"{source} (sample list)", extra_globals=_DFL_ENUM_GLOBALS)
 
 
 def read_dfl_pak(path: str | Path) -> list[FaceSample]:

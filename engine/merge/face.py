@@ -56,7 +56,7 @@ from PIL import Image
 
 from engine.faces.color_transfer import color_hist_match, merger_color_transfer
 from engine.faces.facetypes import FaceType
-from engine.faces.filters import blursharpen, linear_motion_blur  # re-exported: the merger's filters
+from engine.faces.filters import blursharpen, linear_motion_blur, median_passes  # re-exported: the merger's filters
 from engine.faces.landmarks import get_transform_mat
 from engine.faces.masks import get_image_hull_mask
 from engine.errors import TorchSAEError
@@ -190,18 +190,9 @@ def reduce_colors(img_bgr: np.ndarray, n_colors: int) -> np.ndarray:
 
 
 def denoise_frame(img_bgr: np.ndarray, power: int) -> np.ndarray:
-    """Image denoise over the whole frame: n = power; median-5 passes, full while n ≥ 100, else blended
-    with weight (n % 100)/100; n decreases by 10 per pass."""
-    n = power
-    while n > 0:
-        den = cv2.medianBlur(img_bgr, 5)
-        if n // 100 != 0:
-            img_bgr = den
-        else:
-            p = (n % 100) / 100.0
-            img_bgr = img_bgr * (1.0 - p) + den * p
-        n = max(n - 10, 0)
-    return img_bgr
+    """Image denoise over the whole frame: median-5 passes, full while the power is ≥ 100, else blended
+    with weight (power % 100)/100; the power decreases by 10 per pass (`median_passes`)."""
+    return median_passes(img_bgr, power, 100)
 
 
 def bicubic_degrade(img_bgr: np.ndarray, power: int) -> np.ndarray:

@@ -37,7 +37,8 @@ from engine.fileio import write_atomic
 from engine.xseg.apply import backup_metadata, list_faces, set_meta_key
 from engine.xseg.polys import EXCLUDE, INCLUDE, Poly, parse_polys, to_dfl, type_from_name, type_name
 
-__all__ = ["LABELS_FORMAT", "export_labels", "import_labels", "read_label_file", "to_json_doc", "to_coco_doc"]
+__all__ = ["LABELS_FORMAT", "export_labels", "import_labels", "read_label_file", "to_json_doc", "to_coco_doc",
+           "polygons_from_json"]
 
 log = logging.getLogger("torchsae.xseg")
 
@@ -84,23 +85,26 @@ def export_labels(folder: str | Path, out: str | Path, *, fmt: str = "json", all
     return {"out": str(out), "format": fmt, "faces": len(faces), "polygons": sum(len(v[1]) for v in faces.values())}
 
 
+def polygons_from_json(entry: Any, where: str) -> list[Poly]:
+    """One face's ``{"polygons": [{"type": "include"|"exclude", "points": [[x, y], ...]}, ...]}`` (the label
+    file's entries, and what the browser labeller sends) -> polygons; DataError naming `where` and the
+    polygon for anything malformed."""
+    items = entry.get("polygons") if isinstance(entry, dict) else None
+    if not isinstance(items, list):
+        raise DataError(f"{where}: expected {{'polygons': [...]}}")
+    raw = []
+    for i, poly in enumerate(items):
+        if not isinstance(poly, dict) or "points" not in poly:
+            raise DataError(f"{where}: polygon {i} must be {{'type': 'include'|'exclude', 'points': [[x, y], ...]}}")
+        raw.append({"type": type_from_name(poly.get("type"), f"{where} polygon {i}"), "pts": poly["points"]})
+    return parse_polys({"polys": raw}, where)
+
+
 def _polys_from_json(doc: dict, where: str) -> dict[str, list[Poly]]:
     faces = doc.get("faces")
     if not isinstance(faces, dict):
         raise DataError(f"{where}: expected a 'faces' table of file name -> polygons")
-    out = {}
-    for name, entry in faces.items():
-        w = f"{where}: faces['{name}']"
-        items = entry.get("polygons") if isinstance(entry, dict) else None
-        if not isinstance(items, list):
-            raise DataError(f"{w}: expected {{'polygons': [...]}}")
-        raw = []
-        for i, poly in enumerate(items):
-            if not isinstance(poly, dict) or "points" not in poly:
-                raise DataError(f"{w}: polygon {i} must be {{'type': 'include'|'exclude', 'points': [[x, y], ...]}}")
-            raw.append({"type": type_from_name(poly.get("type"), f"{w} polygon {i}"), "pts": poly["points"]})
-        out[name] = parse_polys({"polys": raw}, w)
-    return out
+    return {name: polygons_from_json(entry, f"{where}: faces['{name}']") for name, entry in faces.items()}
 
 
 def _polys_from_coco(doc: dict, where: str) -> dict[str, list[Poly]]:

@@ -32,11 +32,9 @@ Deviation: DFL's data loader and its lr-dropout masks are unseeded; here both co
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import signal
 import statistics
 import time
 from pathlib import Path
@@ -57,6 +55,7 @@ from engine.optim import RMSprop, global_grad_norm
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train.device import pick_device, process_settings
+from engine.train.loop import ctrl_c_stops
 from engine.train.rng import rng_state, seed_everything, set_rng_state
 from engine.train.preview import compose, mask_overlay
 from engine.xseg.augment import face_image
@@ -139,7 +138,6 @@ class XSegTrainer:
     last_loss: float = float("nan")
     grad_norm: float = float("nan")
     step_times: list = attrs.field(factory=list)
-    stop_requested: bool = False
 
     @property
     def pretrain(self) -> bool:
@@ -324,16 +322,6 @@ class XSegTrainer:
         from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when training runs
 
         self.writer = SummaryWriter(str(self.run_dir / "logs"))
-        prev_handler = signal.getsignal(signal.SIGINT)
-
-        def _on_sigint(_sig, _frame):
-            if self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-            log.warning("Ctrl-C: finishing this step, saving, then stopping (press again to abort)")
-
-        with contextlib.suppress(ValueError):  # not the main thread: no handler
-            signal.signal(signal.SIGINT, _on_sigint)
         save_timer = ck.Timer(r.train.save_every_minutes * 60)
         backup_timer = ck.Timer(r.train.backup_every_hours * 3600)
         pbar = None
@@ -341,38 +329,37 @@ class XSegTrainer:
             pbar = tqdm(total=target or None, initial=self.step, unit="it", dynamic_ncols=True, desc="XSeg")
         steps_this_run, last_ckpt = 0, None
         it = iter(self.loader)
-        try:
-            while not self.stop_requested:
-                if (target and self.step >= target) or (max_steps is not None and steps_this_run >= max_steps):
-                    break
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(it).items() if torch.is_tensor(v)}
-                if self.preview_batch is None:
-                    self.set_preview(batch)
-                first = self.step == 0
-                loss = self.train_one(batch)
-                steps_this_run += 1
+        with ctrl_c_stops() as stop:  # first Ctrl-C: stop after this step and save; second: abort
+            try:
+                while not stop.requested:
+                    if (target and self.step >= target) or (max_steps is not None and steps_this_run >= max_steps):
+                        break
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in next(it).items() if torch.is_tensor(v)}
+                    if self.preview_batch is None:
+                        self.set_preview(batch)
+                    first = self.step == 0
+                    loss = self.train_one(batch)
+                    steps_this_run += 1
+                    if pbar is not None:
+                        pbar.n = self.step
+                        pbar.set_postfix({"loss": f"{loss:.4f}"})
+                        pbar.refresh()
+                    if self.step and self.step % r.train.log_every == 0 and self.step_times:
+                        self.writer.add_scalar("loss/loss", loss, self.step)
+                        self.writer.add_scalar("grad_norm", self.grad_norm, self.step)
+                        self.writer.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
+                        self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, self.step_times[-1]), self.step)
+                    if self.step and self.step % self.preview_every() == 0:
+                        self.preview()
+                    due = (first and self.step == 1) or (r.train.save_every_steps and self.step
+                                                          and self.step % r.train.save_every_steps == 0)
+                    if due or save_timer.due() or (target and self.step >= target):
+                        last_ckpt = self.save()
+                    if backup_timer.due() and last_ckpt is not None:
+                        ck.backup(self.run_dir, last_ckpt)
+            finally:
                 if pbar is not None:
-                    pbar.n = self.step
-                    pbar.set_postfix({"loss": f"{loss:.4f}"})
-                    pbar.refresh()
-                if self.step and self.step % r.train.log_every == 0 and self.step_times:
-                    self.writer.add_scalar("loss/loss", loss, self.step)
-                    self.writer.add_scalar("grad_norm", self.grad_norm, self.step)
-                    self.writer.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
-                    self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, self.step_times[-1]), self.step)
-                if self.step and self.step % self.preview_every() == 0:
-                    self.preview()
-                due = (first and self.step == 1) or (r.train.save_every_steps and self.step
-                                                      and self.step % r.train.save_every_steps == 0)
-                if due or save_timer.due() or (target and self.step >= target):
-                    last_ckpt = self.save()
-                if backup_timer.due() and last_ckpt is not None:
-                    ck.backup(self.run_dir, last_ckpt)
-        finally:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGINT, prev_handler)
-            if pbar is not None:
-                pbar.close()
+                    pbar.close()
         if self.step and (last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}")):
             last_ckpt = self.save()
         if self.step:

@@ -44,8 +44,9 @@ import numpy as np
 from engine.faces import dfljpg
 from engine.errors import DataError, TorchSAEError
 from engine.xseg.apply import backup_metadata, list_faces, set_meta_key
+from engine.xseg.labels import polygons_from_json
 from engine.xseg.model import open_masker
-from engine.xseg.polys import INCLUDE, Poly, parse_polys, to_dfl, type_from_name, type_name
+from engine.xseg.polys import INCLUDE, Poly, parse_polys, to_dfl, type_name
 
 __all__ = ["LabelServer", "serve", "polygons_from_mask"]
 
@@ -57,18 +58,6 @@ _MAX_BODY = 4 << 20
 
 def _polys_json(polys: list[Poly]) -> dict:
     return {"polygons": [{"type": type_name(p.type), "points": p.pts.astype(float).round(3).tolist()} for p in polys]}
-
-
-def _polys_from_json(doc, where: str) -> list[Poly]:
-    items = doc.get("polygons") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        raise DataError(f"{where}: expected {{\"polygons\": [...]}}")
-    raw = []
-    for i, p in enumerate(items):
-        if not isinstance(p, dict) or "points" not in p:
-            raise DataError(f"{where}: polygon {i} must be {{'type', 'points'}}")
-        raw.append({"type": type_from_name(p.get("type"), f"{where} polygon {i}"), "pts": p["points"]})
-    return parse_polys({"polys": raw}, where)
 
 
 def polygons_from_mask(mask: np.ndarray, min_area: float = 16.0, epsilon: float = 1.0) -> list[Poly]:
@@ -125,7 +114,7 @@ class LabelServer:
 
     def save(self, name: str, doc) -> dict:
         p = self.files[name]
-        polys = _polys_from_json(doc, name)
+        polys = polygons_from_json(doc, name)
         info = dfljpg.load(p)
         h, w = info.shape[:2]
         for i, poly in enumerate(polys):
