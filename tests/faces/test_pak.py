@@ -131,6 +131,15 @@ def test_dfl_pak_malicious_config_runs_nothing(tmp_path, dfl_enums):
     assert not marker.exists()
 
 
+def test_dfl_pak_sample_list_has_the_allocation_limits(tmp_path):
+    """The sample list is read by engine.safe_pickle (its allow-list plus DFL's enums), size limits included."""
+    bomb = b"\x80\x02cbuiltins\nbytearray\nJ\x00\xca\x9a\x3b\x85R."  # bytearray(10**9) from 33 bytes
+    p = tmp_path / "bomb.pak"
+    p.write_bytes(struct.pack("<QQ", 1, len(bomb)) + bomb + struct.pack("<Q", 16 + len(bomb) + 8))
+    with pytest.raises(UnsafeFileError, match=r"bomb\.pak \(sample list\): refused to unpickle: it asks for a bytearray"):
+        pak.read_dfl_pak(p)
+
+
 def test_dfl_pak_corrupt_inputs(tmp_path, dfl_pak):
     path, _, _ = dfl_pak
     data = path.read_bytes()

@@ -242,3 +242,24 @@ def test_property_arbitrary_edits_give_recipe_or_recipe_error(path, edits):
         recipe.from_dict(doc, source=str(path))
     except RecipeErrors as e:
         assert e.errors and all(err.format() for err in e.errors)
+
+
+def test_evolve_checks_values_like_a_recipe():
+    """Settings from outside a recipe (a command's flags) get the recipe's checks and messages."""
+    spec = recipe.from_dict({}).merge
+    out = recipe.evolve(spec, {"erode": 20, "mode": "seamless"}, source="merge flags")
+    assert (out.erode, out.mode, out.blur) == (20, "seamless", spec.blur)
+    with pytest.raises(RecipeErrors) as e:
+        recipe.evolve(spec, {"erode": 500, "blurr": 3, "masked_hist_match": "yes"}, source="merge flags")
+    text = str(e.value)
+    assert "3 problems" in text
+    assert "merge flags: [merge] 'erode' = 500 is out of range (valid: -400..400)" in text
+    assert "unknown key 'blurr' — did you mean 'blur'?" in text
+    assert "'masked_hist_match' expected a boolean (true/false), got 'yes'" in text
+
+
+def test_resume_value_gives_an_override_back():
+    overrides: list[str] = []
+    assert recipe.resume_value("model.ae_dims=384", overrides) is True and overrides == ["model.ae_dims=384"]
+    assert recipe.resume_value("runs/x/checkpoints/step_00000010", overrides) == "runs/x/checkpoints/step_00000010"
+    assert recipe.resume_value(None, overrides) is None and len(overrides) == 1
