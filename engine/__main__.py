@@ -17,6 +17,7 @@ import sys
 from types import ModuleType
 
 from engine.errors import TorchSAEError
+from kernels.errors import KernelError  # stdlib only: validate stays torch-free
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     mod, args = parse_command(name, argv[i + 1:])
     try:
         return int(mod.run(args) or 0)
-    except TorchSAEError as e:
+    except (TorchSAEError, KernelError) as e:  # kernels are leaves: their errors are not TorchSAEErrors
         print(f"torchsae {name}: {e}", file=sys.stderr)
         return 2
 

@@ -1,77 +1,148 @@
-"""Kernel implementation choice, shared by every op in kernels/.
+"""How every op in kernels/ picks its implementation: the request, the rules, the log line (one mechanism).
 
-`TORCHSAE_KERNELS` (or a recipe's [compile].kernels, passed in as `requested`) is one of
-auto | reference | fast | triton. `auto` picks the fastest implementation available for the device and
-logs why once per (op, device); an explicitly requested implementation that cannot run raises.
-Export always asks for `reference` (no custom ops in an ONNX graph).
+Each op's op.py lists its implementations with, for the inputs at hand, why each one cannot run (None when it
+can) and the order `auto` tries them on the device, then calls `choose`. Nothing else picks an implementation.
+
+A request (TORCHSAE_KERNELS, a recipe's [compile].kernels, or an op's ``impl=``; ``impl="auto"`` defers to
+TORCHSAE_KERNELS) is one word of `REQUESTS`:
+
+    auto       each op runs the best implementation that can run on its inputs and logs why
+    reference  every op's reference.py (plain torch/numpy, DFL-faithful)
+    cpu        the C kernels (CPU tensors)
+    triton     the Triton kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1, for tests)
+    batched    the batched-torch paths (warp: one composed sampling; dfl_update: torch._foreach)
+    fast       the fused path for the tensors' device: cpu on the CPU, triton on CUDA
+
+Rules:
+- an implementation the op has, named explicitly, that cannot run on these inputs raises
+  KernelUnavailableError saying why; it never silently becomes another;
+- a request naming no implementation of the op at all (``triton`` for dfl_update, which has no Triton kernel;
+  ``batched`` for dssim) is one setting for every op, so that op runs its auto choice and the log says so;
+- ``auto`` takes the first runnable implementation of the op's order for the device, and logs each one it
+  skipped with the reason ("dssim: reference (auto on cpu: cpu unavailable: no C compiler found ...)");
+- inside ``force_reference()`` (export) every op runs its reference, whatever was requested.
+Each distinct (op, device, choice, reason) is logged once per process, at INFO on logger "torchsae.kernels".
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from engine.errors import TorchSAEError
+from kernels.errors import KernelChoiceError, KernelUnavailableError
+
+__all__ = ["REQUESTS", "FAST", "choose", "requested", "check_request", "force_reference", "forced",
+           "triton_unavailable", "note", "KernelChoiceError", "KernelUnavailableError"]
 
 log = logging.getLogger("torchsae.kernels")
 
+REQUESTS = ("auto", "reference", "fast", "cpu", "triton", "batched")
+FAST = {"cpu": "cpu", "cuda": "triton"}  # what "fast" names on each device type
 
-class KernelChoiceError(TorchSAEError, ValueError):
-    """TORCHSAE_KERNELS / [compile].kernels / impl= names no implementation."""
+_logged: set[tuple[str, str, str, str]] = set()
+_forced: list[str] = []  # reasons of the active force_reference() contexts, innermost last
+
+# Why an implementation cannot run: None when it can; a callable is evaluated only if the rules need it (so a
+# CPU call never imports triton, and float64 inputs never build a C kernel).
+Reason = str | None | Callable[[], str | None]
 
 
-class KernelUnavailableError(TorchSAEError, RuntimeError):
-    """An implementation was requested explicitly but cannot run here (no silent fallback)."""
+def check_request(value: str, where: str = "TORCHSAE_KERNELS / [compile].kernels") -> str:
+    """`value` if it is one of REQUESTS, else KernelChoiceError naming `where` and the valid words."""
+    if value not in REQUESTS:
+        raise KernelChoiceError(f"{where} = {value!r}: expected one of {', '.join(REQUESTS)}")
+    return value
 
-CHOICES = ("auto", "reference", "fast", "triton")
-_logged: set[tuple[str, str, str]] = set()
+
+def requested(impl: str | None = None) -> str:
+    """The request in force for a call: `impl`, or $TORCHSAE_KERNELS when `impl` is None or "auto"."""
+    if impl not in (None, "auto"):
+        return check_request(impl, "impl")
+    return check_request(os.environ.get("TORCHSAE_KERNELS") or "auto", "TORCHSAE_KERNELS")
 
 
-def triton_available() -> bool:
-    """True when Triton can run: a CUDA device, or TRITON_INTERPRET=1 (numpy interpreter, tests only)."""
+@contextlib.contextmanager
+def force_reference(why: str = "export") -> Iterator[None]:
+    """Every op runs its reference inside this block (process-wide; export traces plain torch ops only)."""
+    _forced.append(why)
     try:
-        import triton  # noqa: F401
-    except Exception:
+        yield
+    finally:
+        _forced.pop()
+
+
+def forced() -> str | None:
+    """The reason of the innermost active force_reference(), or None."""
+    return _forced[-1] if _forced else None
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401  (optional dependency: CUDA builds and the test extra)
+    except ImportError:
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return True
 
 
-def requested_impl(requested: str | None = None) -> str:
-    impl = requested or os.environ.get("TORCHSAE_KERNELS", "auto")
-    if impl not in CHOICES:
-        raise KernelChoiceError(f"TORCHSAE_KERNELS / [compile].kernels = {impl!r}: expected one of {', '.join(CHOICES)}")
-    return impl
-
-
-def choose(op: str, device: torch.device, requested: str | None = None, *, has_fast_cpu: bool = True,
-           why_no_fast: str | None = None) -> str:
-    """Return 'reference', 'fast' or 'triton' for `op` on `device`, logging the reason once.
-
-    auto: CUDA + Triton -> 'triton'; CPU -> 'fast' when the op has a CPU fast path; else 'reference'
-    (`why_no_fast`, if given, is logged as the reason, e.g. "the C kernel is unavailable: no C compiler").
-    """
-    impl = requested_impl(requested)
+def triton_unavailable(device: torch.device | str) -> str | None:
+    """None when a Triton kernel can run on `device`, else why not."""
     dev = torch.device(device).type
-    if impl == "auto":
-        if dev == "cuda" and triton_available():
-            chosen, why = "triton", "auto: CUDA + Triton"
-        elif dev == "cuda":
-            chosen, why = "reference", "auto: CUDA without Triton"
-        elif has_fast_cpu:
-            chosen, why = "fast", "auto: no CUDA"
-        else:
-            chosen, why = "reference", f"auto: {why_no_fast or 'no fast path for this device'}"
-    else:
-        chosen, why = impl, "requested"
-        if impl == "triton" and not (triton_available() and (dev == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")):
-            raise KernelUnavailableError(f"{op}: the Triton path was requested but cannot run on {dev} "
-                               "(needs CUDA and triton, or TRITON_INTERPRET=1 for tests)")
-        if impl == "fast" and dev != "cpu" and not (dev == "cuda" and triton_available()):
-            raise KernelUnavailableError(f"{op}: the fast path was requested but has no implementation for {dev}")
-    key = (op, dev, chosen)
+    if dev != "cuda" and not (dev == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"the Triton kernels run on CUDA (on the CPU only under TRITON_INTERPRET=1, for tests); the tensors are on {dev}"
+    if not _triton_importable():
+        return "triton is not installed (pip install triton, or the 'cuda' extra)"
+    return None
+
+
+def _why(reason: Reason) -> str | None:
+    return reason() if callable(reason) else reason
+
+
+def note(op: str, device: str, chosen: str, why: str) -> None:
+    """Log "op: chosen (why)" once per process (the one log-once set of every op)."""
+    key = (op, device, chosen, why)
     if key not in _logged:
         _logged.add(key)
         log.info("%s: %s (%s)", op, chosen, why)
+
+
+def choose(op: str, device: torch.device | str, impl: str | None, candidates: Mapping[str, Reason],
+           auto_order: Sequence[str]) -> str:
+    """The implementation of `op` to run on `device` for the request `impl` (see the module docstring).
+
+    candidates: every implementation of `op` -> why it cannot run on these inputs (None: it can), possibly
+    as a callable evaluated on demand; "reference" must be among them. auto_order: the implementations auto
+    tries on this device, best first; its last entry must always be runnable (the fallback).
+    """
+    dev = torch.device(device).type
+    if _forced:
+        chosen, why = "reference", f"forced: {_forced[-1]}"
+    else:
+        req = requested(impl)
+        name = FAST.get(dev, "") if req == "fast" else req
+        if req != "auto" and name in candidates:
+            label = name if req == name else f"{name} (fast on {dev})"
+            reason = _why(candidates[name])
+            if reason is not None:
+                raise KernelUnavailableError(f"{op}: {label} was requested but {reason}")
+            chosen, why = name, "requested" if req == name else f"fast on {dev}: requested"
+        else:
+            chosen, why = _auto(dev, candidates, auto_order)
+            if req != "auto":
+                why = f"{req} requested, which names no {op} implementation{' on ' + dev if req == 'fast' else ''}; {why}"
+    note(op, dev, chosen, why)
     return chosen
+
+
+def _auto(dev: str, candidates: Mapping[str, Reason], order: Sequence[str]) -> tuple[str, str]:
+    skipped = []
+    for name in order:
+        reason = _why(candidates[name])
+        if reason is None:
+            return name, f"auto on {dev}" + (": " + "; ".join(skipped) if skipped else "")
+        skipped.append(f"{name} unavailable: {reason}")
+    raise AssertionError(f"no implementation can run ({'; '.join(skipped)}); the last of auto_order must always run")

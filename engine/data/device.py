@@ -33,7 +33,7 @@ device and implementation, and differ across devices only by float rounding of t
 
 How "device" differs from DFL ("dfl" mode, the oracle) — same distributions, not the same stream:
 - the warp, affine and flip: DFL's distribution (kernels.warp.warp_params_from_uniforms), sampled once
-  through the composed map like "fast" (kernels/warp/fast.py documents the bound against DFL's two
+  through the composed map like "fast" (kernels/warp/batched.py documents the bound against DFL's two
   interpolations); targets and masks reproduce cv2.warpAffine's coordinates as in "fast";
 - the cache: as "fast" (uint8 rounding of the face-type conversion; exact when none is needed);
 - HSV, rct, lct, mkl, idt, sot: torch ports of DFL's numpy code, bounded against it in

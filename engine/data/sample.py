@@ -33,7 +33,7 @@ Where "fast" differs from "dfl" (bounded in tests/data/test_sample_fast.py):
    face-type conversion's slight overshoot until the final clip). Exact when no conversion is needed
    (faceset face type = model face type and image side = R): the decoded uint8 pixels are cached as is.
 2. Warped input (output 0): DFL interpolates twice (cv2.remap by the grid, then cv2.warpAffine);
-   warp_batch composes both maps and samples once (see kernels/warp/fast.py). This is the only
+   warp_batch composes both maps and samples once (see kernels/warp/batched.py). This is the only
    non-rounding difference; it is interpolation error, largest at sharp edges.
 3. Targets and masks (no grid warp): warp_batch reproduces cv2.warpAffine's fixed-point coordinates, so
    these differ only by float summation order (~1e-6) on top of (1).
@@ -62,8 +62,8 @@ from engine.data.hsv import HSVShift, apply_hsv_shift, draw_hsv_shift
 from engine.faces.landmarks import get_transform_mat
 from engine.faces.masks import get_eyes_mouth_mask, get_image_hull_mask
 from engine.errors import DataError, did_you_mean
-from kernels import dispatch
 from kernels.warp import WarpBatchParams, gen_warp_params, warp_batch, warp_by_params
+from kernels.warp import choose as choose_warp
 
 __all__ = [
     "SampleOptions",
@@ -329,7 +329,7 @@ def process_fast_batch(images: np.ndarray, masks: np.ndarray, seeds: Sequence[in
     n = len(seeds)
     drawn = [draw_augmentation(int(s), opts) for s in seeds]
     params: list | WarpBatchParams = [p for p, _ in drawn]
-    if dispatch.choose("warp", torch.device("cpu"), None if warp_impl == "auto" else warp_impl) != "reference":
+    if choose_warp("cpu", warp_impl) != "reference":
         params = WarpBatchParams.from_dfl(params)  # converted once for the three warps below
     base = images.astype(np.float32) / 255.0  # (N, R, R, 3)
     use_ct = opts.ct_mode is not None and ct_refs is not None

@@ -8,8 +8,9 @@ Pipeline (each step fails loudly with a TorchSAEError):
 1. Trace the wrapper (engine.export.graphs) with torch's TorchScript ONNX exporter (``dynamo=False``:
    the torch.export-based exporter of torch 2.13 needs onnxscript, which is not installed, and the legacy
    exporter is the one that emits plain opset-12 graphs like tf2onnx did). Dynamic batch, static H/W.
-   Kernels are forced to the reference implementations (TORCHSAE_KERNELS=reference) during tracing; the
-   inference graph has no DSSIM/warp, and `check_graph` proves no custom op landed in the file.
+   Kernels are forced to their reference implementations during tracing (kernels.dispatch.force_reference,
+   which overrides any request); the inference graph has no DSSIM/warp, and `check_graph` proves no custom
+   op landed in the file.
 2. ``onnx.checker`` (full), opset and domain checks.
 3. Simplify with onnxsim; if onnxsim fails (or its own check fails) fall back to onnxslim with a
    warning and keep the unsimplified file beside the output (``<stem>.unsimplified.onnx``).
@@ -34,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -50,6 +50,7 @@ from engine.export.dfm import DFM_IR_VERSION, DFM_OPSET, check_dfm
 from engine.export.faces import list_images, read_face, smooth_faces
 from engine.export.graphs import DFM_INPUT, DFM_OUTPUTS, ONNX_IO, DfmSwap, OnnxSwap, to_half
 from engine.export.quantize import quantize_int8
+from kernels.dispatch import force_reference
 
 log = logging.getLogger("torchsae.export")
 
@@ -84,16 +85,9 @@ class ExportReport:
 
 @contextlib.contextmanager
 def reference_kernels():
-    """TORCHSAE_KERNELS=reference for the duration (kernels.dispatch reads it): no custom ops when tracing."""
-    old = os.environ.get("TORCHSAE_KERNELS")
-    os.environ["TORCHSAE_KERNELS"] = "reference"
-    try:
+    """Every kernel op runs its reference for the duration, whatever was requested: no custom ops when tracing."""
+    with force_reference("export"):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("TORCHSAE_KERNELS", None)
-        else:
-            os.environ["TORCHSAE_KERNELS"] = old
 
 
 def trace_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path, *, input_name: str,

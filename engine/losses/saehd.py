@@ -73,7 +73,7 @@ class LossRuntime:
         the style radius R//8 and the blur-out σ = R/128 (spec §3.3, §3.4, §3.2).
     pretrain: DFL pretrain mode at this step ([train].pretrain or the schedule): the style and GAN terms are
         forced off (§1, §11.6); the true-face G term stays unless `LossSpec.true_face_in_pretrain` is off.
-    kernels: DSSIM implementation, "auto" | "reference" | "fast" | "triton" ([compile].kernels; kernels.dispatch).
+    kernels: DSSIM implementation request ([compile].kernels; kernels/dssim/op.py chooses).
     """
 
     resolution: int

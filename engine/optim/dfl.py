@@ -21,9 +21,10 @@ Formulas (per element; no bias correction, no weight decay, ε outside the squar
   Computed on device without a host sync.
 
 State per parameter: RMSprop ``acc``; AdaBelief ``ms``, ``vs`` (DFL's ``acc_…``, ``ms_…``, ``vs_…``);
-the counter is `iterations` (DFL's ``iters``). Updates use `torch._foreach_*` ops per (device, dtype), or,
-on the CPU with lr_dropout off, one fused pass per tensor (kernels.dfl_update, chosen by `kernels` /
-$TORCHSAE_KERNELS like the other kernels; same formulas, float32 rounding apart).
+the counter is `iterations` (DFL's ``iters``). The update itself is kernels.dfl_update's, once per (device,
+dtype) bucket: a fused C pass on the CPU, torch._foreach ops elsewhere or with lr_dropout on, the per-tensor
+reference on request (chosen there by `kernels` / $TORCHSAE_KERNELS like the other kernels; the same
+formulas, float32 rounding apart).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from torch.optim import Optimizer
 
 from kernels import dfl_update
-from kernels.dispatch import CHOICES, KernelChoiceError
+from kernels.dispatch import check_request
 
 __all__ = ["DFLOptimizer", "RMSprop", "AdaBelief", "global_grad_norm", "clip_scale"]
 
@@ -56,12 +57,6 @@ def global_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sq).sum().sqrt()
 
 
-def _check_kernels(kernels: str) -> str:
-    if kernels not in CHOICES:
-        raise KernelChoiceError(f"optimizer kernels = {kernels!r}: expected one of {', '.join(CHOICES)}")
-    return kernels
-
-
 def clip_scale(norm: torch.Tensor, clipnorm: float) -> torch.Tensor:
     """DFL's clip factor: ``clipnorm/norm`` where ``norm ≥ clipnorm``, else 1 (a 0-dim tensor)."""
     return torch.where(norm >= clipnorm, clipnorm / norm, torch.ones_like(norm))
@@ -70,13 +65,13 @@ def clip_scale(norm: torch.Tensor, clipnorm: float) -> torch.Tensor:
 class DFLOptimizer(Optimizer):
     """Common machinery of DFL's optimizers: lr_cos, lr_dropout masks (seeded, saved), clipnorm, counter.
 
-    Subclasses implement `_update(group, params, grads, states, lr_t)` returning the list of per-parameter
-    updates Δ (the step subtracts ``Δ·mask``).
+    Subclasses name their kernels.dfl_update kind, their state slots, and which param-group keys are the
+    update's hyper-parameters.
     """
 
+    _kind: str = ""  # kernels.dfl_update kind: "rmsprop" | "adabelief"
     _state_keys: tuple[str, ...] = ()
-    _fused_kind: str = ""  # kernels.dfl_update kind ("" = no fused path)
-    _fused_args: dict[str, str] = {}  # update_ argument -> param-group key
+    _hyper: dict[str, str] = {}  # dfl_update.update_ argument -> param-group key
 
     def __init__(self, params, defaults: dict, *, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None,
                  kernels: str = "auto"):
@@ -92,7 +87,7 @@ class DFLOptimizer(Optimizer):
         super().__init__(params, defaults)
         self.lr_cos = int(lr_cos)
         self.clipnorm = float(clipnorm)
-        self.kernels = _check_kernels(kernels)
+        self.kernels = check_request(kernels, "optimizer kernels")
         self.iterations = 0
         if seed is None:
             # drawn from torch's global RNG, so torch.manual_seed makes a run reproducible
@@ -125,30 +120,6 @@ class DFLOptimizer(Optimizer):
         return lr
 
     # ---- step ----
-    def _update(self, group, params, grads, states, lr_t):  # pragma: no cover - abstract
-        """Update the moments in `states`; return (num, denom) with the step Δ = lr_t·num/denom per tensor."""
-        raise NotImplementedError(f"{type(self).__name__} must define _update")
-
-    def _try_fused(self, group, params: list[torch.Tensor], scale: torch.Tensor | None, lr_t: float
-                   ) -> list[torch.Tensor]:
-        """Update what one fused CPU pass can (lr_dropout off, float32, gradient and moments laid out like
-        the parameter); return the parameters left for the foreach path."""
-        if not self._fused_kind or group["lr_dropout"] < 1.0 or params[0].device.type != "cpu":
-            return params
-        if dfl_update.choose(params[0].device, self.kernels) != "fast":
-            return params
-        fused, rest = [], []
-        for p in params:
-            st = self._init_state(p)
-            ok = dfl_update.cpu.fusable_one(p, p.grad, [st[k] for k in self._state_keys]) is None
-            (fused if ok else rest).append(p)
-        if fused:
-            slots = [[self.state[p][k] for p in fused] for k in self._state_keys]
-            dfl_update.cpu.update_(self._fused_kind, fused, [p.grad for p in fused], slots, lr=lr_t,
-                                   grad_scale=1.0 if scale is None else float(scale),
-                                   **{arg: group[key] for arg, key in self._fused_args.items()})
-        return rest
-
     def _init_state(self, p: torch.Tensor) -> dict:
         st = self.state[p]
         if not st:
@@ -180,29 +151,17 @@ class DFLOptimizer(Optimizer):
                 if p.grad is not None:
                     buckets[(p.device, p.dtype)].append(p)
             for (dev, _dt), params in buckets.items():
-                params = self._try_fused(group, params, scale, lr_t)
-                if not params:
-                    continue
-                grads = [p.grad for p in params]
+                s = None
                 if scale is not None:
                     s = scale_by_dev.get(dev)
                     if s is None:
                         s = scale_by_dev[dev] = scale.to(dev)
-                    grads = torch._foreach_mul(grads, s.to(grads[0].dtype))
                 states = [self._init_state(p) for p in params]
-                num, denom = self._update(group, params, grads, states, lr_t)
-                if group["lr_dropout"] < 1.0:
-                    upd = torch._foreach_mul(num, lr_t)  # DFL: lr·num / denom
-                    torch._foreach_div_(upd, denom)
-                    gen = self._generator(dev)
-                    for u in upd:
-                        # each element updated with probability lr_dropout, a fresh draw every step
-                        u.mul_(torch.empty_like(u).bernoulli_(group["lr_dropout"], generator=gen))
-                    torch._foreach_sub_(params, upd)
-                else:
-                    # one pass over every parameter instead of three (mul, div, sub): w − lr·(num/denom), within
-                    # 1 ulp of DFL's (lr·num)/denom
-                    torch._foreach_addcdiv_(params, num, denom, value=-lr_t)
+                keep = group["lr_dropout"]
+                dfl_update.update_(self._kind, params, [p.grad for p in params],
+                                   [[st[k] for st in states] for k in self._state_keys], lr=lr_t, grad_scale=s,
+                                   keep_prob=keep, generator=self._generator(dev) if keep < 1.0 else None,
+                                   impl=self.kernels, **{arg: group[key] for arg, key in self._hyper.items()})
         self.iterations += 1
         return loss
 
@@ -236,24 +195,15 @@ class RMSprop(DFLOptimizer):
     seed for the dropout masks.
     """
 
+    _kind = "rmsprop"
     _state_keys = ("acc",)
-    _fused_kind = "rmsprop"
-    _fused_args = {"eps": "eps", "c1": "rho"}
+    _hyper = {"eps": "eps", "c1": "rho"}
 
     def __init__(self, params: Iterable, lr: float = 5e-5, rho: float = 0.9, eps: float = 1e-6,
                  lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0, seed: int | None = None,
                  kernels: str = "auto"):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, lr_dropout=lr_dropout),
                          lr_cos=lr_cos, clipnorm=clipnorm, seed=seed, kernels=kernels)
-
-    def _update(self, group, params, grads, states, lr_t):
-        rho, eps = group["rho"], group["eps"]
-        accs = [s["acc"] for s in states]
-        torch._foreach_mul_(accs, rho)
-        torch._foreach_addcmul_(accs, grads, grads, value=1.0 - rho)
-        denom = torch._foreach_sqrt(accs)
-        torch._foreach_add_(denom, eps)
-        return grads, denom  # DFL: Δ = lr·g / (√a + ε)
 
 
 class AdaBelief(DFLOptimizer):
@@ -263,25 +213,12 @@ class AdaBelief(DFLOptimizer):
     Args: lr 5e-5, beta_1 0.9, beta_2 0.999, eps 1e-6, lr_dropout 1.0, lr_cos 0, clipnorm 0, seed.
     """
 
+    _kind = "adabelief"
     _state_keys = ("ms", "vs")
-    _fused_kind = "adabelief"
-    _fused_args = {"eps": "eps", "c1": "beta_1", "c2": "beta_2"}
+    _hyper = {"eps": "eps", "c1": "beta_1", "c2": "beta_2"}
 
     def __init__(self, params: Iterable, lr: float = 5e-5, beta_1: float = 0.9, beta_2: float = 0.999,
                  eps: float = 1e-6, lr_dropout: float = 1.0, lr_cos: int = 0, clipnorm: float = 0.0,
                  seed: int | None = None, kernels: str = "auto"):
         super().__init__(params, dict(lr=lr, beta_1=beta_1, beta_2=beta_2, eps=eps, lr_dropout=lr_dropout),
                          lr_cos=lr_cos, clipnorm=clipnorm, seed=seed, kernels=kernels)
-
-    def _update(self, group, params, grads, states, lr_t):
-        b1, b2, eps = group["beta_1"], group["beta_2"], group["eps"]
-        ms = [s["ms"] for s in states]
-        vs = [s["vs"] for s in states]
-        torch._foreach_mul_(ms, b1)
-        torch._foreach_add_(ms, grads, alpha=1.0 - b1)
-        diff = torch._foreach_sub(grads, ms)  # g − m_new
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, diff, diff, value=1.0 - b2)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_add_(denom, eps)
-        return ms, denom  # Δ = lr·m / (√s + ε)

@@ -240,8 +240,9 @@ class CompileSpec:
     mode: str = opt("off", type=str, choices=("off", "default", "reduce-overhead", "max-autotune"),
                     help="torch.compile mode of the model's forward/backward (reduce-overhead: + CUDA graphs, for "
                          "small batches on GPUs; without CUDA it runs eagerly, logged)")
-    kernels: str = opt("auto", type=str, choices=("auto", "reference", "fast", "triton"),
-                       help="DSSIM/warp implementation (auto logs its choice)")
+    kernels: str = opt("auto", type=str, choices=("auto", "reference", "fast", "cpu", "triton", "batched"),
+                       help="DSSIM / warp / optimizer-update implementation (kernels/README.md; auto logs its "
+                            "choice, an explicit one that cannot run is an error)")
     channels_last: bool = opt(True, type=bool,
                               help="channels_last memory format (faster convolutions on CPU oneDNN and GPU cuDNN)")
 

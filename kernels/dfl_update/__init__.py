@@ -1,36 +1,27 @@
-"""DFL's optimizer update (RMSprop / AdaBelief, spec §3.6) as one fused pass per parameter on the CPU.
+"""DFL's optimizer update (RMSprop / AdaBelief, spec §3.6): the per-tensor reference, a torch._foreach path
+and a fused C pass on the CPU. engine/optim's optimizers keep the state (moments, lr_cos, clipnorm, the
+lr_dropout generator) and call `update_`.
 
-    from kernels import dfl_update
-    if dfl_update.choose(device, impl) == "fast":           # logs "dfl_update: fast (auto: no CUDA)" once
-        dfl_update.cpu.update_("adabelief", params, grads, [ms, vs], lr=..., grad_scale=..., eps=..., c1=b1, c2=b2)
+    update_(kind, params, grads, slots, *, lr, eps, c1, c2=0.0, grad_scale=None, keep_prob=1.0,
+            generator=None, impl="auto") -> the implementation that ran ("reference" | "batched" | "cpu")
+    choose(device, impl="auto", *, dtype=float32, keep_prob=1.0) -> the implementation update_ would run
 
-  reference  reference.py: the formulas per tensor (test oracle); engine/optim/dfl.py's torch._foreach
-             path is what runs when the fast path does not (CUDA, lr_dropout on, other dtypes)
-  fast       cpu.py + dfl_update_cpu.c: the C kernel, CPU float32 only
-No autograd and no torch.library registration: an optimizer step is not traced or exported.
+>>> import torch
+>>> from kernels import dfl_update
+>>> p, g = torch.ones(4), torch.full((4,), 0.5)
+>>> acc = torch.zeros(4)
+>>> dfl_update.update_("rmsprop", [p], [g], [[acc]], lr=0.01, eps=1e-6, c1=0.9, impl="reference")
+'reference'
+>>> acc                                     # a = 0.1·g²
+tensor([0.0250, 0.0250, 0.0250, 0.0250])
+>>> round(1 - p[0].item(), 5)               # lr·g / (√a + ε) ≈ lr·√10 on the first step
+0.03162
+
+Files (the same roles in every kernels/<op>/, see kernels/README.md): reference.py, batched.py, cpu.py +
+dfl_update_cpu.c, op.py (the choice and update_).
 """
 
-from __future__ import annotations
+from .op import choose, update_
+from .reference import KINDS
 
-import torch
-
-from kernels import dispatch
-
-from . import cpu, reference
-
-__all__ = ["choose", "cpu", "reference"]
-
-
-def choose(device: torch.device | str, impl: str = "auto") -> str:
-    """'fast' or 'reference' for an update on `device` (`impl`: auto | reference | fast, else
-    $TORCHSAE_KERNELS). Only the CPU has a fast path; elsewhere the foreach path runs ('reference')."""
-    dev = torch.device(device)
-    if dev.type != "cpu":
-        return "reference"
-    requested = None if impl == "auto" else ("fast" if impl == "triton" else impl)
-    ok = cpu.available()
-    chosen = dispatch.choose("dfl_update", dev, requested, has_fast_cpu=ok,
-                             why_no_fast=None if ok else f"the C kernel is unavailable: {cpu.unavailable_reason()}")
-    if chosen == "fast" and not ok:
-        raise dispatch.KernelUnavailableError(f"dfl_update: the fast path was requested but {cpu.unavailable_reason()}")
-    return chosen
+__all__ = ["update_", "choose", "KINDS"]

@@ -1,15 +1,15 @@
-"""DFL optimizer update, fast CPU path: builds dfl_update_cpu.c once and runs it on element ranges from a
+"""DFL's optimizer update, the C path ("cpu"): builds dfl_update_cpu.c once and runs it on element ranges from a
 thread pool (the pattern of kernels/dssim/cpu.py and kernels/warp/cpu.py).
 
-Why: the torch._foreach_* update (engine/optim/dfl.py) is ~9 passes over every parameter-sized array
+Why: the torch._foreach_* update (batched.py) is ~9 passes over every parameter-sized array
 per step (scale, two for the first moment, the difference, two for the second, sqrt, +eps, addcdiv);
 the update is memory-bound, so one fused pass is ~3x less traffic. Measured on the 2-core dev box
 (AdaBelief, df-ud res 128 256/64/64/22, 54.5M parameters): foreach 0.208 s per step, this kernel on one
 thread 0.063 s (see bench/README.md for the tracked figure).
 
 The library is cached under $TORCHSAE_CACHE (default ~/.cache/torchsae)/kernels/, keyed by the source,
-flags, compiler version and CPU. Without a working C compiler `available()` is False and the optimizer
-keeps its foreach path.
+flags, compiler version and CPU. Without a working C compiler `available()` is False and auto takes the
+batched path (op.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _build(cflags: list[str] = CFLAGS) -> ctypes.CDLL:
                                  + [ctypes.c_void_p], op="dfl_update", ldflags=("-lm",))
 
 
-_LIB = cbuild.LazyLibrary(_build, "dfl_update", "the optimizer uses its torch._foreach path")
+_LIB = cbuild.LazyLibrary(_build, "dfl_update", "auto uses the batched (torch._foreach) path")
 
 
 def available() -> bool:

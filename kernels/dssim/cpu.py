@@ -1,4 +1,4 @@
-"""DSSIM fast CPU path: builds dssim_cpu.c once and runs it on plane ranges from a thread pool.
+"""DSSIM's C path ("cpu"): builds dssim_cpu.c once and runs it on plane ranges from a thread pool.
 
 Why C through ctypes rather than torch ops or a torch C++ extension. Measured on the 2-core dev box,
 res 256, windows 22+11, batch 8, 3 channels, fwd+bwd, in one run (other jobs kept the load near 9, so
@@ -47,7 +47,7 @@ def _build() -> ctypes.CDLL:
                                   ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p], op="dssim")
 
 
-_LIB = cbuild.LazyLibrary(_build, "dssim", "auto dispatch uses the reference")
+_LIB = cbuild.LazyLibrary(_build, "dssim", "auto uses the reference")
 
 
 def _load() -> ctypes.CDLL | None:
@@ -77,7 +77,7 @@ def dssim_fused(img1: torch.Tensor, img2: torch.Tensor, filter_sizes: list[int],
     """
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"dssim: the fast CPU kernel is unavailable: {_LIB.reason}")
+        raise RuntimeError(f"dssim: the C kernel is unavailable: {_LIB.reason}")
     x = img1.contiguous()
     y = img2.contiguous()
     n, c, h, w = x.shape

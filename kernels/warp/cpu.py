@@ -1,16 +1,16 @@
-"""Warp fast CPU path: builds warp_cpu.c once and runs it on row ranges from a thread pool.
+"""The warp's C path ("cpu"): builds warp_cpu.c once and runs it on row ranges from a thread pool.
 
 Why a small C kernel (through ctypes, as kernels/dssim does) rather than torch ops: the composition
-in torch (fast.compose_grid) materialises several (N, w, w, 2) coordinate tensors per call, and
+in torch (batched.compose_grid) materialises several (N, w, w, 2) coordinate tensors per call, and
 grid_sample recomputes weights per channel; the C kernel fuses cv2's fixed-point affine, the
 continuous grid, the flip and the zero-border coverage with the sampling, one row block at a time
 (1 thread, res 256, 8 samples: input + target + mask 12.2 ms vs 28 ms for
-compose_grid + grid_sample). Semantics are those of fast.compose_grid + fast.sample_torch (tested:
+compose_grid + grid_sample). Semantics are those of batched.compose_grid + batched.sample_torch (tested:
 ≤ 3e-5 without the grid, ≤ 1e-4 with it, float32 coordinate rounding).
 
 The library is cached under $TORCHSAE_CACHE (default ~/.cache/torchsae)/kernels/, keyed by the source,
-flags, compiler version and CPU. Without a working C compiler `available()` is False and the caller
-uses the torch path (grid_sample).
+flags, compiler version and CPU. Without a working C compiler `available()` is False and auto takes the
+batched path (op.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kernels import cbuild
-from kernels.warp.fast import _AB_BITS, _INTER_BITS, WarpBatchParams
+from kernels.warp.batched import _AB_BITS, _INTER_BITS, WarpBatchParams
 
 log = logging.getLogger("torchsae.kernels")
 
@@ -40,7 +40,7 @@ def _build(cflags: list[str] = CFLAGS) -> ctypes.CDLL:
                                  op="warp", ldflags=("-lm",))
 
 
-_LIB = cbuild.LazyLibrary(_build, "warp", "using torch.grid_sample")
+_LIB = cbuild.LazyLibrary(_build, "warp", "auto uses the batched path (torch.grid_sample)")
 
 
 def _load() -> ctypes.CDLL | None:
@@ -58,7 +58,7 @@ def unavailable_reason() -> str:
 
 
 def _invert_affine_np(m: np.ndarray) -> np.ndarray:
-    """cv2.invertAffineTransform for (N, 2, 3) float64, the same operation order as fast._invert_affine."""
+    """cv2.invertAffineTransform for (N, 2, 3) float64, the same operation order as batched._invert_affine."""
     d = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
     d = np.where(d != 0, 1.0 / np.where(d != 0, d, 1.0), 0.0)
     a11, a22, a12, a21 = m[:, 1, 1] * d, m[:, 0, 0] * d, -m[:, 0, 1] * d, -m[:, 1, 0] * d

@@ -1,4 +1,4 @@
-"""DSSIM fast paths (C kernel on CPU, Triton) against the reference, forward and backward.
+"""DSSIM's fused paths (cpu: the C kernel; triton) against the reference, forward and backward; its dispatch.
 
 Liger-Kernel pattern: curated shapes (B=1, odd and prime sizes, H != W, window = image, window 1, DFL's
 11/16/22/44 and SAEHD's window pairs), the same upstream gradient for both implementations, one
@@ -87,7 +87,7 @@ def _run(fn, t, p, upstream):
 
 
 def _weighted(impl_fn, windows):
-    """out[n, c] = Σ_w 5·dssim_w(t, p): the fused op for the fast path, the reference summed per window."""
+    """out[n, c] = Σ_w 5·dssim_w(t, p): the fused op of the cpu path, the reference summed per window."""
     return lambda t, p: sum(5.0 * impl_fn(t, p, fs) for fs in windows) if len(windows) > 1 else impl_fn(t, p, windows[0])
 
 
@@ -116,69 +116,69 @@ def _check(shape, dtype, fast_fn, seed=0, grad_target=True, vs_float64=False):
             assert err(g, g64) <= 2 * err(rg, g64) + 1e-7 * float(g64.abs().max()), name
 
 
-def _fast_cpu(windows):
+def _cpu_path(windows):
     if len(windows) == 1:
-        return lambda t, p: K.dssim(t, p, windows[0], impl="fast")
-    return lambda t, p: op.dssim_fast(t.float(), p.float(), list(windows), [5.0] * len(windows), 1.0,
+        return lambda t, p: K.dssim(t, p, windows[0], impl="cpu")
+    return lambda t, p: op.dssim_cpu(t.float(), p.float(), list(windows), [5.0] * len(windows), 1.0,
                                       t.requires_grad, p.requires_grad)[0]
 
 
 # ----------------------------------------------------------------------------------------------- CPU
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + "-w" + "+".join(map(str, s[4])))
-def test_fast_cpu_matches_reference(shape):
-    _check(shape, torch.float32, _fast_cpu(shape[4]), vs_float64=True)
+def test_cpu_matches_reference(shape):
+    _check(shape, torch.float32, _cpu_path(shape[4]), vs_float64=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[6]], ids=["17x23-w5", "64x48-w22+11"])
-def test_fast_cpu_half_inputs_accumulate_in_fp32(shape, dtype):
-    _check(shape, dtype, _fast_cpu(shape[4]))
+def test_cpu_half_inputs_accumulate_in_fp32(shape, dtype):
+    _check(shape, dtype, _cpu_path(shape[4]))
 
 
-def test_fast_cpu_pred_only_and_no_grad():
+def test_cpu_pred_only_and_no_grad():
     shape = SHAPES[1]
-    _check(shape, torch.float32, _fast_cpu(shape[4]), seed=5, grad_target=False)
+    _check(shape, torch.float32, _cpu_path(shape[4]), seed=5, grad_target=False)
     t, p = _pair(shape, torch.float32, 5)
     with torch.no_grad():
-        got = K.dssim(t, p, 5, impl="fast")
+        got = K.dssim(t, p, 5, impl="cpu")
     assert not got.requires_grad
     assert_verbose_close(got, R.dssim(t.detach(), p.detach(), 5), *TOL[torch.float32]["out"], name="no_grad")
 
 
 @pytest.mark.parametrize("resolution", [64, 256])
-def test_saehd_dssim_fast_matches_reference(resolution):
+def test_saehd_dssim_cpu_matches_reference(resolution):
     g = torch.Generator().manual_seed(resolution)
     t = torch.rand(2, 2 if resolution < 256 else 1, resolution, resolution, generator=g)
     p = (0.6 * t + 0.4 * torch.rand(t.shape, generator=g)).requires_grad_(True)
     up = torch.tensor([1.0, -2.0])
     ref = R.saehd_dssim(p, t, resolution)
     (rg,) = torch.autograd.grad(ref, p, up)
-    got = K.saehd_dssim(p, t, resolution, impl="fast")
+    got = K.saehd_dssim(p, t, resolution, impl="cpu")
     (gg,) = torch.autograd.grad(got, p, up)
     assert got.shape == (2,)
     assert_verbose_close(got, ref, 2e-5, 1e-5, "saehd out")  # 10·dssim: ten times the dssim tolerance
     assert_verbose_close(gg, rg, 5e-5 * float(rg.abs().max()), 1e-4, "saehd grad")
 
 
-def test_fast_cpu_under_autocast_is_float32():
+def test_cpu_under_autocast_is_float32():
     t, p = _pair(SHAPES[1], torch.float32, 2)
-    want = K.dssim(t, p, 5, impl="fast")
+    want = K.dssim(t, p, 5, impl="cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = K.dssim(t, p, 5, impl="fast")
+        got = K.dssim(t, p, 5, impl="cpu")
     assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
-def test_fast_cpu_is_symmetric_and_zero_on_identical_images():
+def test_cpu_is_symmetric_and_zero_on_identical_images():
     t, p = _pair(SHAPES[3], torch.float32, 3)
     t, p = t.detach(), p.detach()
-    assert torch.equal(K.dssim(t, p, 16, impl="fast"), K.dssim(p, t, 16, impl="fast"))
-    assert torch.all(K.dssim(t, t, 16, impl="fast").abs() <= 1e-7)
+    assert torch.equal(K.dssim(t, p, 16, impl="cpu"), K.dssim(p, t, 16, impl="cpu"))
+    assert torch.all(K.dssim(t, t, 16, impl="cpu").abs() <= 1e-7)
 
 
-def test_opcheck_fast():
+def test_opcheck_cpu():
     t, p = _pair((1, 2, 24, 30, None), torch.float32, 4)
-    torch.library.opcheck(op.dssim_fast, (t, p, [22, 11], [5.0, 5.0], 1.0, True, True))
-    torch.library.opcheck(op.dssim_fast, (t.detach(), p, [5], [1.0], 1.0, False, True))
+    torch.library.opcheck(op.dssim_cpu, (t, p, [22, 11], [5.0, 5.0], 1.0, True, True))
+    torch.library.opcheck(op.dssim_cpu, (t.detach(), p, [5], [1.0], 1.0, False, True))
 
 
 def test_compile_fullgraph_traces_the_custom_op(monkeypatch):
@@ -192,12 +192,12 @@ def test_compile_fullgraph_traces_the_custom_op(monkeypatch):
         return gm.forward
 
     t, p = _pair((2, 3, 40, 40, None), torch.float32, 6, grad_target=False)
-    f = torch.compile(lambda pred, tgt: K.saehd_dssim(pred, tgt, 40, impl="fast"), fullgraph=True, backend=backend)
+    f = torch.compile(lambda pred, tgt: K.saehd_dssim(pred, tgt, 40, impl="cpu"), fullgraph=True, backend=backend)
     got = f(p, t)
     (gg,) = torch.autograd.grad(got.sum(), p)
-    want = K.saehd_dssim(p, t, 40, impl="fast")
+    want = K.saehd_dssim(p, t, 40, impl="cpu")
     (wg,) = torch.autograd.grad(want.sum(), p)
-    assert len(graphs) == 1 and "torchsae.dssim_fast" in graphs[0], graphs
+    assert len(graphs) == 1 and "torchsae.dssim_cpu" in graphs[0], graphs
     assert torch.equal(got, want) and torch.equal(gg, wg)
 
 
@@ -229,16 +229,17 @@ def test_auto_logs_its_choice(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="torchsae.kernels"):
         K.dssim(t, p, 5)
     if not HAS_CUDA:
-        assert "dssim: fast (auto: no CUDA)" in caplog.text
+        assert "dssim: cpu (auto on cpu)" in caplog.text
 
 
 def test_env_selects_reference(monkeypatch):
     monkeypatch.setenv("TORCHSAE_KERNELS", "reference")
-    assert K.resolve_impl("cpu") == "reference"
-    assert K.resolve_impl("cpu", impl="fast") == "fast"  # an explicit impl= wins over the environment
+    assert K.choose("cpu") == "reference"
+    assert K.choose("cpu", "cpu") == "cpu"  # an explicit impl= wins over the environment
+    assert K.choose("cpu", "fast") == "cpu"  # "fast" names the device's fused path
     monkeypatch.setenv("TORCHSAE_KERNELS", "fastest")
-    with pytest.raises(KernelChoiceError, match="'fastest': expected one of auto, reference, fast, triton"):
-        K.resolve_impl("cpu")
+    with pytest.raises(KernelChoiceError, match="TORCHSAE_KERNELS = 'fastest': expected one of auto, reference, fast, cpu"):
+        K.choose("cpu")
 
 
 def test_float64_goes_to_reference_or_raises(monkeypatch):
@@ -246,14 +247,14 @@ def test_float64_goes_to_reference_or_raises(monkeypatch):
     x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
     assert K.dssim(x, x * 0.5, 3).dtype == torch.float64
     with pytest.raises(KernelUnavailableError, match="computes in float32 and was given float64"):
-        K.dssim(x, x, 3, impl="fast")
+        K.dssim(x, x, 3, impl="cpu")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only refusal")
 def test_triton_requested_without_cuda_raises(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.rand(1, 1, 8, 8)
-    with pytest.raises(KernelUnavailableError, match="Triton path was requested but cannot run on cpu"):
+    with pytest.raises(KernelUnavailableError, match="dssim: triton was requested but the Triton kernels run on CUDA"):
         K.dssim(x, x, 3, impl="triton")
 
 
@@ -266,18 +267,19 @@ def test_without_a_compiler_auto_falls_back_and_explicit_raises(monkeypatch, cap
     monkeypatch.setattr(dispatch, "_logged", set())
     x = torch.rand(1, 1, 8, 8)
     with caplog.at_level(logging.INFO, logger="torchsae.kernels"):
-        assert K.resolve_impl("cpu") == "reference"
-    assert "dssim: reference (auto: the C kernel is unavailable: no C compiler found" in caplog.text
-    with pytest.raises(KernelUnavailableError, match="fast CPU path was requested but cannot be built: no C compiler"):
-        K.dssim(x, x, 3, impl="fast")
+        assert K.choose("cpu") == "reference"
+    assert ("dssim: reference (auto on cpu: cpu unavailable: the C kernel cannot be built: no C compiler found"
+            in caplog.text)
+    with pytest.raises(KernelUnavailableError, match="cpu was requested but the C kernel cannot be built: no C compiler"):
+        K.dssim(x, x, 3, impl="cpu")
 
 
 def test_bad_window_is_reported_before_the_kernel():
     x = torch.rand(1, 1, 8, 10)
     with pytest.raises(ValueError, match=r"filter_size 9 is larger than the image \(8x10\)"):
-        K.dssim(x, x, 9, impl="fast")
+        K.dssim(x, x, 9, impl="cpu")
     with pytest.raises(ValueError, match=r"filter_size 11 is larger than the image \(8x10\)"):
-        K.saehd_dssim(x, x, 128, impl="fast")
+        K.saehd_dssim(x, x, 128, impl="cpu")
 
 
 # --------------------------------------------------------------------------- Triton (interpreter, tiny)
@@ -322,7 +324,7 @@ def test_triton_kernels_compile_for_sm90(monkeypatch, tmp_path):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.dssim import triton_kernels as T
+    from kernels.dssim import triton as T
 
     if "nvidia" not in triton.backends.backends:
         pytest.skip("this triton build has no NVIDIA backend")

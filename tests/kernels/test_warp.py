@@ -1,14 +1,15 @@
-"""DFL's random warp (spec §5.2–5.4, §12.6–12.8): reference vs DFL goldens, fast path vs reference.
+"""DFL's random warp (spec §5.2–5.4, §12.6–12.8): reference vs DFL goldens, the one-pass paths (cpu: the C
+kernel; batched: compose_grid + grid_sample) vs reference.
 
 Tolerances (one table, TOL below) and why:
 - Reference vs golden: parameters bit-exact (same numpy RandomState streams, same float32 rounding of
   random_normal); images ≤ 1e-6 — the goldens were recorded with OpenCV 4.11, which we run, and the
   observed difference is 0; 1e-6 only absorbs a different SIMD dispatch of the same OpenCV.
-- Fast vs reference, no grid warp (targets, masks) and identity cases: ≤ 3e-5 — the fast path
-  reproduces cv2.warpAffine's fixed-point coordinates; what remains is float32 rounding: summation
+- One-pass vs reference, no grid warp (targets, masks) and identity cases: ≤ 3e-5 — the one-pass paths
+  reproduce cv2.warpAffine's fixed-point coordinates; what remains is float32 rounding: summation
   order (~3e-7) and the normalised coordinates grid_sample takes ((2s + 1)/w − 1 is exact in binary
   for power-of-two w, off by up to ~w·3e-8 px otherwise, e.g. 7e-6 in value at res 80 on noise).
-- Fast vs reference, grid warp: one sampling of the composed map vs DFL's remap-then-warpAffine
+- One-pass vs reference, grid warp: one sampling of the composed map vs DFL's remap-then-warpAffine
   differs by interpolation error (the remapped image is itself interpolated a second time). Bounded
   on a smooth image inside the region both paths sample away from zero borders (an all-ones image
   warped by the reference stays 1 there; eroded 2 px): see COMPOSED. Near zero borders and sharp
@@ -44,9 +45,9 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "warp"
 # res-128 goldens (2.4 MB each) are read from the shared golden folder beside the checkout (CI has it)
 SHARED = Path(os.environ.get("TORCHSAE_SHARED_GOLDEN") or Path(__file__).resolve().parents[3] / "shared" / "golden") / "warp"
 GOLDEN_FILES = sorted(GOLDEN.glob("warp_*.npz")) + sorted(SHARED.glob("warp_res128_*.npz"))
-EXACT = 3e-5  # fast vs reference where nothing is composed (float32 coordinate rounding, see above)
+EXACT = 3e-5  # one-pass vs reference where nothing is composed (float32 coordinate rounding, see above)
 GOLDEN_ATOL = 1e-6
-# res -> (max |fast − reference| inside the clean region, mean over the whole image), smooth image,
+# res -> (max |one-pass − reference| inside the clean region, mean over the whole image), smooth image,
 # grid warp + affine. Measured over 25 seeds: 0.019/0.0065 (≤64), 0.011/0.0031 (128), 0.0051/0.0018 (256).
 COMPOSED = {32: (0.025, 0.008), 48: (0.025, 0.008), 64: (0.025, 0.008), 128: (0.015, 0.005), 256: (0.008, 0.003)}
 WARP_ONLY_INTERIOR = 0.006  # grid warp without affine: only the 1/32-px coordinate rounding of cv2.remap differs
@@ -216,34 +217,39 @@ def test_reference_half_pixel_quirk():
             np.testing.assert_allclose(_upsample_map(mx.T.copy(), w, cell), up.T, atol=1e-5)
 
 
-# ------------------------------------------------------------------------------ fast vs reference
+# -------------------------------------------------------------------------- one-pass paths vs reference
+ONE_PASS = ["cpu", "batched"]
+
+
 @pytest.mark.parity
+@pytest.mark.parametrize("impl", ONE_PASS)
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
-def test_fast_matches_golden(path):
-    """Fast path on DFL's recorded params: exact without the grid, bounded with it."""
+def test_one_pass_matches_golden(path, impl):
+    """The one-pass paths on DFL's recorded params: exact without the grid, bounded with it."""
     d, _ = _load(path)
     p = _golden_params(d)
     for key, img, w, t, f, b, inter in _golden_outputs(d):
         out = _hwc(warp_batch(_nchw(img), [p], w, t, f, b, "linear" if inter == cv2.INTER_LINEAR else "cubic",
-                              impl="fast"))
+                              impl=impl))
         if not w:
             _report(out, d[key], EXACT, key)
         elif not t:
             _report(out, d[key], 0.03, key)  # grid only: cv2.remap's 1/32-px rounding at the sharp test edges
         else:
             err = np.abs(out - d[key])
-            assert err.mean() < 0.02, f"{key}: mean |fast − DFL| = {err.mean():.4f}"
+            assert err.mean() < 0.02, f"{key}: mean |{impl} − DFL| = {err.mean():.4f}"
 
 
+@pytest.mark.parametrize("impl", ONE_PASS)
 @pytest.mark.parametrize("res", [64, 128, 256, 48])
-def test_fast_composed_bounded(res):
+def test_one_pass_composed_bounded(res, impl):
     img = _smooth(res)
     x = _nchw(img)
     for seed in range(3 if res < 256 else 1):
         p = _dfl_params(res, seed + 10 * res)
         for w, t, b in ((True, True, True), (True, True, False), (True, False, True)):
             ref = warp_by_params(p, img, w, t, True, b)
-            out = _hwc(warp_batch(x, [p], w, t, True, b, "cubic", impl="fast"))
+            out = _hwc(warp_batch(x, [p], w, t, True, b, "cubic", impl=impl))
             err = np.abs(out - ref)
             clean = _clean_region(p, res, w, t, b, True)
             assert clean.mean() > 0.4, "the clean region should cover most of the image"
@@ -258,8 +264,9 @@ SHAPES = [(1, 3, 64), (3, 1, 64), (2, 3, 80), (1, 3, 256), (2, 3, 33), (1, 1, 48
 @pytest.mark.opencv4_numerics
 @pytest.mark.parametrize("n,c,res", SHAPES, ids=lambda v: str(v))
 @pytest.mark.parametrize("interp", ["cubic", "linear"])
-def test_fast_exact_without_grid(n, c, res, interp):
-    """Targets/masks (transform + flip, no grid) and flip-only: the fast path equals DFL's."""
+@pytest.mark.parametrize("impl", ONE_PASS)
+def test_one_pass_exact_without_grid(n, c, res, interp, impl):
+    """Targets/masks (transform + flip, no grid) and flip-only: the one-pass paths equal DFL's."""
     rng = np.random.RandomState(res + n + c)
     imgs = rng.rand(n, res, res, c).astype(np.float32)
     plist = [dict(_dfl_params(res, 100 + i), flip=i % 2 == 0) for i in range(n)]  # mirrored and not
@@ -267,7 +274,7 @@ def test_fast_exact_without_grid(n, c, res, interp):
     x = torch.from_numpy(imgs.transpose(0, 3, 1, 2).copy())
     for t, f, b in ((True, True, True), (True, True, False), (True, False, True), (False, True, True)):
         ref = np.stack([warp_by_params(p, imgs[i], False, t, f, b, inter) for i, p in enumerate(plist)])
-        out = warp_batch(x, plist, False, t, f, b, interp, impl="fast").numpy().transpose(0, 2, 3, 1)
+        out = warp_batch(x, plist, False, t, f, b, interp, impl=impl).numpy().transpose(0, 2, 3, 1)
         # (res < 64 adds DFL's two cv2.resize passes, F.interpolate here: the same rounding, three times)
         _report(out, ref, EXACT, f"{(n, c, res)} {interp} transform={t} flip={f} border={b}")
 
@@ -295,8 +302,9 @@ def test_masks_and_targets_share_affine_and_skip_grid():
     assert np.abs(a - b).max() > 0.1
 
 
-def test_fast_identity_cases_exact():
-    """Zero-noise grid + identity affine: DFL gives the half-pixel shift I(x + 0.5); so does the fast path."""
+@pytest.mark.parametrize("impl", ONE_PASS)
+def test_one_pass_identity_cases_exact(impl):
+    """Zero-noise grid + identity affine: DFL gives the half-pixel shift I(x + 0.5); so do the one-pass paths."""
     res = 64
     img = np.random.RandomState(3).rand(res, res, 3).astype(np.float32)
     ident = np.arange(res, dtype=np.float32)
@@ -304,7 +312,7 @@ def test_fast_identity_cases_exact():
          "rmat": np.array([[1.0, 0, 0], [0, 1.0, 0]]), "w": res, "rw": None, "flip": True}
     for w, t, b in ((True, True, True), (True, False, True), (True, True, False), (False, True, False)):
         ref = warp_by_params(p, img, w, t, True, b)
-        out = _hwc(warp_batch(_nchw(img), [p], w, t, True, b))
+        out = _hwc(warp_batch(_nchw(img), [p], w, t, True, b, impl=impl))
         _report(out, ref, EXACT, f"identity warp={w} transform={t} border={b}")
 
 
@@ -316,7 +324,7 @@ _HALF_LIN = np.array([0.0, 0.5, 0.5, 0.0])
 @given(res=st.sampled_from([64, 72, 96, 128]), channels=st.sampled_from([1, 3]), seed=st.integers(0, 2**16),
        cubic=st.booleans(), flip=st.booleans())
 def test_identity_warp_is_half_pixel_shift(res, channels, seed, cubic, flip):
-    """Zero noise + identity affine = sampling at (x + 0.5, y + 0.5) (§12.7), for reference and fast path;
+    """Zero noise + identity affine = sampling at (x + 0.5, y + 0.5) (§12.7), for reference and the one-pass path (auto);
     identity affine alone = a copy (to the coordinate rounding of EXACT). Interior: separable [-3/32, 19/32, 19/32, -3/32] filter (cubic) or
     the 2×2 mean (linear), computed here independently of both implementations."""
     img = np.random.RandomState(seed).rand(res, res, channels).astype(np.float32)
@@ -330,11 +338,11 @@ def test_identity_warp_is_half_pixel_shift(res, channels, seed, cubic, flip):
         want = want[:, ::-1]
     interp, inter = ("cubic", cv2.INTER_CUBIC) if cubic else ("linear", cv2.INTER_LINEAR)
     ref = warp_by_params(p, img, True, True, True, True, inter)
-    fast = _hwc(warp_batch(_nchw(img), [p], True, True, True, True, interp))
+    one = _hwc(warp_batch(_nchw(img), [p], True, True, True, True, interp))
     inner = (slice(2, -3), slice(3, -3) if flip else slice(2, -3))
     _report(ref[inner], want[inner], 2e-6, "reference")
-    _report(fast[inner], want[inner], EXACT, "fast")
-    _report(fast, ref, EXACT, "fast vs reference (whole image)")
+    _report(one[inner], want[inner], EXACT, "one-pass")
+    _report(one, ref, EXACT, "one-pass vs reference (whole image)")
     copy = _hwc(warp_batch(_nchw(img), [p], False, True, False, True, interp))
     _report(copy, img, EXACT, "identity affine")  # integer coordinates, up to the normalised-grid rounding
 
@@ -393,15 +401,15 @@ def test_random_params_follow_dfl_distribution():
 
 @pytest.mark.opencv4_numerics
 def test_random_params_warp_consistently_with_reference():
-    """Device-drawn params through to_dfl: reference and fast path agree as for DFL's own params."""
+    """Device-drawn params through to_dfl: reference and the one-pass path (auto) agree as for DFL's own params."""
     bp = random_warp_params(3, 64, True, scale_range=SAEHD_SCALE_RANGE, generator=torch.Generator().manual_seed(5))
     img = _smooth(64)
     x = _nchw(img).expand(3, -1, -1, -1).contiguous()
-    fast = warp_batch(x, bp, True, True, True, True)
+    one = warp_batch(x, bp, True, True, True, True)
     ref = warp_batch(x, bp, True, True, True, True, impl="reference")
     for i, p in enumerate(bp.to_dfl()):
         clean = _clean_region(p, 64, True, True, True, True)
-        _report(_hwc(fast[i:i + 1])[clean], _hwc(ref[i:i + 1])[clean], COMPOSED[64][0], f"sample {i}")
+        _report(_hwc(one[i:i + 1])[clean], _hwc(ref[i:i + 1])[clean], COMPOSED[64][0], f"sample {i}")
     exact = warp_batch(x, bp, False, True, True, False, "linear")
     ref_exact = warp_batch(x, bp, False, True, True, False, "linear", impl="reference")
     _report(exact.numpy(), ref_exact.numpy(), EXACT, "transform only")
@@ -440,21 +448,21 @@ def test_errors_name_the_problem():
         WarpBatchParams.from_dfl([_dfl_params(64, 0), _dfl_params(128, 0)])
     with pytest.raises(ValueError, match="multiple of 8"):
         random_warp_params(2, 100, True)
-    with pytest.raises(ValueError, match="TORCHSAE_KERNELS"):
+    with pytest.raises(ValueError, match="impl = 'fastest': expected one of auto, reference, fast, cpu"):
         warp_batch(x, plist, True, True, True, True, impl="fastest")
     if not torch.cuda.is_available():
         import os
 
         if os.environ.get("TRITON_INTERPRET") != "1":
-            with pytest.raises(RuntimeError, match="Triton path was requested"):
+            with pytest.raises(RuntimeError, match="warp: triton was requested but the Triton kernels run on CUDA"):
                 warp_batch(x, plist, True, True, True, True, impl="triton")
 
 
 @pytest.mark.parametrize("res,n,c", [(64, 3, 3), (80, 2, 1), (160, 1, 3), (128, 2, 1)])
 def test_cpu_kernel_matches_torch_path(res, n, c):
-    """The C kernel (impl="fast" on CPU) against fast.compose_grid + sample_torch, every flag combination."""
+    """The C kernel (impl="cpu") against batched.compose_grid + sample_torch, every flag combination."""
     from kernels.warp import cpu
-    from kernels.warp.fast import compose_grid, sample_torch
+    from kernels.warp.batched import compose_grid, sample_torch
 
     if not cpu.available():
         pytest.skip(f"C kernel unavailable: {cpu.unavailable_reason()}")

@@ -1,10 +1,10 @@
-"""The warp's Triton sampler and its torch.library registration (kernels/warp/triton_sample.py, op.py).
+"""The warp's Triton sampler and its torch.library registration (kernels/warp/triton.py, op.py).
 
 Triton picks its numpy interpreter (TRITON_INTERPRET=1) when triton.language is imported, so the
 interpreter checks run this file as a script in a fresh process with the variable set; the script
 compares the kernel with torch.grid_sample (the CPU path, same contract) on curated tiny shapes
 (odd sizes, B = 1, H ≠ W, 1 and 3 channels, coordinates outside the image, with and without a
-weight) and runs warp_batch(impl="triton") against impl="fast" on DFL's recorded res 32 and 64
+weight) and runs warp_batch(impl="triton") against impl="cpu" on DFL's recorded res 32 and 64
 parameters. Tolerance 1e-6 against grid_sample (same taps in fp32, a different order); against the C
 kernel 3e-5 without the grid and 2e-4 with it (it evaluates the grid in pixels, ~1e-5 px apart).
 Full-size kernel runs (compiled Triton) need CUDA and are marked `gpu`.
@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent.parent / "golden" / "warp"
 ATOL = 1e-6  # kernel vs torch.grid_sample (same taps, fp32, different summation order)
-EXACT, WARP_ATOL = 3e-5, 2e-4  # warp_batch triton vs fast (C kernel): without / with the grid warp
+EXACT, WARP_ATOL = 3e-5, 2e-4  # warp_batch triton vs cpu (C kernel): without / with the grid warp
 KERNEL_SHAPES = [  # (N, C, H, W, Ho, Wo)
     (1, 3, 5, 7, 6, 4),
     (2, 1, 9, 9, 9, 9),
@@ -42,8 +42,9 @@ def _golden_params(path: Path) -> tuple[dict, np.ndarray]:
 
 def _interpreter_checks() -> None:
     """Runs in the child process (TRITON_INTERPRET=1). Raises AssertionError on the first mismatch."""
-    from kernels.warp import triton_sample, warp_batch
-    from kernels.warp.fast import sample_torch
+    from kernels.warp import triton as triton_path
+    from kernels.warp import warp_batch
+    from kernels.warp.batched import sample_torch
     from kernels.warp.op import warp_sample
 
     assert os.environ.get("TRITON_INTERPRET") == "1"
@@ -56,14 +57,14 @@ def _interpreter_checks() -> None:
             for zeros in (True, False):
                 for wt in (None, weight):
                     want = sample_torch(img, grid, wt, cubic, zeros)
-                    got = triton_sample.launch(img, grid, wt, cubic, zeros)
+                    got = triton_path.launch(img, grid, wt, cubic, zeros)
                     err = (got - want).abs().max().item()
                     assert err <= ATOL, f"kernel {(n, c, h, w, ho, wo)} cubic={cubic} zeros={zeros} " \
                                         f"weight={wt is not None}: max err {err:.3g}"
         via_op = warp_sample(img, grid, weight, True, True)
         assert (via_op - sample_torch(img, grid, weight, True, True)).abs().max().item() <= ATOL, "op"
     half = torch.rand(1, 3, 6, 5, generator=g, dtype=torch.float64)
-    out = triton_sample.launch(half, torch.zeros(1, 2, 2, 2), None, True, False)
+    out = triton_path.launch(half, torch.zeros(1, 2, 2, 2), None, True, False)
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
 
     cases = [("warp_res32_saehd_ranges_seed1_flip1", (True, True, True, True), "cubic"),   # network input, rw
@@ -73,12 +74,12 @@ def _interpreter_checks() -> None:
         p, image = _golden_params(GOLDEN / f"{name}.npz")
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
         a = warp_batch(x, [p], *flags, interp=interp, impl="triton")
-        b = warp_batch(x, [p], *flags, interp=interp, impl="fast")
+        b = warp_batch(x, [p], *flags, interp=interp, impl="cpu")
         err = (a - b).abs().max().item()
-        # impl="fast" on CPU is the C kernel, which evaluates the grid in pixels rather than normalised
+        # impl="cpu" is the C kernel, which evaluates the grid in pixels rather than normalised
         # coordinates (~1e-5 px apart): the same tolerances as in test_warp.py
         tol = WARP_ATOL if flags[0] else EXACT
-        assert err <= tol, f"warp_batch {name} {flags} {interp}: triton vs fast max err {err:.3g}"
+        assert err <= tol, f"warp_batch {name} {flags} {interp}: triton vs cpu max err {err:.3g}"
 
 
 def test_triton_kernel_under_interpreter():
@@ -104,17 +105,17 @@ def test_op_registration_opcheck():
 
 
 @pytest.mark.slow
-def test_fast_path_compiles_fullgraph():
+def test_batched_path_compiles_fullgraph():
     """Composition + sampling trace into one graph (no breaks) and match eager."""
     from kernels.warp import random_warp_params
-    from kernels.warp.fast import compose_grid
+    from kernels.warp.batched import compose_grid
     from kernels.warp.op import warp_sample
 
     bp = random_warp_params(2, 64, True, generator=torch.Generator().manual_seed(3))
     img = torch.rand(2, 3, 64, 64)
 
     def f(x, nodes, rmat, flip):
-        from kernels.warp.fast import WarpBatchParams
+        from kernels.warp.batched import WarpBatchParams
 
         p = WarpBatchParams(64, None, nodes, rmat, flip)
         grid, weight, zeros = compose_grid(p, True, True, True, True, True)
@@ -127,14 +128,14 @@ def test_fast_path_compiles_fullgraph():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (compiled Triton)")
-def test_triton_matches_fast_on_cuda():
+def test_triton_matches_batched_on_cuda():
     from kernels.warp import random_warp_params, warp_batch
 
     bp = random_warp_params(8, 256, True, generator=torch.Generator(device="cuda").manual_seed(0))
     img = torch.rand(8, 3, 256, 256, device="cuda")
     for flags, interp in (((True, True, True, True), "cubic"), ((False, True, True, False), "linear")):
         a = warp_batch(img, bp, *flags, interp=interp, impl="triton")
-        b = warp_batch(img, bp, *flags, interp=interp, impl="fast")
+        b = warp_batch(img, bp, *flags, interp=interp, impl="batched")
         assert (a - b).abs().max().item() <= 1e-5
 
 

@@ -2,8 +2,10 @@
 to the recorded gradients, multi-step formulas against a numpy transcription of the spec, lr_dropout,
 lr_cos, clipnorm, exact resume from state_dict, DFL optimizer files, and SAEHD's parameter sets.
 
-Every test runs twice: with the torch._foreach update (TORCHSAE_KERNELS=reference) and with the fused
-CPU kernel (kernels.dfl_update, "fast"), so both are held to DFL's recorded step and the formulas."""
+Every test runs with each of kernels.dfl_update's implementations (TORCHSAE_KERNELS = reference: the per-tensor
+formulas, batched: torch._foreach, cpu: the fused C pass), so all three are held to DFL's recorded step and
+the formulas. The C kernel has no lr_dropout masks: under "cpu" the lr_dropout tests check that the explicit
+request is refused instead."""
 
 from __future__ import annotations
 
@@ -19,19 +21,31 @@ from engine.optim import (AdaBelief, RMSprop, dfl_slot_key, dfl_update_settings,
                           optimizer_from_dfl, optimizer_to_dfl, saehd_param_groups)
 from engine.recipe import from_dict, from_options
 from engine.recipe.specs import OptimSpec
+from kernels.dfl_update import cpu as dfl_cpu
+from kernels.errors import KernelUnavailableError
 
 EPS = 1e-6
 
 
-@pytest.fixture(autouse=True, params=["reference", "fast"])
+@pytest.fixture(autouse=True, params=["reference", "batched", "cpu"])
 def update_impl(request, monkeypatch):
     """The DFL optimizers' update path for the test (kernels="auto" follows $TORCHSAE_KERNELS)."""
-    from kernels import dfl_update
-
-    if request.param == "fast" and not dfl_update.cpu.available():
-        pytest.skip(f"C kernel unavailable: {dfl_update.cpu.unavailable_reason()}")
+    if request.param == "cpu" and not dfl_cpu.available():
+        pytest.skip(f"C kernel unavailable: {dfl_cpu.unavailable_reason()}")
     monkeypatch.setenv("TORCHSAE_KERNELS", request.param)
     return request.param
+
+
+@pytest.fixture
+def dropout_ok(update_impl):
+    """For lr_dropout tests: under "cpu" the step must refuse (the C kernel has no masks), then the test
+    ends; otherwise it runs."""
+    if update_impl == "cpu":
+        p = nn.Parameter(torch.zeros(3))
+        p.grad = torch.ones(3)
+        with pytest.raises(KernelUnavailableError, match="the C kernel has no lr_dropout masks"):
+            RMSprop([p], lr_dropout=0.3, seed=1).step()
+        pytest.skip("lr_dropout under an explicit cpu request is refused (checked)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,7 +148,7 @@ def test_lr_cos_uses_the_counter_before_increment():
     assert opt.lr_at(g) == pytest.approx((math.cos(2 * math.pi / 500) + 1) / 2)
 
 
-def test_lr_dropout_masks_the_update_but_not_the_moments():
+def test_lr_dropout_masks_the_update_but_not_the_moments(dropout_ok):
     p = nn.Parameter(torch.zeros(200_000))
     opt = AdaBelief([p], lr=1e-2, lr_dropout=0.3, seed=5)
     p.grad = torch.ones_like(p)
@@ -172,7 +186,7 @@ def test_clipnorm_scales_by_global_norm_and_keeps_grads():
 
 
 @pytest.mark.parametrize("cls", [RMSprop, AdaBelief])
-def test_state_dict_resume_is_exact(cls):
+def test_state_dict_resume_is_exact(cls, dropout_ok):
     def make():
         torch.manual_seed(0)
         m = nn.Linear(30, 20)
@@ -208,7 +222,7 @@ def test_state_dict_resume_is_exact(cls):
     assert not torch.equal(m4.weight, m1.weight)
 
 
-def test_state_dict_survives_torch_save_weights_only(tmp_path):
+def test_state_dict_survives_torch_save_weights_only(tmp_path, dropout_ok):
     p = nn.Parameter(torch.zeros(4))
     opt = RMSprop([p], lr_dropout=0.3, seed=1)
     p.grad = torch.ones(4)

@@ -1,4 +1,5 @@
-"""Batched torch random warp: DFL's remap + warpAffine + flip composed into ONE sampling per pixel.
+"""The warp's batched-torch path ("batched"): DFL's remap + warpAffine + flip composed into ONE sampling per pixel,
+and the batch's parameters (WarpBatchParams) that the cpu and triton paths take too.
 
 DFL (spec §5.3) resamples a warped network input twice: ``cv2.remap`` by the random grid (border
 constant 0), then ``cv2.warpAffine`` by ``rmat`` (border replicate for images), then mirrors. Here
@@ -46,9 +47,9 @@ reproduce cv2.warpAffine's coordinates bit for bit and its border semantics (tap
 replicate, tap zero for constant), so they match DFL to float rounding of the interpolation sums;
 no warp and no transform is a pure copy (plus flip).
 
-Implementations of the same contract: compose_grid + sample_torch here (torch, any device; the
-oracle for the others), kernels/warp/cpu.py (the composition and sampling fused in C, the CPU fast
-path) and kernels/warp/op.py (the Triton sampler, CUDA).
+Implementations of the same contract: compose_grid + sample_torch here (torch, any device; the oracle for
+the other two), kernels/warp/cpu.py (the composition and sampling fused in C) and kernels/warp/triton.py
+(the Triton sampler of compose_grid's coordinates, registered as torch.ops.torchsae.warp_sample in op.py).
 
 Coordinates are carried in grid_sample's normalised convention (align_corners=False): a source pixel
 coordinate s in a w-wide image is ``(2s + 1)/w − 1``; bilinear interpolation of normalised node

@@ -1,15 +1,16 @@
-"""Triton sampler for the composed warp: one gather-and-interpolate pass per output pixel.
+"""The warp's Triton path ("triton"): a sampler for the composed warp, one gather-and-interpolate pass per output pixel.
 
-Same contract as `fast.sample_torch` (torch.grid_sample, align_corners=False): for each output pixel
+Same contract as `batched.sample_torch` (torch.grid_sample, align_corners=False): for each output pixel
 read the normalised source coordinate g = (gx, gy), unnormalise s = ((g + 1)·S − 1)/2, and
 interpolate the (N, C, H, W) image with OpenCV's/PyTorch's bicubic kernel (Keys, a = −0.75: taps
 floor(s) − 1 … floor(s) + 2) or bilinearly; out-of-range taps are zeroed (ZEROS, cv2
 BORDER_CONSTANT 0) or clamped to the edge (cv2 BORDER_REPLICATE / cv2.resize); the result is
-multiplied by an optional per-pixel weight (the coverage of composed zero borders, see fast.py).
+multiplied by an optional per-pixel weight (the coverage of composed zero borders, see batched.py).
 Accumulation is fp32 whatever the image dtype.
 
 The kernel is decorated lazily (`kernel()`), because Triton chooses between compiling and its numpy
-interpreter (TRITON_INTERPRET=1, used by the CPU tests) when a function is decorated.
+interpreter (TRITON_INTERPRET=1, used by the CPU tests) when a function is decorated. triton is imported at
+module level: op.py imports this module only when the Triton path runs (triton is optional).
 """
 
 from __future__ import annotations  # keeps `tl.constexpr` annotations as text: Triton parses them
@@ -17,11 +18,8 @@ from __future__ import annotations  # keeps `tl.constexpr` annotations as text: 
 import functools
 
 import torch
-
-try:  # triton is optional (CUDA builds and the test extra); the kernel is only built on first use
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised only where triton is absent
-    tl = None
+import triton
+import triton.language as tl
 
 __all__ = ["kernel", "launch", "BLOCK"]
 
@@ -130,15 +128,12 @@ def _warp_sample_src(img_ptr, grid_ptr, weight_ptr, out_ptr,
 
 @functools.cache
 def _kernel_for(interpret: bool):
-    import triton
-
+    # `interpret` only keys the cache: triton.jit reads TRITON_INTERPRET when it decorates.
     return triton.jit(_warp_sample_src)
 
 
 def kernel():
     """The jitted (or, under TRITON_INTERPRET=1, interpreted) sampler."""
-    import triton
-
     return _kernel_for(bool(triton.knobs.runtime.interpret))
 
 
@@ -149,8 +144,6 @@ def launch(image: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor | None,
     `wrap` is torch.library.wrap_triton when called from the registered op (so torch.compile can
     trace the launch), None for a direct launch.
     """
-    import triton
-
     image = image.contiguous()
     grid = grid.float().contiguous()
     n, c, hi, wi = image.shape
