@@ -1,9 +1,12 @@
 """DFL optimizer update (spec §3.6) over the parameters of recipes/df128.toml (df-ud res 128,
 256/64/64/22: 54.5M float32 parameters in the model's own shapes, channels_last as trained), one step.
 
-Figures (benchmark.group) and providers (extra_info["provider"]):
-  "dfl update adabelief df128"  reference  engine.optim.AdaBelief(kernels="reference"): the torch._foreach path
-                                fast       AdaBelief(kernels="fast"): kernels/dfl_update's fused C pass
+Figures (benchmark.group) and providers (extra_info["provider"]), all through engine.optim's optimizer:
+  "dfl update adabelief df128"  reference  AdaBelief(kernels="reference"): the formulas tensor by tensor
+                                           (kernels/dfl_update/reference.py; test id "per-tensor": until the
+                                           kernels layout of #14 this provider was the foreach path)
+                                batched    AdaBelief(kernels="batched"): the torch._foreach path (batched.py)
+                                fast       AdaBelief(kernels="fast"): on the CPU the fused C pass (cpu.py)
   "dfl update rmsprop df128"    the same for RMSprop
 Gradients are fixed random tensors; lr_dropout off (DFL's default), clipnorm off. Memory-bound: on a box
 shared with other jobs the ratio moves less than the absolute times.
@@ -33,7 +36,7 @@ def _params() -> list[torch.Tensor]:
     return _PARAMS
 
 
-@pytest.mark.parametrize("provider", ["reference", "fast"])
+@pytest.mark.parametrize("provider", [pytest.param("reference", id="per-tensor"), "batched", "fast"])
 @pytest.mark.parametrize("name", ["adabelief", "rmsprop"])
 def test_dfl_update(benchmark, tag, name, provider):
     params = [torch.nn.Parameter(p.clone()) for p in _params()]

@@ -88,8 +88,9 @@ def ssim_map(img1: torch.Tensor, img2: torch.Tensor, filter_size: int = 11, max_
         x = img1.to(dt)
         y = img2.to(dt)
         c = x.shape[1]
-        k = gaussian_window(fs, sigma=filter_sigma, dtype=dt, device=x.device)
-        k = k.expand(c, 1, fs, fs)  # depthwise: one copy of the window per channel
+        # depthwise: one copy of the window per channel, (C, 1, fs, fs), built as a constant (not an expand of
+        # the window) so that ONNX export sees a kernel of known shape
+        k = torch.tensor(((_window_np(fs, float(filter_sigma)),),) * c, dtype=dt, device=x.device)
 
         def reducer(t: torch.Tensor) -> torch.Tensor:
             return F.conv2d(t, k, groups=c)  # VALID, stride 1

@@ -145,3 +145,29 @@ def test_check_graph_rejects_custom_domain_ops():
 def test_highest_supported_opset_exports(tiny_df, tmp_path):
     rep = export_model(tiny_df[1], tmp_path / "o20.onnx", fmt="onnx", opset=20, simplify_graph=False)
     assert {o.domain: o.version for o in onnx.load(str(rep.path)).opset_import} == {"": 20}
+
+
+def test_tracing_forces_the_reference_kernels(tmp_path, caplog):
+    """trace_onnx runs every kernel op on its reference whatever was requested (kernels.dispatch.force_reference):
+    a module that asks DSSIM for the C kernel explicitly still exports to default-domain ONNX ops only."""
+    import logging
+
+    from engine.export.onnx_export import reference_kernels, trace_onnx
+    from kernels import dispatch
+    from kernels.dssim import saehd_dssim
+
+    class Scored(torch.nn.Module):
+        def forward(self, x):
+            return saehd_dssim(x, x.flip(-1), 64, impl="cpu")  # (N,)
+
+    dispatch._logged.clear()
+    path = tmp_path / "dssim.onnx"
+    with caplog.at_level(logging.INFO, logger="torchsae.kernels"):
+        trace_onnx(Scored(), torch.rand(2, 3, 64, 64), path, input_name="x", output_names=("d",), opset=17)
+    assert "dssim: reference (forced: export)" in caplog.text
+    proto = onnx.load(str(path))
+    check_graph(proto, opset=17, where="dssim.onnx")
+    assert "Conv" in {n.op_type for n in proto.graph.node}  # the reference's depthwise window
+    with reference_kernels():
+        assert dispatch.forced() == "export"
+    assert dispatch.forced() is None
