@@ -82,7 +82,7 @@ def forced() -> str | None:
 
 def _triton_importable() -> bool:
     try:
-        import triton  # noqa: F401  (optional dependency: CUDA builds and the test extra)
+        import triton  # optional dependency (CUDA builds, the test extra): only probed here  # noqa: F401
     except ImportError:
         return False
     return True
