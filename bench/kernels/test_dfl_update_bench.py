@@ -49,4 +49,4 @@ def test_dfl_update(benchmark, tag, name, provider):
     tag(f"dfl update {name} df128", provider, params=n, threads=torch.get_num_threads())
     opt = (AdaBelief if name == "adabelief" else RMSprop)(params, kernels=provider)
     benchmark(opt.step)
-    assert opt.iterations > 1
+    assert opt.iterations >= 1  # one call under --benchmark-disable (smoke), many when timed
