@@ -2,8 +2,8 @@
 
 Used when the loader runs in the training process (`[data].workers` = 0, what "auto" picks for CPU
 training on a 2-core machine): there, a face decoded on first use would cost its JPEG decode and
-face-type conversion inside the loop, serially, for the whole first epoch (~25 ms per 512² face, 8 faces
-per df-ud 128 batch-4 step). Decoding them all up front, in parallel and before the step's threads start,
+face-type conversion inside the loop, serially, for the whole first epoch (tens of ms per 512² face, 8
+faces per df-ud 128 batch-4 step; `make bench SUITE=pipeline` measures decode + prepare faces/s). Decoding them all up front, in parallel and before the step's threads start,
 costs the same CPU time once and leaves every step in the steady state (gather cached rows, augment).
 With loader workers the cache fills lazily in the workers instead, overlapped with training.
 

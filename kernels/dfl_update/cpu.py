@@ -3,9 +3,8 @@ thread pool (the pattern of kernels/dssim/cpu.py and kernels/warp/cpu.py).
 
 Why: the torch._foreach_* update (batched.py) is ~9 passes over every parameter-sized array
 per step (scale, two for the first moment, the difference, two for the second, sqrt, +eps, addcdiv);
-the update is memory-bound, so one fused pass is ~3x less traffic. Measured on the 2-core dev box
-(AdaBelief, df-ud res 128 256/64/64/22, 54.5M parameters): foreach 0.208 s per step, this kernel on one
-thread 0.063 s (see bench/README.md for the tracked figure).
+the update is memory-bound, so one fused pass is ~3x less traffic (`make bench SUITE=kernels`, groups
+"dfl update adabelief|rmsprop df128", over df-ud res 128's 54.5M parameters, track the ratio).
 
 The library is cached under $TORCHSAE_CACHE (default ~/.cache/torchsae)/kernels/, keyed by the source,
 flags, compiler version and CPU. Without a working C compiler `available()` is False and auto takes the

@@ -1,17 +1,14 @@
 """DSSIM's C path ("cpu"): builds dssim_cpu.c once and runs it on plane ranges from a thread pool.
 
-Why C through ctypes rather than torch ops or a torch C++ extension. Measured on the 2-core dev box,
-res 256, windows 22+11, batch 8, 3 channels, fwd+bwd, in one run (other jobs kept the load near 9, so
-only the ratios mean anything; bench/README.md has the tracked numbers):
-    reference (depthwise conv2d, fs² taps)                       5.27 s
-    torch separable (conv2d with 1×fs and fs×1 kernels, autograd) 14.3 s   slower: oneDNN handles
-                                                                            1-channel 1-D kernels poorly
-    this C kernel                                                 0.148 s  (35x; ~16x on a quiet box)
+Why C through ctypes rather than torch ops or a torch C++ extension (the figures: `make bench
+SUITE=kernels`, groups "dssim fwd+bwd ..."; bench/README.md):
+  * the reference is a depthwise conv2d with fs² taps; a separable torch form (1×fs and fs×1 convolutions
+    under autograd) is slower still, because oneDNN handles 1-channel 1-D kernels poorly;
   * the separable form needs 2·fs taps instead of fs², and fusing the moments, SSIM, its partial
     derivatives and the transposed filter per (n, c) plane keeps each plane's working set in L2 instead of
     streaming ~30 full-size temporaries through memory;
-  * plain C with no torch headers builds in 0.3 s with gcc; a trivial torch.utils.cpp_extension.load_inline
-    module took 80 s (26 s CPU) to build here, because it compiles torch/extension.h;
+  * plain C with no torch headers builds in well under a second with gcc, while even a trivial
+    torch.utils.cpp_extension module takes minutes on a small machine, because it compiles torch/extension.h;
   * no OpenMP runtime next to torch's: ctypes drops the GIL, so a small pool of Python threads runs one
     plane range per torch thread.
 

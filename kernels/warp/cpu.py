@@ -4,8 +4,7 @@ Why a small C kernel (through ctypes, as kernels/dssim does) rather than torch o
 in torch (batched.compose_grid) materialises several (N, w, w, 2) coordinate tensors per call, and
 grid_sample recomputes weights per channel; the C kernel fuses cv2's fixed-point affine, the
 continuous grid, the flip and the zero-border coverage with the sampling, one row block at a time
-(1 thread, res 256, 8 samples: input + target + mask 12.2 ms vs 28 ms for
-compose_grid + grid_sample). Semantics are those of batched.compose_grid + batched.sample_torch (tested:
+(`make bench SUITE=kernels`, group "warp res256 b8", compares it with both). Semantics are those of batched.compose_grid + batched.sample_torch (tested:
 ≤ 3e-5 without the grid, ≤ 1e-4 with it, float32 coordinate rounding).
 
 The library is cached under $TORCHSAE_CACHE (default ~/.cache/torchsae)/kernels/, keyed by the source,
@@ -72,7 +71,8 @@ def _fixed_point_terms(bp: WarpBatchParams, can_transform: bool, can_flip: bool)
     AD (N, 2, w) = round(M0·x·1024) with the flipped x, for the x and y source coordinates (int32).
 
     numpy, not torch: these are small arrays, and a torch op here can leave torch's OpenMP workers
-    spinning on the cores the kernel's threads are about to use (measured 3x slower on 2 cores)."""
+    spinning on the cores the kernel's threads are about to use, which slows the kernel's own threads several-fold
+    when there are as many threads as cores."""
     w, n = bp.w, bp.n
     if can_transform:
         minv = _invert_affine_np(bp.rmat.detach().cpu().numpy().astype(np.float64))
