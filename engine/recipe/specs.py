@@ -304,7 +304,7 @@ class XSegSpec:
 # [train] keys an XSeg recipe may set (the loop, checkpoints, previews); the others are SAEHD's
 XSEG_TRAIN_KEYS = ("run_dir", "batch_size", "target_iter", "seed", "deterministic", "device", "threads",
                    "save_every_steps", "save_every_minutes", "keep_last", "backup_every_hours", "preview_every",
-                   "log_every", "max_bad_steps")
+                   "keep_previews", "log_every", "max_bad_steps")
 RECIPE_KINDS = ("saehd", "xseg")
 # tables of each recipe kind (SAEHD recipes may also hold [graph])
 KIND_TABLES = {"saehd": ("data", "model", "loss", "schedule", "optim", "train", "export", "compile", "merge"),

@@ -24,7 +24,6 @@ from engine.fileio import write_atomic
 __all__ = ["TrainLog", "WARMUP_STEPS", "median_step_time", "prune_previews"]
 
 WARMUP_STEPS = 3  # steps excluded from the median step time (compilation, allocator warm-up)
-_BAR_LOSSES = ("src_loss", "dst_loss")
 
 
 def median_step_time(step_times: list[float]) -> float | None:
@@ -37,16 +36,17 @@ class TrainLog:
     """The run's outputs; a no-op on ranks other than 0 (`enabled` False)."""
 
     def __init__(self, run_dir: Path, *, enabled: bool, progress: bool, total: int, initial: int, log_every: int,
-                 keep_previews: int = 0):
+                 keep_previews: int = 0, bar_losses: tuple[str, ...] = ("src_loss", "dst_loss"),
+                 desc: str | None = None):
         self.run_dir, self.enabled, self.log_every = Path(run_dir), enabled, log_every
-        self.keep_previews = keep_previews
+        self.keep_previews, self.bar_losses = keep_previews, tuple(bar_losses)
         self.writer: SummaryWriter | None = None
         self.bar: tqdm | None = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(self.run_dir / "logs"))
             if progress:
-                self.bar = tqdm(total=total or None, initial=initial, unit="it", dynamic_ncols=True)
+                self.bar = tqdm(total=total or None, initial=initial, unit="it", dynamic_ncols=True, desc=desc)
 
     def __enter__(self) -> TrainLog:
         return self
@@ -64,12 +64,13 @@ class TrainLog:
 
     def step(self, step: int, losses: dict[str, float], *, lr: float, step_s: float | None,
              wait_pct: float | None = None, wait_s: float | None = None) -> None:
-        """After a training step: the bar shows the step, src/dst loss and `data=N%` (the share of recent
-        wall time the loop waited for batches, engine.train.loopstats); every `log_every` steps the scalars
-        go to TensorBoard (loss/<term>, grad_norm, lr, it_per_s, loader/wait_pct, loader/wait_s)."""
+        """After a training step: the bar shows the step, the `bar_losses` (SAEHD: src/dst loss) and `data=N%`
+        (the share of recent wall time the loop waited for batches, engine.train.loopstats); every `log_every`
+        steps the scalars go to TensorBoard (loss/<term>, grad_norm, lr, it_per_s, loader/wait_pct,
+        loader/wait_s)."""
         if self.bar is not None:
             self.bar.n = step
-            post = {k: f"{v:.4f}" for k, v in losses.items() if k in _BAR_LOSSES}
+            post = {k: f"{v:.4f}" for k, v in losses.items() if k in self.bar_losses}
             if wait_pct is not None:
                 post["data"] = f"{wait_pct:.0f}%"
             self.bar.set_postfix(post)

@@ -1,13 +1,15 @@
 """`Trainer`: the live objects of a training run and what happens to them between steps.
 
-Built by `engine.train.build.build_trainer(recipe)`, driven by `engine.train.loop.run`. It holds the model,
-the SAEHD step (engine.train.step) with its optimizers and discriminators, the loader, the counters, and:
+Built by `engine.train.build.build_trainer(recipe)`, driven by `engine.train.loop.run` (it satisfies the
+loop's `LoopTrainer` protocol; the counters, batch fetching, the non-finite guard's bookkeeping and the
+shared checkpoint state are engine.train.base.TrainerBase's). It holds the model, the SAEHD step
+(engine.train.step) with its optimizers and discriminators, the loader, and:
 
 - `apply_schedules()`: before each step, lr (schedule x rollback back-off), loss-weight ramps, random warp
   off, DFL's pretrain -> normal switch (spec §11.6), once: `pretrain_done` is checkpointed, because the
   switch restarts the step counter that `pretrain_until` is measured in;
-- `next_batch(batches)`: the loader's next batch on the device (the fixed preview samples are taken from
-  the first one), the wait for it timed by `clock` (engine.train.loopstats);
+- `next_batch(batches)` (TrainerBase): the loader's next batch on the device (the fixed preview samples are
+  taken from the first one), the wait for it timed by `clock` (engine.train.loopstats);
 - `train_one(batch)`: one guarded step: a non-finite loss or gradient skips the update, `max_bad_steps`
   in a row `rollback()` to the newest checkpoint with finite weights, lr scaled by `lr_backoff`;
   `max_rollbacks` that make no progress stop the run with an error;
@@ -20,27 +22,23 @@ the SAEHD step (engine.train.step) with its optimizers and discriminators, the l
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
+import numpy as np
 import torch
 
 from engine import schedules
-from engine.data.train_loader import TrainLoader, make_loader
+from engine.data.train_loader import make_loader
 from engine.errors import CheckpointError, TorchSAEError
 from engine.optim import dfl_update_settings
-from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train import distributed as ddp
-from engine.train import parts
+from engine.train import parts, preview
+from engine.train.base import TrainerBase
 from engine.train.compiled import StaticInputs
-from engine.train.loopstats import LoopClock
-from engine.train.preview import preview_samples
-from engine.train.rng import rng_state, set_rng_state
 from engine.train.step import SAEHDStep
 
 __all__ = ["Trainer"]
@@ -50,17 +48,13 @@ log = logging.getLogger("torchsae.train")
 _DISCRIMINATORS = ("code_d", "gan_d")  # Trainer attributes, each with its "<name>_opt"
 
 
-@attrs.define
-class Trainer:
+@attrs.define(kw_only=True)
+class Trainer(TrainerBase):
     """All live training objects (see the module docstring). `step_fn` owns the loss spec in force
     (`step_fn.loss`, ramps applied) and its runtime (`step_fn.runtime`: resolution, pretrain, kernels)."""
 
-    recipe: Recipe
-    recipe_toml: str
-    run_dir: Path
-    device: torch.device
-    dist: ddp.DistInfo
-    model: torch.nn.Module
+    history_keys: ClassVar[tuple[str, ...]] = ("src_loss", "dst_loss")  # DFL's loss_history: [src, dst] per step
+
     step_fn: SAEHDStep
     g_opt: ddp.GuardedOptimizer
     code_d: torch.nn.Module | None = None
@@ -68,40 +62,22 @@ class Trainer:
     gan_d: torch.nn.Module | None = None
     gan_d_opt: ddp.GuardedOptimizer | None = None
     scaler: torch.amp.GradScaler | None = None
-    loader: TrainLoader | None = None
-    step: int = 0
     lr_scale: float = 1.0
-    history: list = attrs.field(factory=list)  # [[src_loss, dst_loss], ...] per step (DFL's loss_history)
-    preview_batch: dict | None = None
     random_warp: bool = True
-    pretrain: bool = False
     pretrain_done: bool = False  # the pretrain -> normal switch happened (survives the step reset and resumes)
-    bad_steps: int = 0
     rollbacks: int = 0
     rollback_streak: int = 0  # rollbacks since training last got past the step where it diverged
     diverged_at: int = -1
-    skipped: int = 0
-    last_losses: dict = attrs.field(factory=dict)
-    step_times: list = attrs.field(factory=list)  # seconds per completed step (summary, it/s)
-    clock: LoopClock = attrs.field(factory=LoopClock)  # loop wall time vs loader wait
     step_inputs: StaticInputs | None = None  # CUDA graphs' static input buffers (compile "reduce-overhead")
     compile_mode: str = "off"  # [compile].mode as resolved for the device (engine.train.compiled)
-    last_saved_step: int = -1  # the same on every rank: saving is collective under DDP
-    gathered_loader_state: dict | None = None  # every rank's loader position, for the checkpoint being written
 
     # ------------------------------------------------------------------ data
     def make_loader(self) -> None:
         self.loader = make_loader(self.recipe, rank=self.dist.rank, world=self.dist.world, device=self.device,
                                   random_warp=self.random_warp, pretrain=self.pretrain)
 
-    def next_batch(self, batches: Iterator[dict]) -> dict[str, torch.Tensor]:
-        """The loader's next batch, its tensors on the device; the first one also gives the preview samples."""
-        self.clock.data_begin()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items() if torch.is_tensor(v)}
-        self.clock.data_end()
-        if self.preview_batch is None:
-            self.preview_batch = preview_samples(batch, self.recipe.model.resolution)
-        return batch
+    def preview_samples(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return preview.preview_samples(batch, self.recipe.model.resolution)
 
     # ------------------------------------------------------------------ schedules
     def apply_schedules(self) -> None:
@@ -170,20 +146,12 @@ class Trainer:
             # scale (calibration, not divergence): retry with the next batch without counting a bad step
             log.debug("step %d: fp16 gradient overflow, loss scale %g -> %g", self.step, scale, self.scaler.get_scale())
             return losses
-        if self.g_opt.skipped or not all(math.isfinite(v) for v in losses.values()):
-            self.bad_steps += 1
-            self.skipped += 1
-            log.warning("step %d: non-finite loss or gradient (%s); update skipped (%d in a row)", self.step,
-                        ", ".join(f"{k}={v:.4g}" for k, v in losses.items()), self.bad_steps)
-            if self.bad_steps >= self.recipe.train.max_bad_steps:
-                self.rollback()
-            return losses
-        self.bad_steps = 0
-        self.history.append([losses.get("src_loss", float("nan")), losses.get("dst_loss", float("nan"))])
-        self.step += 1
-        self.step_times.append(time.perf_counter() - t0)
-        self.last_losses = losses
+        if self.finite_or_skip(losses, applied=not self.g_opt.skipped):  # else skipped; rollback() when due
+            self.count_step(losses, t0)
         return losses
+
+    def diverged(self) -> None:
+        self.rollback()
 
     def rollback(self) -> None:
         """`max_bad_steps` non-finite steps in a row: go back to the newest checkpoint that verifies and has
@@ -220,9 +188,10 @@ class Trainer:
                   "without progress)", self.step, self.lr_scale, self.rollback_streak, limit)
 
     # ------------------------------------------------------------------ pretrain phase (DFL §11.6)
-    def _restore_pretrain_phase(self, state: dict[str, Any]) -> None:
+    def _restore_phase(self, state: dict[str, Any]) -> bool:
         """The pretrain phase a checkpoint was saved in. When the recipe no longer pretrains (DFL: the user
-        turned pretrain off), the next `apply_schedules` makes DFL's switch from there."""
+        turned pretrain off), the next `apply_schedules` makes DFL's switch from there. The loader follows
+        the saved phase, so its saved position applies."""
         self.pretrain_done = bool(state.get("pretrain_done", False))
         was = state.get("pretrain")
         if was is None:  # saved before the phase was recorded: what the schedule says at the stored step
@@ -232,6 +201,7 @@ class Trainer:
             self.step_fn.runtime = attrs.evolve(self.step_fn.runtime, pretrain=self.pretrain)
             if self.loader is not None:
                 self.loader.set_pretrain(self.pretrain)  # before its position is restored
+        return True
 
     def _set_optimizer_mode(self, pretrain: bool) -> None:
         """lr_dropout (and its lr_cos) is off in pretrain (spec §3.6): follow the mode on every optimizer."""
@@ -258,29 +228,19 @@ class Trainer:
         """[train].preview_every, or DFL's 10 * max(1, R // 64)."""
         return self.recipe.train.preview_every or 10 * max(1, self.recipe.model.resolution // 64)
 
-    def preview_due(self) -> bool:
-        return self.step > 0 and self.step % self.preview_every() == 0
+    def preview_image(self) -> np.ndarray:
+        return preview.render(self.model, self.preview_batch, step=self.step, history=self.history)
 
     def lr(self) -> float:
         return self.g_opt.param_groups[0]["lr"]
 
-    # ------------------------------------------------------------------ checkpoints
-    def train_state(self) -> dict[str, Any]:
-        st: dict[str, Any] = {
-            "g_opt": self.g_opt.state_dict(),
-            "step": self.step,
-            "lr_scale": self.lr_scale,
-            "history": torch.tensor(self.history, dtype=torch.float64) if self.history
-            else torch.zeros(0, 2, dtype=torch.float64),
-            "rng": rng_state(),
-            "rollbacks": self.rollbacks,
-            "pretrain": self.pretrain,
-            "pretrain_done": self.pretrain_done,
-        }
-        if self.loader is not None:
-            st["loader"] = self.gathered_loader_state or self.loader.state_dict()
-        if self.preview_batch is not None:
-            st["preview"] = {k: v.cpu() for k, v in self.preview_batch.items()}
+    def summary_fields(self) -> dict[str, Any]:
+        return {"rollbacks": self.rollbacks, "amp": self.recipe.train.amp, "compile": self.compile_mode}
+
+    # ------------------------------------------------------------------ checkpoints (TrainerBase's hooks)
+    def _train_state(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"g_opt": self.g_opt.state_dict(), "lr_scale": self.lr_scale,
+                              "rollbacks": self.rollbacks, "pretrain_done": self.pretrain_done}
         for name in _DISCRIMINATORS:
             mod = getattr(self, name)
             if mod is not None:
@@ -290,57 +250,17 @@ class Trainer:
             st["scaler"] = self.scaler.state_dict()
         return st
 
-    def save(self) -> Path | None:
-        """A checkpoint of this step, written by global rank 0 (None elsewhere). Every rank calls it: the
-        loader positions of all ranks (each reads its own faceset shard) are gathered into it."""
-        self.last_saved_step = self.step
-        if self.loader is not None and self.dist.enabled:
-            ranks = ddp.gather_objects(self.loader.state_dict(), self.dist)
-            self.gathered_loader_state = {"world": self.dist.world, "ranks": ranks}
-        try:
-            if not self.dist.is_main:
-                return None
-            held = getattr(self.loader, "held_out", None)
-            p = ck.save(self.run_dir, step=self.step, model=self.model, recipe_toml=self.recipe_toml,
-                        train_state=self.train_state(), keep_last=self.recipe.train.keep_last,
-                        pretrain=self.pretrain, extra={"held_out": held.record()} if held is not None else None)
-        finally:
-            self.gathered_loader_state = None
-        log.info("saved %s", p)
-        return p
+    def _checkpoint_extra(self) -> dict[str, Any] | None:
+        held = getattr(self.loader, "held_out", None)
+        return {"held_out": held.record()} if held is not None else None
 
-    def _this_rank_loader_state(self, saved: Any, path: str | Path) -> Any:
-        """This rank's entry of a checkpoint's loader state ({"world": W, "ranks": [...]} under DDP)."""
-        if not (isinstance(saved, dict) and "ranks" in saved):
-            if self.dist.enabled:
-                log.warning("%s: loader state of a single-process run; each of the %d ranks starts its own "
-                            "sample stream", path, self.dist.world)
-                return self.loader.state_dict()
-            return saved
-        if int(saved["world"]) != self.dist.world:
-            if self.dist.is_main:
-                log.warning("%s: saved by %s ranks, resumed by %d: the faceset shards differ, every rank starts "
-                            "its own sample stream afresh", path, saved["world"], self.dist.world)
-            return self.loader.state_dict()
-        return saved["ranks"][self.dist.rank]
+    def _check_checkpoint(self, recipe_toml: str, path: Path) -> None:
+        ck.check_compatible(recipe_toml, self.recipe, str(path))
 
-    def load(self, path: str | Path, *, weights_only_model: bool = False) -> None:
-        """Resume from a checkpoint (file, step folder, or run folder: its newest checkpoint that verifies,
-        `ck.load`). Without train_state.pt (an inference checkpoint, or one imported from DFL) the weights
-        load and the optimizer starts fresh, or from DFL's imported optimizer and discriminator state when
-        the checkpoint carries it; a step_* folder must have its train_state.pt."""
-        loaded = ck.load(path, train_state=not weights_only_model)
-        payload, state, path = loaded.payload, loaded.state, loaded.path
-        ck.check_compatible(payload["recipe_toml"], self.recipe, str(path))
-        self.model.load_state_dict(payload["model"])
-        if state is None:
-            self._load_weights_only(payload, path)
-            return
+    def _load_state(self, state: dict[str, Any], path: Path) -> None:
         self.g_opt.load_state_dict(state["g_opt"])
-        self.step = int(state["step"])
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.rollbacks = int(state.get("rollbacks", 0))
-        self.history = state["history"].tolist()
         for name in _DISCRIMINATORS:
             mod = getattr(self, name)
             if mod is not None and name in state:
@@ -350,13 +270,6 @@ class Trainer:
                 log.info("%s: not in the checkpoint, starts fresh (DFL re-initialises a changed discriminator)", name)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        if "preview" in state:
-            self.preview_batch = {k: v.to(self.device) for k, v in state["preview"].items()}
-        self._restore_pretrain_phase(state)
-        if self.loader is not None and "loader" in state:
-            self.loader.load_state_dict(self._this_rank_loader_state(state["loader"], path))
-        set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", path, self.step)
 
     def _load_weights_only(self, payload: dict[str, Any], path: str | Path) -> None:
         self.step = int(payload.get("step", 0))

@@ -105,6 +105,8 @@ class XSegBatches(torch.utils.data.Dataset):
     """Worker side: an XSegPlan -> {"image", "mask"} (or {"image", "target"} in pretrain), plus the loader's
     bookkeeping keys "_step" and "_bad". A batch is a pure function of its plan and the files."""
 
+    mode = "dfl"  # the per-sample numpy/OpenCV pipeline (FaceLoader.describe)
+
     def __init__(self, faces: Sequence[XSegFace], *, resolution: int, face_type: str | FaceType, augment: bool = True,
                  pretrain: bool = False, label: str = "xseg"):
         self.faces = list(faces)

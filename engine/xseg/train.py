@@ -13,14 +13,16 @@ The step, exactly as DFL:
 - DFL's RMSprop (engine.optim.RMSprop: ρ 0.9, ε 1e-6 outside the root) with lr 1e-4 and lr_dropout 0.3,
   no lr_cos, no clipnorm; all 222 tensors (FRN's eps included) are trained.
 Switching a run from pretrain to normal training restarts the step counter at 0 (DFL's
-pretrain_just_disabled).
+pretrain_just_disabled); the pretrain phase's checkpoints keep their own names (`pretrain_step_*`), as SAEHD's.
 
-The loop is SAEHD's, reusing its parts: atomic checkpoint units and keep-last / DFL backups
-(engine.train.checkpoint), RNG state capture (engine.train.rng), process settings (engine.train.device), previews (engine.train.preview),
-TensorBoard, `summary.json`, a non-finite guard (the update is skipped; `max_bad_steps` in a row stop the
-run with an error naming the last checkpoint), Ctrl-C saves and stops. Resume restores the network,
-optimizer (moments, counter, lr-dropout RNG), step, loss history, RNG states, loader position and preview
-faces, so on CPU N steps + resume + N steps equals 2N steps.
+The loop is SAEHD's: `XSegTrainer` satisfies engine.train.loop's `LoopTrainer` protocol (on
+engine.train.base.TrainerBase) and `train_xseg` runs it with `engine.train.loop.run_trainer`, so XSeg
+training has the same saves (after step 1, every N steps / minutes, at the target, on Ctrl-C; keep-last,
+DFL backups), progress bar, TensorBoard (loss, grad norm, lr, it/s, loader wait), previews (keep_previews),
+`summary.json` and crash recovery. The non-finite guard skips the update; `max_bad_steps` in a row stop the
+run with an error naming the last checkpoint (XSeg has no rollback). Resume restores the network, optimizer
+(moments, counter, lr-dropout RNG), step, loss history, RNG states, loader position and preview faces, so
+on CPU N steps + resume + N steps equals 2N steps.
 
 Previews (`logs/previews/step_XXXXXX.png`, also in TensorBoard): rows of fixed faces; columns image |
 label overlay | prediction | prediction overlay (DFL's green tint outside the mask at 0.5). The first rows
@@ -32,32 +34,27 @@ Deviation: DFL's data loader and its lr-dropout masks are unseeded; here both co
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from engine import recipe as recipe_mod
-from engine.faces.facetypes import FaceType
 from engine.errors import CheckpointError, TorchSAEError
-from engine.fileio import write_atomic
+from engine.faces.facetypes import FaceType
 from engine.optim import RMSprop, global_grad_norm
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
+from engine.train.base import TrainerBase
 from engine.train.device import pick_device, process_settings
-from engine.train.loop import ctrl_c_stops
-from engine.train.rng import rng_state, seed_everything, set_rng_state
+from engine.train.loop import run_trainer
 from engine.train.preview import compose, mask_overlay
+from engine.train.rng import seed_everything
 from engine.xseg.augment import face_image
 from engine.xseg.data import make_xseg_loader
 from engine.xseg.dfl_io import load_dfl_optimizer
@@ -69,7 +66,6 @@ __all__ = ["xseg_loss", "XSegTrainer", "train_xseg", "load_training_faces", "PRE
 
 log = logging.getLogger("torchsae.xseg")
 
-WARMUP_STEPS = 3
 PREVIEW_UNLABELLED = 2  # unlabelled faces per faceset in the preview
 
 
@@ -116,32 +112,21 @@ def check_resumable(stored_toml: str, r: Recipe, source: str) -> Recipe:
     return stored
 
 
-@attrs.define
-class XSegTrainer:
-    """All live objects of an XSeg run; `create` builds them, `run` trains."""
+@attrs.define(kw_only=True)
+class XSegTrainer(TrainerBase):
+    """All live objects of an XSeg run; `create` builds them, engine.train.loop.run trains them. `model` (also
+    `net`) is the XSeg network."""
 
-    recipe: Recipe
-    recipe_toml: str
-    run_dir: Path
-    device: torch.device
-    net: torch.nn.Module
+    history_keys: ClassVar[tuple[str, ...]] = ("loss",)
+    progress_label: ClassVar[str | None] = "XSeg"
+
     opt: RMSprop
     faces: list
     unlabelled: list
-    loader: Any = None
-    step: int = 0
-    history: list = attrs.field(factory=list)
-    preview_batch: dict | None = None
-    writer: Any = None
-    bad_steps: int = 0
-    skipped: int = 0
-    last_loss: float = float("nan")
-    grad_norm: float = float("nan")
-    step_times: list = attrs.field(factory=list)
 
     @property
-    def pretrain(self) -> bool:
-        return self.recipe.xseg.pretrain
+    def net(self) -> torch.nn.Module:
+        return self.model
 
     @classmethod
     def create(cls, r: Recipe, *, run_dir: str | Path | None = None, device: str | None = None,
@@ -155,15 +140,14 @@ class XSegTrainer:
         net = build_xseg(r).to(dev)
         opt = RMSprop(net.parameters(), lr=r.xseg.lr, lr_dropout=r.xseg.lr_dropout, seed=r.train.seed * 1000 + 31)
         run = Path(run_dir) if run_dir else ck.run_dir_of(r)
-        return cls(recipe=r, recipe_toml=recipe_mod.dumps(r), run_dir=run, device=dev, net=net, opt=opt,
-                   faces=train_faces, unlabelled=unlabelled)
+        return cls(recipe=r, recipe_toml=recipe_mod.dumps(r), run_dir=run, device=dev, model=net, opt=opt,
+                   faces=train_faces, unlabelled=unlabelled, pretrain=r.xseg.pretrain)
 
-    def make_loader(self, workers: int | None = None) -> None:
+    def make_loader(self) -> None:
         x = self.recipe.xseg
         self.loader = make_xseg_loader(self.faces, resolution=x.resolution, face_type=x.face_type,
                                        batch_size=self.recipe.train.batch_size, seed=self.recipe.train.seed,
-                                       workers=x.workers if workers is None else workers, augment=x.augment,
-                                       pretrain=x.pretrain)
+                                       workers=x.workers, augment=x.augment, pretrain=x.pretrain)
 
     # ------------------------------------------------------------------ weights from elsewhere
     def init_from(self, path: str | Path) -> None:
@@ -184,81 +168,62 @@ class XSegTrainer:
                      self.opt.iterations, path)
         log.info("XSeg: weights initialised from %s", path)
 
-    # ------------------------------------------------------------------ state
-    def train_state(self) -> dict[str, Any]:
-        st: dict[str, Any] = {
-            "opt": self.opt.state_dict(), "step": self.step,
-            "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, 1),
-            "rng": rng_state(), "pretrain": self.pretrain,
-        }
-        if self.loader is not None:
-            st["loader"] = self.loader.state_dict()
-        if self.preview_batch is not None:
-            st["preview"] = {k: v.cpu() for k, v in self.preview_batch.items()}
-        return st
+    # ------------------------------------------------------------------ checkpoints (TrainerBase's hooks)
+    def _train_state(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict()}
 
-    def save(self) -> Path:
-        p = ck.save(self.run_dir, step=self.step, model=self.net, recipe_toml=self.recipe_toml,
-                    train_state=self.train_state(), keep_last=self.recipe.train.keep_last)
-        log.info("saved %s", p)
-        return p
+    def _check_checkpoint(self, recipe_toml: str, path: Path) -> None:
+        check_resumable(recipe_toml, self.recipe, str(path))
 
-    def load(self, path: str | Path) -> None:
-        loaded = ck.load(path, train_state=True)  # one verified checkpoint (a run folder: its newest) for both files
-        payload, state, path = loaded.payload, loaded.state, loaded.path
-        check_resumable(payload["recipe_toml"], self.recipe, str(path))
-        self.net.load_state_dict(payload["model"])
-        if state is None:
-            raise CheckpointError(f"{path}: an inference-only XSeg checkpoint (no train_state.pt); start from it with "
-                                  f"[xseg].init_from = '{path}' instead of resuming")
+    def _load_state(self, state: dict[str, Any], path: Path) -> None:
         self.opt.load_state_dict(state["opt"])
-        self.step = int(state["step"])
-        self.history = [float(v) for v in state["history"].reshape(-1).tolist()]
-        if "preview" in state:
-            self.preview_batch = {k: v.to(self.device) for k, v in state["preview"].items()}
-        if self.loader is not None and "loader" in state:
-            self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+
+    def _restore_phase(self, state: dict[str, Any]) -> bool:
         if bool(state.get("pretrain", False)) and not self.pretrain:
-            # DFL's pretrain_just_disabled: the counter restarts; the weights carry over
+            # DFL's pretrain_just_disabled: the counter restarts, the weights carry over, and the pretrain
+            # faceset's sample stream does not apply to the labelled faces (the loader starts afresh)
             log.info("XSeg: pretraining finished at step %d; the step counter restarts at 0", self.step)
             self.step, self.history, self.preview_batch = 0, [], None
-            if self.loader is not None:  # the pretrain faceset's stream does not apply to the labelled faces
-                self.make_loader(workers=self.loader.workers)
-        log.info("resumed from %s at step %d", path, self.step)
+            return False
+        return True
+
+    def _load_weights_only(self, payload: dict[str, Any], path: Path) -> None:
+        raise CheckpointError(f"{path}: an inference-only XSeg checkpoint (no train_state.pt); start from it with "
+                              f"[xseg].init_from = '{path}' instead of resuming")
 
     # ------------------------------------------------------------------ the step
-    def train_one(self, batch: dict[str, torch.Tensor]) -> float:
+    def train_one(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step on `batch`: {"loss": batch mean, "grad_norm"}; counted only when both are finite."""
         t0 = time.perf_counter()
         target = batch["target" if self.pretrain else "mask"]
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
         logits, pred = self.net(batch["image"], pretrain=self.pretrain)
-        losses = xseg_loss(logits, pred, target, pretrain=self.pretrain, resolution=self.recipe.xseg.resolution)
-        losses.sum().backward()  # DFL: gradients of the per-sample loss vector = of its sum
-        loss = float(losses.detach().mean())
+        per_sample = xseg_loss(logits, pred, target, pretrain=self.pretrain, resolution=self.recipe.xseg.resolution)
+        per_sample.sum().backward()  # DFL: gradients of the per-sample loss vector = of its sum
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        self.grad_norm = float(global_grad_norm(grads))  # one host sync for the non-finite guard
-        finite = math.isfinite(loss) and math.isfinite(self.grad_norm)
-        if not finite:
-            self.bad_steps += 1
-            self.skipped += 1
-            log.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d in a row)", self.step,
-                        loss, self.bad_steps)
-            if self.bad_steps >= self.recipe.train.max_bad_steps:
-                last = ck.resolve_latest(self.run_dir, required=False)
-                raise TorchSAEError(f"XSeg training diverged: {self.bad_steps} non-finite steps in a row at step "
-                                    f"{self.step}; resume from {last or 'a new run'} with a lower [xseg].lr")
-            return loss
-        self.bad_steps = 0
-        self.opt.step()
-        self.step += 1
-        self.history.append(loss)
-        self.last_loss = loss
-        self.step_times.append(time.perf_counter() - t0)
-        return loss
+        # one host sync for both numbers (the non-finite guard)
+        losses = {"loss": float(per_sample.detach().mean()), "grad_norm": float(global_grad_norm(grads))}
+        if self.finite_or_skip(losses):
+            self.opt.step()
+            self.count_step(losses, t0)
+        return losses
+
+    def diverged(self) -> None:
+        last = ck.resolve_latest(self.run_dir, required=False)
+        raise TorchSAEError(f"XSeg training diverged: {self.bad_steps} non-finite steps in a row at step "
+                            f"{self.step}; resume from {last or 'a new run'} with a lower [xseg].lr")
+
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"training_faces": len(self.faces), "pretrain": self.pretrain}
 
     # ------------------------------------------------------------------ previews
+    def preview_every(self) -> int:
+        return self.recipe.train.preview_every or 100
+
     def _unlabelled_images(self) -> torch.Tensor | None:
         x = self.recipe.xseg
         ft = FaceType.parse(x.face_type, "[xseg].face_type")
@@ -272,15 +237,18 @@ class XSegTrainer:
             return None
         return torch.from_numpy(np.stack(imgs).transpose(0, 3, 1, 2).copy())
 
-    def set_preview(self, batch: dict[str, torch.Tensor]) -> None:
+    def preview_samples(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The fixed preview rows: up to 4 samples of the first batch with their labels, then the unlabelled faces."""
         n = min(4, batch["image"].shape[0], max(1, 800 // self.recipe.xseg.resolution))
         key = "target" if self.pretrain else "mask"
-        self.preview_batch = {"image": batch["image"][:n].detach().clone(), "label": batch[key][:n].detach().clone()}
+        out = {"image": batch["image"][:n].detach().clone(), "label": batch[key][:n].detach().clone()}
         extra = self._unlabelled_images()
         if extra is not None and not self.pretrain:
-            self.preview_batch["unlabelled"] = extra.to(self.device)
+            out["unlabelled"] = extra.to(self.device)
+        return out
 
-    def preview(self) -> Path | None:
+    def preview_image(self) -> np.ndarray | None:
+        """image | label overlay | prediction | prediction overlay (pretrain: image | target | prediction)."""
         if self.preview_batch is None:
             return None
         b = self.preview_batch
@@ -301,85 +269,8 @@ class XSegTrainer:
                                         0.25 + 0.25 * img[n_lab:]])  # unlabelled rows: the face, dimmed
             cols = {"image": img, "label_overlay": label_col, "prediction": np.repeat(p, 3, -1),
                     "prediction_overlay": np.stack([mask_overlay(i, m) for i, m in zip(img, p)])}
-        out = compose(cols, step=self.step, history=np.asarray(self.history[-100000:], dtype=np.float32).reshape(-1, 1),
-                      loss_names=("loss",))
-        path = self.run_dir / "logs" / "previews" / f"step_{self.step:06d}.png"
-        ok, buf = cv2.imencode(".png", out)
-        if ok:
-            write_atomic(path, buf.tobytes())
-        if self.writer is not None:
-            self.writer.add_image("preview", out[..., ::-1].copy(), self.step, dataformats="HWC")
-        return path
-
-    def preview_every(self) -> int:
-        return self.recipe.train.preview_every or 100
-
-    # ------------------------------------------------------------------ the loop
-    def run(self, *, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-        r = self.recipe
-        target = r.train.target_iter
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter  # heavy (tensorboard, protobuf): only when training runs
-
-        self.writer = SummaryWriter(str(self.run_dir / "logs"))
-        save_timer = ck.Timer(r.train.save_every_minutes * 60)
-        backup_timer = ck.Timer(r.train.backup_every_hours * 3600)
-        pbar = None
-        if progress:
-            pbar = tqdm(total=target or None, initial=self.step, unit="it", dynamic_ncols=True, desc="XSeg")
-        steps_this_run, last_ckpt = 0, None
-        it = iter(self.loader)
-        with ctrl_c_stops() as stop:  # first Ctrl-C: stop after this step and save; second: abort
-            try:
-                while not stop.requested:
-                    if (target and self.step >= target) or (max_steps is not None and steps_this_run >= max_steps):
-                        break
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in next(it).items() if torch.is_tensor(v)}
-                    if self.preview_batch is None:
-                        self.set_preview(batch)
-                    first = self.step == 0
-                    loss = self.train_one(batch)
-                    steps_this_run += 1
-                    if pbar is not None:
-                        pbar.n = self.step
-                        pbar.set_postfix({"loss": f"{loss:.4f}"})
-                        pbar.refresh()
-                    if self.step and self.step % r.train.log_every == 0 and self.step_times:
-                        self.writer.add_scalar("loss/loss", loss, self.step)
-                        self.writer.add_scalar("grad_norm", self.grad_norm, self.step)
-                        self.writer.add_scalar("lr", self.opt.param_groups[0]["lr"], self.step)
-                        self.writer.add_scalar("it_per_s", 1.0 / max(1e-9, self.step_times[-1]), self.step)
-                    if self.step and self.step % self.preview_every() == 0:
-                        self.preview()
-                    due = (first and self.step == 1) or (r.train.save_every_steps and self.step
-                                                          and self.step % r.train.save_every_steps == 0)
-                    if due or save_timer.due() or (target and self.step >= target):
-                        last_ckpt = self.save()
-                    if backup_timer.due() and last_ckpt is not None:
-                        ck.backup(self.run_dir, last_ckpt)
-            finally:
-                if pbar is not None:
-                    pbar.close()
-        if self.step and (last_ckpt is None or not last_ckpt.name.endswith(f"{self.step:08d}")):
-            last_ckpt = self.save()
-        if self.step:
-            self.preview()
-        summary = self.summary(steps_this_run, last_ckpt)
-        self.writer.close()
-        self.loader.close()
-        return summary
-
-    def summary(self, steps_this_run: int, ckpt: Path | None) -> dict[str, Any]:
-        times = self.step_times[WARMUP_STEPS:] or self.step_times
-        out = {
-            "recipe": self.recipe.name, "kind": "xseg", "steps_done": steps_this_run, "step": self.step,
-            "median_s_per_step": statistics.median(times) if times else None,
-            "final_losses": {"loss": self.last_loss}, "checkpoint": str(ckpt) if ckpt else None,
-            "skipped_steps": self.skipped, "device": str(self.device), "training_faces": len(self.faces),
-            "pretrain": self.pretrain,
-        }
-        write_atomic(self.run_dir / "summary.json", json.dumps(out, indent=2), durable=True)
-        return out
+        return compose(cols, step=self.step, history=np.asarray(self.history[-100000:], dtype=np.float32).reshape(-1, 1),
+                       loss_names=("loss",))
 
 
 def train_xseg(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Path | None = None,
@@ -390,19 +281,5 @@ def train_xseg(r: Recipe, *, resume: bool | str | None = None, run_dir: str | Pa
     # [train].deterministic for the run, restored afterwards
     with process_settings(r.train):
         t = XSegTrainer.create(r, run_dir=run_dir, device=device)
-        t.make_loader()
-        existing = ck.resolve_latest(t.run_dir, required=False)
-        if resume:
-            src = existing if resume is True else Path(resume)
-            if src is None:
-                raise CheckpointError(f"--resume: no checkpoint in {t.run_dir / 'checkpoints'} (start without --resume, "
-                                      "or pass a checkpoint path)")
-            t.load(src)
-        elif existing is not None:
-            raise CheckpointError(f"{t.run_dir} already holds checkpoints (latest {existing.name}); pass --resume to "
-                                  "continue it, or set [train].run_dir / --run-dir to start a new run")
-        elif r.xseg.init_from:
-            t.init_from(r.xseg.init_from)
-        summary = t.run(max_steps=max_steps, progress=progress)
-    log.info("summary: %s", json.dumps(summary))
-    return summary
+        fresh = (lambda: t.init_from(r.xseg.init_from)) if r.xseg.init_from else None
+        return run_trainer(t, resume=resume, max_steps=max_steps, progress=progress, on_new_run=fresh)

@@ -41,7 +41,7 @@ def _xseg_step(path, facesets, run_dir):
         batch = {k: v for k, v in next(iter(t.loader)).items() if torch.is_tensor(v)}
         assert batch["image"].shape == (1, 3, r.xseg.resolution, r.xseg.resolution)
         before = next(t.net.parameters()).detach().clone()
-        loss = t.train_one(batch)
+        loss = t.train_one(batch)["loss"]
     finally:
         t.loader.close()
     assert t.step == 1 and np.isfinite(loss) and loss > 0
@@ -284,3 +284,18 @@ def test_training_scopes_its_process_settings(facesets, tmp_path):
     assert _denormals_kept() and torch.get_num_threads() == threads
     assert not torch.are_deterministic_algorithms_enabled()
 
+
+
+def test_both_trainers_satisfy_the_loop_protocol():
+    """engine.train.loop.run drives SAEHD's Trainer and XSeg's XSegTrainer through LoopTrainer alone."""
+    import attrs
+
+    from engine.train.loop import LoopTrainer
+    from engine.train.trainer import Trainer
+    from engine.xseg.train import XSegTrainer
+
+    members = [m for m in vars(LoopTrainer) if not m.startswith("_")] + list(LoopTrainer.__annotations__)
+    for cls in (Trainer, XSegTrainer):
+        fields = {f.name for f in attrs.fields(cls)}
+        missing = [m for m in members if not hasattr(cls, m) and m not in fields]
+        assert not missing, (cls.__name__, missing)

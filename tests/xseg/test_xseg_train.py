@@ -50,7 +50,7 @@ def _learning_run(facesets, run_dir, steps, **kw):
     labels = np.stack([p[1][..., 0] for p in pairs]) > 0.5
     iou0 = _iou_on(t, x, labels)
     it = iter(t.loader)
-    losses = [t.train_one({k: v for k, v in next(it).items() if torch.is_tensor(v)}) for _ in range(steps)]
+    losses = [t.train_one({k: v for k, v in next(it).items() if torch.is_tensor(v)})["loss"] for _ in range(steps)]
     t.loader.close()
     return losses, iou0, _iou_on(t, x, labels)
 
@@ -111,7 +111,7 @@ def test_one_step_matches_spec_loss_and_rmsprop_computed_independently(xseg_face
     grads = torch.autograd.grad(per.sum(), list(net64.parameters()))
     want_g = {k: g.detach() for (k, _), g in zip(net64.named_parameters(), grads)}
 
-    loss = t.train_one(batch)
+    loss = t.train_one(batch)["loss"]
     assert loss == pytest.approx(float(per.detach().mean()), rel=1e-5)
     gmax = max(float(g.abs().max()) for g in want_g.values())
     n_checked = 0
@@ -178,6 +178,8 @@ def test_resume_is_exact_and_the_run_folder_is_complete(xseg_faces, tmp_path):
     assert list((run / "logs").glob("events.out.tfevents.*"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary == json.loads(json.dumps(s)) and summary["kind"] == "xseg" and summary["training_faces"] == 6
+    # the SAEHD loop's reporting: loop time and loader wait next to the step's own time, the pipeline used
+    assert {"loop_s_per_step", "loader_wait_pct", "median_s_per_step"} <= set(summary) and "pipeline" in summary["data"]
     stored = recipe.loads(ck.load_model_payload(run)["recipe_toml"])
     assert stored.kind == "xseg" and stored.xseg == straight.xseg
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
@@ -260,4 +262,4 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(xseg_faces, tmp_path):
         t.train_one(bad)
     t.bad_steps = 0
     t.train_one(batch)
-    assert t.step == 1 and np.isfinite(t.grad_norm)
+    assert t.step == 1 and np.isfinite(t.last_losses["grad_norm"])
