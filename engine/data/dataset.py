@@ -57,6 +57,7 @@ __all__ = [
     "BatchPlanner",
     "FaceCache",
     "SAEHDBatches",
+    "first_usable",
 ]
 
 log = logging.getLogger("torchsae.data")
@@ -195,16 +196,19 @@ def remove_stale_caches(root: str | Path) -> list[Path]:
 class FaceCache:
     """Model-resolution arrays shared by all loader processes (memory-mapped files in a private temp dir).
 
-    Per sample: status (0 empty, 1 ready, 2 undecodable), image (R, R, 3) uint8, masks (R, R, 2) uint8
-    (engine.data.sample.PreparedFace) and, for dst facesets used as ct references, ct_status / ct
+    Per sample: status (0 empty, 1 ready, 2 undecodable), image (R, R, 3) uint8, masks (R, R, mask_channels)
+    uint8 (SAEHD: FULL_FACE and EYES_MOUTH, engine.data.sample.PreparedFace; XSeg: its label) and, for dst
+    facesets used as ct references, ct_status / ct
     (R, R, 3) uint8. Filled lazily by whichever process first needs a sample: every sample is decoded and
     converted once per run. Data is written before its status byte, so a reader that sees status 1 reads
     complete data. The folder is removed when the creating process drops the cache, and by the next cache
     created in the same place if that process died first (`remove_stale_caches`).
     """
 
-    def __init__(self, n: int, resolution: int, *, with_ct: bool = False, cache_dir: str | Path | None = None):
+    def __init__(self, n: int, resolution: int, *, with_ct: bool = False, cache_dir: str | Path | None = None,
+                 mask_channels: int = 2):
         self.n, self.resolution, self.with_ct = int(n), int(resolution), bool(with_ct)
+        self.mask_channels = int(mask_channels)
         root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_caches(root)
@@ -220,13 +224,14 @@ class FaceCache:
 
         self.status = mm("status.u8", (n,))
         self.image = mm("image.u8", (n, r, r, 3))
-        self.masks = mm("masks.u8", (n, r, r, 2))
+        self.masks = mm("masks.u8", (n, r, r, self.mask_channels))
         if self.with_ct:
             self.ct_status = mm("ct_status.u8", (n,))
             self.ct = mm("ct.u8", (n, r, r, 3))
 
     def __getstate__(self) -> dict:  # spawn-started workers reopen the same files
-        return {"n": self.n, "resolution": self.resolution, "with_ct": self.with_ct, "dir": self.dir}
+        return {"n": self.n, "resolution": self.resolution, "with_ct": self.with_ct, "dir": self.dir,
+                "mask_channels": self.mask_channels}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -236,6 +241,23 @@ class FaceCache:
     def close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
+
+
+def first_usable(n: int, i: int, bad: list, try_load, is_bad, mark_bad, label: str, name_of):
+    """The first of samples i, i+1, ... (mod n) that is not known bad and whose `try_load(j)` succeeds:
+    (j, its result). Each failure is marked (`mark_bad(j)`) and reported into `bad` as (label, name, why);
+    DataError naming `label` when none of the n loads."""
+    for k in range(n):
+        j = (i + k) % n
+        if is_bad(j):
+            continue
+        try:
+            return j, try_load(j)
+        except _SAMPLE_ERRORS as e:
+            mark_bad(j)
+            bad.append((label, name_of(j), f"{type(e).__name__}: {e}"))
+    raise DataError(f"{label}: none of its {n} faces can be decoded any more (files changed or removed "
+                    "since the scan?)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,18 +312,7 @@ class SAEHDBatches(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------------ substitution of undecodable samples
     def _first_usable(self, fs: Faceset, i: int, bad: list, try_load, is_bad, mark_bad):
-        n = len(fs)
-        for k in range(n):
-            j = (i + k) % n
-            if is_bad(j):
-                continue
-            try:
-                return j, try_load(j)
-            except _SAMPLE_ERRORS as e:
-                mark_bad(j)
-                bad.append((fs.label, fs.samples[j].name, f"{type(e).__name__}: {e}"))
-        raise DataError(f"{fs.label}: none of its {n} faces can be decoded any more (files changed or removed "
-                        "since the scan?)")
+        return first_usable(len(fs), i, bad, try_load, is_bad, mark_bad, fs.label, lambda j: fs.samples[j].name)
 
     def _first_known_good(self, fs: Faceset, i: int, bad: list, try_load):
         """_first_usable with this process's set of known-bad samples ("dfl" mode)."""

@@ -166,7 +166,7 @@ def unpack(buffer: torch.Tensor, layout: Sequence[tuple[str, int, str, Sequence[
     return out
 
 
-_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32,
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int32): torch.int32, np.dtype(np.float32): torch.float32,
                  np.dtype(np.float64): torch.float64, np.dtype(np.bool_): torch.bool}
 
 

@@ -9,7 +9,25 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["blursharpen", "linear_motion_blur", "median_passes"]
+__all__ = ["blursharpen", "linear_motion_blur", "median_passes", "box_sharpen_kernel", "motion_blur_kernel"]
+
+
+def box_sharpen_kernel(kernel_size: int, amount: float) -> np.ndarray:
+    """blursharpen's box-sharpen kernel: ``δ + (δ - box)·amount`` (kernel_size odd), float32 (k, k)."""
+    k = np.zeros((kernel_size, kernel_size), dtype=np.float32)
+    k[kernel_size // 2, kernel_size // 2] = 1.0
+    box = np.ones((kernel_size, kernel_size), dtype=np.float32) / (kernel_size ** 2)
+    return k + (k - box) * amount
+
+
+def motion_blur_kernel(size: int, angle: float) -> np.ndarray:
+    """LinearMotionBlur's kernel: a horizontal line (row (size-1)//2 of a size×size zero matrix set to 1)
+    rotated by `angle` degrees about (size/2 - 0.5, size/2 - 0.5) (bilinear), normalised to sum 1; float32."""
+    k = np.zeros((size, size), dtype=np.float32)
+    k[(size - 1) // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), angle, 1.0)
+    k = cv2.warpAffine(k, rot, (size, size))
+    return k * (1.0 / np.sum(k))
 
 
 def blursharpen(img: np.ndarray, sharpen_mode: int, kernel_size: int, amount: int) -> np.ndarray:
@@ -24,10 +42,7 @@ def blursharpen(img: np.ndarray, sharpen_mode: int, kernel_size: int, amount: in
         kernel_size += 1
     if amount > 0:
         if sharpen_mode == 1:
-            k = np.zeros((kernel_size, kernel_size), dtype=np.float32)
-            k[kernel_size // 2, kernel_size // 2] = 1.0
-            box = np.ones((kernel_size, kernel_size), dtype=np.float32) / (kernel_size ** 2)
-            return cv2.filter2D(img, -1, k + (k - box) * amount)
+            return cv2.filter2D(img, -1, box_sharpen_kernel(kernel_size, amount))
         if sharpen_mode == 2:
             blur = cv2.GaussianBlur(img, (kernel_size, kernel_size), 0)
             return cv2.addWeighted(img, 1.0 + 0.5 * amount, blur, -0.5 * amount, 0)
@@ -53,12 +68,5 @@ def median_passes(img: np.ndarray, n: int, full: int) -> np.ndarray:
 
 
 def linear_motion_blur(img: np.ndarray, size: int, angle: float) -> np.ndarray:
-    """DFL's LinearMotionBlur: a horizontal line kernel (row (size-1)//2 of a size×size zero matrix set to 1),
-    rotated by `angle` degrees about its centre ((size/2 - 0.5) in both axes, bilinear), normalised to sum 1,
-    applied with filter2D."""
-    k = np.zeros((size, size), dtype=np.float32)
-    k[(size - 1) // 2, :] = 1.0
-    rot = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), angle, 1.0)
-    k = cv2.warpAffine(k, rot, (size, size))
-    k = k * (1.0 / np.sum(k))
-    return cv2.filter2D(img, -1, k)
+    """DFL's LinearMotionBlur: `motion_blur_kernel(size, angle)` applied with filter2D."""
+    return cv2.filter2D(img, -1, motion_blur_kernel(size, angle))

@@ -299,6 +299,10 @@ class XSegSpec:
     init_from: str = opt("", type=str,
                          help="start from DFL's XSeg model (folder with XSeg_256.npy) or a TorchSAE XSeg checkpoint")
     workers: int = opt(2, type=int, min=0, max=64, help="loader worker processes (0 = in the main process)")
+    pipeline: str = opt("auto", type=str, choices=("auto", "device", "dfl"),
+                        help="device: loader processes decode once, the training device augments the batch "
+                             "(auto's choice); dfl: DFL's per-sample numpy/cv2 augmentation in the loader "
+                             "processes (the oracle)")
 
 
 # [train] keys an XSeg recipe may set (the loop, checkpoints, previews); the others are SAEHD's

@@ -147,7 +147,8 @@ class XSegTrainer(TrainerBase):
         x = self.recipe.xseg
         self.loader = make_xseg_loader(self.faces, resolution=x.resolution, face_type=x.face_type,
                                        batch_size=self.recipe.train.batch_size, seed=self.recipe.train.seed,
-                                       workers=x.workers, augment=x.augment, pretrain=x.pretrain)
+                                       workers=x.workers, augment=x.augment, pretrain=x.pretrain,
+                                       pipeline=x.pipeline, device=self.device)
 
     # ------------------------------------------------------------------ weights from elsewhere
     def init_from(self, path: str | Path) -> None:
