@@ -66,7 +66,7 @@ def fft_filter(x: torch.Tensor, k1d: torch.Tensor) -> torch.Tensor:
     k = k1d.shape[1]
     p = k // 2
     xp = F.pad(x.float(), (p, p, p, p), mode="reflect")
-    lh, lw = h + 2 * p, w + 2 * p
+    lh, lw = _fast_length(h + 2 * p), _fast_length(w + 2 * p)  # zero-padded further: no wrap-around either
 
     def circular(length: int) -> torch.Tensor:  # kernel tap j in [-p, p] at index j mod length
         out = torch.zeros(n, length, dtype=torch.float32, device=x.device)
@@ -79,6 +79,19 @@ def fft_filter(x: torch.Tensor, k1d: torch.Tensor) -> torch.Tensor:
     spec = spec * torch.fft.fft(circular(lh))[:, None, :, None] * torch.fft.rfft(circular(lw))[:, None, None, :]
     out = torch.fft.irfft2(spec, s=(lh, lw))[..., p:p + h, p:p + w]
     return out.to(x.dtype)
+
+
+def _fast_length(n: int) -> int:
+    """The smallest m >= n whose only prime factors are 2, 3 and 5 (FFT lengths that run fast)."""
+    m = n
+    while True:
+        k = m
+        for f in (2, 3, 5):
+            while k % f == 0:
+                k //= f
+        if k == 1:
+            return m
+        m += 1
 
 
 def filter2d(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:

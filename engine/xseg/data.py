@@ -10,7 +10,7 @@ Two pipelines ([xseg].pipeline), the same planner and the same distributions:
   (engine.xseg.augment, the oracle); batches are CPU tensors;
 - "device": loader processes decode once into a uint8 cache and ship the rows and each sample's draws,
   the training device augments the whole batch (engine.xseg.device); batches arrive on the device.
-"auto" is "device" on CUDA; on the CPU it is CPU_PIPELINE (measured, bench/README.md "XSeg pipeline").
+"auto" is "device" on CUDA; on the CPU it is CPU_PIPELINE (measured, bench/README.md, "XSeg pipelines").
 
 The machinery is SAEHD's loader (engine.data.loader.FaceLoader: worker processes, pinned memory, the
 state of the last batch *returned*): this module supplies its two halves, a planner (which faces batch k
@@ -59,7 +59,7 @@ log = logging.getLogger("torchsae.xseg")
 
 XSEG_BATCH_KEYS = ("image", "mask")
 PIPELINES = ("auto", "device", "dfl")
-# What "auto" picks when training on the CPU (measured: bench/README.md, "XSeg pipeline")
+# What "auto" picks when training on the CPU (measured: bench/README.md, "XSeg pipelines")
 CPU_PIPELINE = "device"
 CPU_PIPELINE_WHY = "batched augmentation in the training process"
 _KEY_FACE, _KEY_BG, _KEY_SAMPLE = 11, 12, 13
