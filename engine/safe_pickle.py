@@ -1,4 +1,4 @@
-"""Restricted unpickling for DFL's pickled files (spec §8, quirk §12.17).
+"""Restricted unpickling for DFL's pickled files (docs/dfl.md §8, quirk §12.17).
 
 DFL stores model options (``<name>_SAEHD_data.dat``), weights (``<name>_SAEHD_<part>.npy``, protocol-4
 pickles of ``{name:0 -> ndarray}``) and DFLJPG metadata as pickles. Unpickling an untrusted pickle can

@@ -1,6 +1,6 @@
 """Every section reference in the code lands on a heading of docs/dfl.md.
 
-The code cites DFL's behaviour by section number ("docs/dfl.md §3.4", older comments "spec §3.4", or a bare
+The code cites DFL's behaviour by section number ("docs/dfl.md §3.4", or a bare
 section sign followed by the number). Whatever the prefix, the number must be a heading of docs/dfl.md
 ("## 3. ..." or "### 3.4 ..."), so a reader who follows the reference finds the fact. Ranges
 ("§5.2–5.4", "§3.2–§3.4") must exist at both ends and at every subsection in between.
@@ -93,3 +93,14 @@ def test_doc_headings_are_unique_and_cover_every_top_section():
     numbers = [m.group(1) for line in DOC.read_text(encoding="utf-8").splitlines() if (m := HEADING.match(line))]
     assert len(numbers) == len(set(numbers)), "a section number appears twice as a heading"
     assert {str(i) for i in range(1, 13)} <= set(numbers)
+
+
+def test_references_name_docs_dfl_md_not_the_private_spec():
+    """A reference written "spec", section sign, number points at a document that is not in the repository
+    (the DFL specification docs/dfl.md was written from); the reader must be sent to docs/dfl.md."""
+    old = re.compile(rf"\b[Ss]pec\s?{SIGN}")
+    assert old.search(f"(spec {SIGN}3.4)") and old.search(f"Spec{SIGN}5.7") and not old.search(f"dfl.md {SIGN}3.4")
+    stale = [f"{p.relative_to(ROOT)}:{i}" for p in scanned_files()
+             for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             if old.search(line)]
+    assert not stale, "say docs/dfl.md, not spec:\n  " + "\n  ".join(stale)

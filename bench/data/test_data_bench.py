@@ -1,4 +1,4 @@
-"""SAEHD loader throughput (spec §5): samples/s delivered by engine.data.loader, batch 8, 2 worker processes.
+"""SAEHD loader throughput (docs/dfl.md §5): samples/s delivered by engine.data.loader, batch 8, 2 worker processes.
 
 Figures: res 128 and 256 (model face type f), without and with ct_mode rct, SAEHD's default augmentation
 otherwise (random warp on, dst flip on). Providers:

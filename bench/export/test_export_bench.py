@@ -1,7 +1,7 @@
 """Inference speed of an exported model: ONNX Runtime (CPU) on the .dfm vs torch eager and torch.compile.
 
 Figures (group "swap df-ud res<R> b<B>", items = B faces per call, so the harness prints faces/s; the
-per-face latency is median / B): the full inference path of spec §2.4 (dst face -> celeb face, celeb
+per-face latency is median / B): the full inference path of docs/dfl.md §2.4 (dst face -> celeb face, celeb
 mask, face mask) of a df-ud model with DFL's default dims 256/64/64/22 at R = 128 and 256, batch 1
 (DeepFaceLive's live use) and 8 (batch swapping).
 

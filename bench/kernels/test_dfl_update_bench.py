@@ -1,4 +1,4 @@
-"""DFL optimizer update (spec §3.6) over the parameters of recipes/df128.toml (df-ud res 128,
+"""DFL optimizer update (docs/dfl.md §3.6) over the parameters of recipes/df128.toml (df-ud res 128,
 256/64/64/22: 54.5M float32 parameters in the model's own shapes, channels_last as trained), one step.
 
 Figures (benchmark.group) and providers (extra_info["provider"]), all through engine.optim's optimizer:

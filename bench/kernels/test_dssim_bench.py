@@ -1,4 +1,4 @@
-"""DSSIM fwd+bwd (SAEHD's structural term, spec §3.4) at the resolutions SAEHD trains at, batch 8, 3 channels.
+"""DSSIM fwd+bwd (SAEHD's structural term, docs/dfl.md §3.4) at the resolutions SAEHD trains at, batch 8, 3 channels.
 
 Figures: res 128 (window 11), 256 (22 + 11), 384 (33 + 16). Providers:
   reference       kernels.dssim impl="reference" (DFL's 2-D window as a depthwise conv2d, autograd)

@@ -1,4 +1,4 @@
-"""SAEHD's random warp (spec §5.2–5.4) at res 256, batch 8: samples/s of the geometric augmentation.
+"""SAEHD's random warp (docs/dfl.md §5.2–5.4) at res 256, batch 8: samples/s of the geometric augmentation.
 
 One sample = what SAEHD's SampleProcessor produces geometrically per face: the network input
 (grid warp + affine + flip, cubic, replicate border), the target (affine + flip, cubic, replicate) and

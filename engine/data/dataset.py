@@ -1,4 +1,4 @@
-"""SAEHD training batches: the deterministic batch plan and the worker-side batch maker (spec §5.1).
+"""SAEHD training batches: the deterministic batch plan and the worker-side batch maker (docs/dfl.md §5.1).
 
 Data flow (engine.data.loader drives it):
 

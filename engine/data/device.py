@@ -3,7 +3,7 @@
     loader = build_loader(data_spec, ..., mode="device", device=torch.device("cuda"))
     batch = next(loader)     # the eight SAEHD tensors, already on the device, float32 NCHW
 
-Split of the work (spec §5.4, per side of a batch):
+Split of the work (docs/dfl.md §5.4, per side of a batch):
 
     loader process (DeviceBatches)                         training device (DeviceAugment)
     ----------------------------------------------------  ------------------------------------------------

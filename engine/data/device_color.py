@@ -1,4 +1,4 @@
-"""DFL's colour steps as batched torch ops for the device pipeline (spec §5.4 step 3, §5.6).
+"""DFL's colour steps as batched torch ops for the device pipeline (docs/dfl.md §5.4 step 3, §5.6).
 
 Every function takes a batch of BGR float32 images (N, 3, H, W) in [0, 1] on any device (CPU tensors in
 the tests, CUDA in training) and treats each image with its own statistics or random draws, so one call

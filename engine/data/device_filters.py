@@ -1,4 +1,4 @@
-"""DFL's image filters as batched torch ops with per-image parameters (spec §5.7; used by the XSeg device
+"""DFL's image filters as batched torch ops with per-image parameters (docs/dfl.md §5.7; used by the XSeg device
 pipeline, engine.xseg.device).
 
 Every function takes float images (N, C, H, W) on any device and one set of parameters per image, so one

@@ -1,7 +1,7 @@
 """JPEG compression and decompression as batched torch ops: what `cv2.imdecode(cv2.imencode(".jpg", img,
 [IMWRITE_JPEG_QUALITY, q]))` does to a uint8 BGR image, for a batch with one quality per image, on any device.
 
-DFL's XSeg augmentation re-encodes a quarter of its samples at a random quality (spec §5.7 step 8); the
+DFL's XSeg augmentation re-encodes a quarter of its samples at a random quality (docs/dfl.md §5.7 step 8); the
 device pipeline (engine.xseg.device) does it here instead of calling the CPU codec per sample.
 
 What OpenCV's encoder does by default (libjpeg-turbo, baseline, 4:2:0, no smoothing, integer DCT) and this op

@@ -1,4 +1,4 @@
-"""DFL's random HSV shift of the src network input (spec §5.4 FACE_IMAGE step 3, option `random_hsv_power`).
+"""DFL's random HSV shift of the src network input (docs/dfl.md §5.4 FACE_IMAGE step 3, option `random_hsv_power`).
 
 DFL applies it inside SampleProcessor to output 0 (the warped input) of the src generator only, after the
 colour transfer and before the geometric warp, drawing from the same per-output `rnd_state` that

@@ -1,4 +1,4 @@
-"""The SAEHD batch loader: worker processes, pinned memory, deterministic and resumable (spec §5.1).
+"""The SAEHD batch loader: worker processes, pinned memory, deterministic and resumable (docs/dfl.md §5.1).
 
     loader = build_loader(data_spec, resolution=128, face_type="f", batch_size=8, seed=0)
     batch = next(loader)            # {"warped_src": (B, 3, R, R), ..., "target_dstm_em": (B, 1, R, R)}

@@ -1,4 +1,4 @@
-"""DFL's SampleProcessor for SAEHD (spec §5.2–5.5, §7.3, quirks §12.8/§12.14), in two execution modes.
+"""DFL's SampleProcessor for SAEHD (docs/dfl.md §5.2–5.5, §7.3, quirks §12.8/§12.14), in two execution modes.
 
 Per sample, SAEHD asks its generators for four outputs at model resolution R and face type:
 

@@ -1,4 +1,4 @@
-"""Index sampling: DFL's IndexHost (shuffled epochs) and, for `uniform_yaw`, Index2DHost (spec §5.1).
+"""Index sampling: DFL's IndexHost (shuffled epochs) and, for `uniform_yaw`, Index2DHost (docs/dfl.md §5.1).
 
 DFL draws sample indices from unseeded global RNGs inside its generator processes. TorchSAE keeps DFL's
 *distribution* but makes the stream a pure function of (seed, key, position), so a loader can checkpoint

@@ -1,4 +1,4 @@
-"""DeepFaceLab SAEHD model files: restricted reading, key map, import into TorchSAE and export back (spec §8).
+"""DeepFaceLab SAEHD model files: restricted reading, key map, import into TorchSAE and export back (docs/dfl.md §8).
 
     recipe, model = import_model("path/to/model_dir", name="mymodel")
 

@@ -2,7 +2,7 @@
 
 Writes a DFL SAEHD model folder (``<name>_SAEHD_data.dat`` with the recipe's options, iter and loss
 history, the part files, and from a training checkpoint the optimizer and discriminator files) in DFL's
-file formats (spec §8), for DFL's trainer and merger to open as an existing model
+file formats (docs/dfl.md §8), for DFL's trainer and merger to open as an existing model
 (``engine.dfl.export_dfl_checkpoint``).
 """
 

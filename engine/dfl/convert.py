@@ -1,4 +1,4 @@
-"""DFL SAEHD model folder <-> TorchSAE SwapModel (spec §8).
+"""DFL SAEHD model folder <-> TorchSAE SwapModel (docs/dfl.md §8).
 
     recipe, model = import_model("workspace/model", name="mymodel")         # reads data.dat options too
     recipe, model = import_model("parts/", options={"archi": "df-ud", "resolution": 128, ...})  # bare parts
@@ -6,7 +6,7 @@
 
 Import checks every key and shape of every part file against the model built from the options and
 raises CheckpointError naming the part file, the key, the expected and the found shape (DFL itself
-silently re-initialises a part that fails to load, spec §8.2; we refuse instead).
+silently re-initialises a part that fails to load, docs/dfl.md §8.2; we refuse instead).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = ["MODEL_OPTION_KEYS", "import_model", "import_dfl_optimizer", "import_
 
 log = logging.getLogger("torchsae.dfl")
 
-# the options that decide the network (spec §1); the rest (losses, data) do not touch the weights
+# the options that decide the network (docs/dfl.md §1); the rest (losses, data) do not touch the weights
 MODEL_OPTION_KEYS = ("archi", "resolution", "face_type", "ae_dims", "e_dims", "d_dims", "d_mask_dims")
 _MAX_LISTED = 12
 
@@ -203,7 +203,7 @@ OPTIMIZER_PART = "src_dst_opt"  # DFL's generator optimizer file (<name>_SAEHD_s
 
 
 def _saveable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """{torch name: parameter} of DFL's saveable set (spec §3.6), in the trainer's order."""
+    """{torch name: parameter} of DFL's saveable set (docs/dfl.md §3.6), in the trainer's order."""
     return saehd_param_groups(model, model.model_spec.archi_type, True)[1]
 
 
@@ -233,7 +233,7 @@ def _optimizer_state(path: Path, optimizer: str, params: dict[str, tuple[str, nn
 
 def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module, optimizer: str
                          ) -> dict[str, Any] | None:
-    """DFL's generator optimizer state (``<name>_SAEHD_src_dst_opt.npy``, spec §8.2) for ``model``.
+    """DFL's generator optimizer state (``<name>_SAEHD_src_dst_opt.npy``, docs/dfl.md §8.2) for ``model``.
 
     Returns ``{"name": "adabelief" | "rmsprop", "iterations": DFL's iters, "state": {torch parameter
     name: {slot: tensor in torch layout}}}`` (AdaBelief slots ms/vs, RMSprop acc), or None when the
@@ -250,7 +250,7 @@ def import_dfl_optimizer(folder: str | Path, name: str | None, model: nn.Module,
     return _optimizer_state(path, optimizer, params, lambda _v, a: dfl_to_torch_array(a))
 
 
-# our trainer's attribute -> (DFL weight file, DFL optimizer file, DFL variable scope); spec §8.1, §8.2
+# our trainer's attribute -> (DFL weight file, DFL optimizer file, DFL variable scope); docs/dfl.md §8.1, §8.2
 DISCRIMINATOR_FILES = {"code_d": ("code_discriminator", "D_code_opt", "dis"), "gan_d": ("GAN", "GAN_opt", "D_src")}
 # the options that decide each discriminator's shapes (named when a file does not fit them)
 _DISCRIMINATOR_OPTIONS = {"code_d": "ae_dims and resolution", "gan_d": "resolution, gan_patch_size and gan_dims"}
@@ -332,7 +332,7 @@ def export_dfl_parts(model: nn.Module, folder: str | Path, name: str | None = No
 
 
 def dfl_model_options(model_spec: Any) -> dict[str, Any]:
-    """The network options of a ModelSpec under DFL's names (spec §1)."""
+    """The network options of a ModelSpec under DFL's names (docs/dfl.md §1)."""
     return {k: getattr(model_spec, k) for k in MODEL_OPTION_KEYS}
 
 
@@ -353,7 +353,7 @@ def export_dfl_model(model: nn.Module, folder: str | Path, name: str, *, options
 
 
 def export_dfl_checkpoint(path: str | Path, folder: str | Path, name: str) -> list[Path]:
-    """A TorchSAE checkpoint -> a DFL SAEHD model folder DFL continues training (spec §8.1).
+    """A TorchSAE checkpoint -> a DFL SAEHD model folder DFL continues training (docs/dfl.md §8.1).
 
     Writes the part files, ``<name>_SAEHD_data.dat`` (all the recipe's DFL options, ``iter`` = the step,
     the loss history), and, from a training checkpoint (a ``step_*`` / run folder with train_state.pt),

@@ -1,4 +1,4 @@
-"""DFL SAEHD model files on disk (spec §8): names, part files, data.dat. Reads are restricted unpickles.
+"""DFL SAEHD model files on disk (docs/dfl.md §8): names, part files, data.dat. Reads are restricted unpickles.
 
     <models_dir>/<name>_SAEHD_data.dat       pickle: {'iter', 'options', 'loss_history', 'sample_for_preview', ...}
     <models_dir>/<name>_SAEHD_<part>.npy     pickle protocol 4 (NOT numpy .npy): {'<path>/weight:0': ndarray, ...}
@@ -57,7 +57,7 @@ def read_part_file(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_optimizer_file(path: str | Path) -> dict[str, np.ndarray]:
-    """A DFL optimizer file (``src_dst_opt.npy`` ...; spec §8.2) -> {key: array}, restricted unpickle.
+    """A DFL optimizer file (``src_dst_opt.npy`` ...; docs/dfl.md §8.2) -> {key: array}, restricted unpickle.
 
     Like a weight file, except that ``'iters:0'`` is the value TF returned for a scalar variable: a numpy
     int64 scalar rather than an array (made a 0-d array here)."""

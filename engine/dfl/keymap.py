@@ -1,4 +1,4 @@
-"""DFL variable names and layouts <-> torch state-dict keys and layouts (spec §2.8, §8.2, §8.3).
+"""DFL variable names and layouts <-> torch state-dict keys and layouts (docs/dfl.md §2.8, §8.2, §8.3).
 
 Names: torch ``<part>.<path>.<weight|bias>`` <-> DFL ``<part>/<path>/<weight|bias>:0``; inside a part file
 the leading ``<part>/`` is dropped (``down1/downs_0/conv1/weight:0`` in ``encoder.npy``). Our modules use

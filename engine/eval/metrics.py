@@ -24,10 +24,10 @@ Pose and expression (68 dlib landmarks of the swap vs of the dst face it replace
                  A perfect swap does not score 0: the src identity's face shape (jaw, brows, proportions)
                  differs from dst's, so the figure compares models on the same faces; it is not separated
                  from identity like a 3DMM expression coefficient would be.
-  yaw/pitch error  |angle(swap) − angle(dst)| in degrees from DFL's estimate_pitch_yaw_roll (spec §6.6)
+  yaw/pitch error  |angle(swap) − angle(dst)| in degrees from DFL's estimate_pitch_yaw_roll (docs/dfl.md §6.6)
 
 Reconstruction per identity (a face through its own identity's path, no augmentation) inside DFL's
-training mask m = clip(blur(mask, max(1, R//32)), 0, 0.5)·2 (spec §3.3), both images multiplied by m:
+training mask m = clip(blur(mask, max(1, R//32)), 0, 0.5)·2 (docs/dfl.md §3.3), both images multiplied by m:
   dssim  SAEHD's structural term without its weight: mean_C dssim with DFL's windows (int(R/11.6), plus
          int(R/23.2) from R = 256, averaged), computed by kernels.dssim like the loss
   mse    Σ m·(p − t)² / (C·Σ m)  (mean over the face);  psnr = 10·log10(1 / mse), at most 100 dB (identical

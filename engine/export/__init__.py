@@ -1,4 +1,4 @@
-"""Export and inference: ONNX / DeepFaceLive DFM (spec §9), per-part ONNX, `torchsae swap`.
+"""Export and inference: ONNX / DeepFaceLive DFM (docs/dfl.md §9), per-part ONNX, `torchsae swap`.
 
     from engine.export import export_model, export_parts, load_for_inference, open_model
     recipe, model = load_for_inference("runs/x/checkpoints/step_000500.pt")

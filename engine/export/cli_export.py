@@ -1,4 +1,4 @@
-"""`torchsae export SOURCE --format onnx|dfm`: export a trained model (spec §9).
+"""`torchsae export SOURCE --format onnx|dfm`: export a trained model (docs/dfl.md §9).
 
 SOURCE is a checkpoint (model.pt, step_* folder or run folder), a DFL SAEHD model folder, or a recipe
 (`.toml`: the newest checkpoint of its run folder).
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt == "dfm":
         if args.opset not in (None, 12):
             raise TorchSAEError(f"--opset {args.opset} with --format dfm: DeepFaceLive's .dfm contract is opset 12 "
-                                "(spec §9.1); use --format onnx for another opset")
+                                "(docs/dfl.md §9.1); use --format onnx for another opset")
         opset = 12
     else:
         opset = args.opset if args.opset is not None else spec.opset

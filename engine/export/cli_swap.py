@@ -6,10 +6,10 @@ the model's R×R (engine.export.faces), swapped in batches, and written as
 
     <out>/<stem>.png        the swapped face (celeb_face), BGR
     <out>/<stem>_mask.png   the mask chosen by --mask (default DFL's merge default learned-prd*learned-dst,
-                            i.e. celeb_mask * face_mask; spec §10.3)
+                            i.e. celeb_mask * face_mask; docs/dfl.md §10.3)
 
 at the input image's size (``--size input``, like DeepFaceLive's ``convert`` resizes the outputs back,
-spec §9.2) or at the model's (``--size model``). Unreadable or non-square files are skipped and listed at
+docs/dfl.md §9.2) or at the model's (``--size model``). Unreadable or non-square files are skipped and listed at
 the end; the command fails only when no face at all could be swapped.
 """
 

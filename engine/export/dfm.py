@@ -1,4 +1,4 @@
-"""DeepFaceLive's .dfm contract (spec §9.1, §9.2), as recorded from a .dfm DFL's own exporter wrote
+"""DeepFaceLive's .dfm contract (docs/dfl.md §9.1, §9.2), as recorded from a .dfm DFL's own exporter wrote
 (tests/golden/dfm/dfl_export_contract.json).
 
 A .dfm is a plain ONNX protobuf with:
@@ -26,7 +26,7 @@ __all__ = ["DFM_OPSET", "DFM_IR_VERSION", "DFL_OPS", "EQUIVALENT_OPS", "ALLOWED_
 
 DFM_OPSET = 12
 DFM_IR_VERSION = 7
-# op types in the .dfm DFL's exporter wrote for df-udtc (golden contract) plus LeakyRelu (spec §9.1: the
+# op types in the .dfm DFL's exporter wrote for df-udtc (golden contract) plus LeakyRelu (docs/dfl.md §9.1: the
 # op set without -c)
 DFL_OPS = frozenset({"Transpose", "Conv", "Add", "Cos", "Mul", "Reshape", "ReduceMean", "Sqrt", "Reciprocal",
                      "MatMul", "Concat", "Sigmoid", "LeakyRelu"})

@@ -1,6 +1,6 @@
 """Aligned-face image I/O for export verification and `torchsae swap`.
 
-Faces are read the way DeepFaceLive feeds a model (spec §9.2 ``convert``): resized to the model's R×R,
+Faces are read the way DeepFaceLive feeds a model (docs/dfl.md §9.2 ``convert``): resized to the model's R×R,
 3 channels, float32 BGR in [0, 1] (uint8 / 255), NHWC. DFLJPG files are ordinary JPEGs to OpenCV (the
 metadata sits in an APP15 segment), so aligned DFL facesets read directly.
 

@@ -3,13 +3,13 @@
 | wrapper | input | outputs (in graph order) |
 |---|---|---|
 | `OnnxSwap` (format "onnx") | ``face`` (N, 3, R, R) NCHW | ``celeb_face`` (N,3,R,R), ``celeb_mask`` (N,1,R,R), ``face_mask`` (N,1,R,R) |
-| `DfmSwap` (format "dfm", spec §9.1) | ``in_face:0`` (N, R, R, 3) NHWC | ``out_face_mask:0`` (N,R,R,1), ``out_celeb_face:0`` (N,R,R,3), ``out_celeb_face_mask:0`` (N,R,R,1) |
+| `DfmSwap` (format "dfm", docs/dfl.md §9.1) | ``in_face:0`` (N, R, R, 3) NHWC | ``out_face_mask:0`` (N,R,R,1), ``out_celeb_face:0`` (N,R,R,3), ``out_celeb_face_mask:0`` (N,R,R,1) |
 | `PartNet` (``--parts``) | one part's input | encoder: flat code; inter/adapter: latent; decoder: image, mask |
 
-All images are BGR in [0, 1]. The swap path is `SwapModel.swap` (spec §2.4 "Inference"): celeb_* = the
+All images are BGR in [0, 1]. The swap path is `SwapModel.swap` (docs/dfl.md §2.4 "Inference"): celeb_* = the
 src decoder on the swap code, face_mask = the dst decoder's mask on dst's own code.
 
-fp16 (`to_half`, DFL's "Export quantized?", spec §9.1): DFL keeps the I/O in float32, runs the convs in
+fp16 (`to_half`, DFL's "Export quantized?", docs/dfl.md §9.1): DFL keeps the I/O in float32, runs the convs in
 float16 and keeps the Dense layers in float32 (the Encoder casts its input to fp16 and its flat output
 back; Inter casts to fp16 after the reshape; the Decoder casts its outputs to fp32). `to_half` does the
 same with hooks on a copy of the model, with one deliberate deviation: the encoder's flat code is cast to
@@ -30,7 +30,7 @@ __all__ = ["OnnxSwap", "DfmSwap", "PartNet", "to_half", "ONNX_IO", "DFM_INPUT", 
 
 # format "onnx": names of the input and the outputs, in graph order
 ONNX_IO = ("face", ("celeb_face", "celeb_mask", "face_mask"))
-# format "dfm": DeepFaceLive's contract (spec §9.1/§9.2): names and order are read by position
+# format "dfm": DeepFaceLive's contract (docs/dfl.md §9.1/§9.2): names and order are read by position
 DFM_INPUT = "in_face:0"
 DFM_OUTPUTS = ("out_face_mask:0", "out_celeb_face:0", "out_celeb_face_mask:0")
 
@@ -48,7 +48,7 @@ class OnnxSwap(nn.Module):
 
 
 class DfmSwap(nn.Module):
-    """DFL's export_dfm graph (spec §9.1): in_face (N,R,R,3) NHWC -> NCHW -> inference path -> NHWC,
+    """DFL's export_dfm graph (docs/dfl.md §9.1): in_face (N,R,R,3) NHWC -> NCHW -> inference path -> NHWC,
     outputs in DeepFaceLive's positional order (face_mask, celeb_face, celeb_face_mask)."""
 
     def __init__(self, model: nn.Module):

@@ -7,7 +7,7 @@ data, never code), which accepts a ``model.pt`` file, a ``step_*`` checkpoint fo
 ``latest`` checkpoint); the payload holds ``"recipe_toml"`` (the resolved recipe, rebuilt with
 ``engine.recipe.loads``) and ``"model"`` (the SwapModel state dict). A folder holding DFL part files
 (``<name>_SAEHD_encoder.npy``... or bare ``encoder.npy``...) is imported with
-``engine.dfl.import_model`` (spec §8).
+``engine.dfl.import_model`` (docs/dfl.md §8).
 """
 
 from __future__ import annotations

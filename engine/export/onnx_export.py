@@ -23,7 +23,7 @@ Pipeline (each step fails loudly with a TorchSAEError):
    within `verify.TOLERANCES["int8"]`.
 6. Write atomically: nothing is left at the output path when any step fails.
 
-Format "dfm" follows DFL's export_dfm (spec §9.1): opset 12, input ``in_face:0`` NHWC, outputs
+Format "dfm" follows DFL's export_dfm (docs/dfl.md §9.1): opset 12, input ``in_face:0`` NHWC, outputs
 ``out_face_mask:0, out_celeb_face:0, out_celeb_face_mask:0`` NHWC in that order. Format "onnx" is NCHW
 with input ``face`` and outputs ``celeb_face, celeb_mask, face_mask``. The file carries metadata
 properties ``torchsae.*`` (format, layout, resolution, face type, archi, recipe, fp16, int8); DeepFaceLive
@@ -203,7 +203,7 @@ def _export_model(model, out, *, fmt, opset, fp16, simplify_graph, keep_unsimpli
     if fmt == "dfm":
         if opset not in (DFM_OPSET, None):
             raise TorchSAEError(f"--opset {opset} with format dfm: DeepFaceLive's .dfm contract is opset "
-                                f"{DFM_OPSET} (spec §9.1); use --format onnx for another opset")
+                                f"{DFM_OPSET} (docs/dfl.md §9.1); use --format onnx for another opset")
         opset = DFM_OPSET
     elif opset is None:
         opset = DEFAULT_OPSET

@@ -21,7 +21,7 @@ Names (all NCHW float32, batch dimension dynamic, shapes below without it):
 | concat ``K`` (no file) | its sources | channel concatenation in the listed order (LIAE: [B|AB], [AB|AB]) |
 
 `PartsRunner` evaluates a manifest with ONNX Runtime: ``code(x, identity)``, ``decode(z, identity)``,
-``translate(x, a, b)`` and ``swap(face)`` with `SwapModel`'s semantics (spec §2.4 "Inference").
+``translate(x, a, b)`` and ``swap(face)`` with `SwapModel`'s semantics (docs/dfl.md §2.4 "Inference").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Every swapper takes and returns NHWC float32 numpy arrays: celeb (N,R,R,3), cele
 face_mask (N,R,R,1).
 
 - `OrtSwapper` reads an ONNX file. A DeepFaceLive-style model is recognised the way DeepFaceLive's
-  DFMModel does (spec §9.2): the first input's name contains ``in_face``, H and W come from
+  DFMModel does (docs/dfl.md §9.2): the first input's name contains ``in_face``, H and W come from
   ``inputs[0].shape[1:3]``, exactly one input means a SAEHD (type 1) model, and the outputs are taken
   **by position** as (face_mask, celeb, celeb_mask). TorchSAE's own "onnx" format (input ``face``
   NCHW, outputs named celeb_face, celeb_mask, face_mask) is recognised by its input name. The CUDA
@@ -54,7 +54,7 @@ class OrtSwapper:
             raise TorchSAEError(f"{self.path}: ONNX Runtime cannot load it: {first_line(e)}") from None
         inputs = self.sess.get_inputs()
         first = inputs[0]
-        if "in_face" in first.name:  # DeepFaceLive's DFMModel rules (spec §9.2)
+        if "in_face" in first.name:  # DeepFaceLive's DFMModel rules (docs/dfl.md §9.2)
             if len(inputs) != 1:
                 kind = "an AMP (type 2) model" if len(inputs) == 2 and "morph_value" in inputs[1].name else \
                     f"{len(inputs)} inputs"

@@ -1,4 +1,4 @@
-"""From frame + landmarks to an aligned face, as DFL's extractor's final stage does (spec §6.2, §6.4).
+"""From frame + landmarks to an aligned face, as DFL's extractor's final stage does (docs/dfl.md §6.2, §6.4).
 
     M = get_transform_mat(source_landmarks, size, face_type)      # frame -> crop, 2x3
     face = cv2.warpAffine(frame, M, (size, size), flags=INTER_LINEAR, borderMode=CONSTANT 0)

@@ -1,7 +1,7 @@
 """Face detection + 68-point landmarks for extraction: a dlib backend (offline) and a FAN backend.
 
 DFL's extractor finds face rectangles with S3FD and places 68 iBUG landmarks with FAN (2DFAN-4), then
-aligns with `get_transform_mat` (spec §6.2, §6.4). Here:
+aligns with `get_transform_mat` (docs/dfl.md §6.2, §6.4). Here:
 
 - `dlib`: dlib's HOG frontal face detector + its 68-point shape predictor
   (`shape_predictor_68_face_landmarks.dat`, shipped by the face-recognition-models package). Works with

@@ -1,6 +1,6 @@
 """Extraction driver: frames -> faces -> aligned DFLJPG files, resumable, with a JSON summary.
 
-For every frame (DFL `mainscripts/Extractor.py`, spec §6.2):
+For every frame (DFL `mainscripts/Extractor.py`, docs/dfl.md §6.2):
 1. detect faces and their 68 landmarks (engine.extract.backends), largest rect first; keep `max_faces`;
 2. `image_to_face_mat = get_transform_mat(landmarks, size, face_type)`, bilinear warp (§12.13);
 3. drop the face if DFL's 4x-area sanity check fails (face types <= full_face_no_align only);

@@ -10,7 +10,7 @@ Methods (each gives an order, a per-file score and a "worst first" list used by 
   taken over the pixels inside the face-hull mask of the stored landmarks (DFL masks the image with the
   hull before its sharpness estimate; taking the variance only over hull pixels avoids counting the
   mask's own edge as detail). Order: sharpest first; worst = least sharp.
-- yaw: yaw of `estimate_pitch_yaw_roll(landmarks, size=width)` (spec §6.6), radians. Order: ascending
+- yaw: yaw of `estimate_pitch_yaw_roll(landmarks, size=width)` (docs/dfl.md §6.6), radians. Order: ascending
   yaw (one profile -> frontal -> other profile), as DFL's face-yaw sort up to direction; worst = largest
   |yaw| (most turned).
 - hist: DFL's histogram similarity ordering: per-channel 256-bin histograms, distance between two faces
@@ -142,7 +142,7 @@ def blur_scores(paths: list[Path]) -> np.ndarray:
 
 
 def yaw_scores(paths: list[Path]) -> np.ndarray:
-    """(N,) yaw in radians per face (spec §6.6, size = image width as DFL passes)."""
+    """(N,) yaw in radians per face (docs/dfl.md §6.6, size = image width as DFL passes)."""
     out = np.empty(len(paths), dtype=np.float64)
     for i, p in enumerate(paths):
         meta = _meta(p)

@@ -1,4 +1,4 @@
-"""Colour transfer: DFL's `core/imagelib/color_transfer.py` (spec §5.6) and the two dispatchers that use it.
+"""Colour transfer: DFL's `core/imagelib/color_transfer.py` (docs/dfl.md §5.6) and the two dispatchers that use it.
 
 Every function recolours its FIRST image to match the colour statistics of its SECOND. Images are BGR
 float32 H×W×3 in [0, 1]; masks H×W×1.

@@ -1,4 +1,4 @@
-"""DFLJPG: DFL's aligned-face JPEG with metadata in an APP15 segment (spec §6.1-6.2, quirk §12.17).
+"""DFLJPG: DFL's aligned-face JPEG with metadata in an APP15 segment (docs/dfl.md §6.1-6.2, quirk §12.17).
 
 Container. A JPEG is a sequence of segments `FF xx`; SOI/EOI/RST0-7 have no length, every other
 segment has a 16-bit big-endian length that counts its own 2 bytes; after SOS the entropy-coded data

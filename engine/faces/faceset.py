@@ -1,4 +1,4 @@
-"""Facesets: find the usable aligned faces of a folder or packed file as `FaceSample` records (spec §5.1;
+"""Facesets: find the usable aligned faces of a folder or packed file as `FaceSample` records (docs/dfl.md §5.1;
 the record itself: engine.faces.face_sample).
 
 Sources (`load_faceset(path)` picks by what `path` is):

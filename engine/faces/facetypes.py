@@ -1,4 +1,4 @@
-"""Face types: DFL's `facelib/FaceType.py` names, ids and crop padding (spec §6.3).
+"""Face types: DFL's `facelib/FaceType.py` names, ids and crop padding (docs/dfl.md §6.3).
 
 A face type says how much of the head an aligned crop shows. DFL stores the long name in DFLJPG
 metadata (`'whole_face'`), SAEHD's options use the short name (`'wf'`), and DFL's enum uses the int id
@@ -93,7 +93,7 @@ _SHORT = {
 }
 _BY_NAME: dict[str, FaceType] = {**{v: k for k, v in _LONG.items()}, **{v: k for k, v in _SHORT.items()}}
 
-# (padding p, remove_align) per face type, spec §6.3 (DFL's FaceType_to_padding_remove_align).
+# (padding p, remove_align) per face type, docs/dfl.md §6.3 (DFL's FaceType_to_padding_remove_align).
 FACE_TYPE_PADDING: dict[FaceType, tuple[float, bool]] = {
     FaceType.HALF: (0.0, False),
     FaceType.MID_FULL: (0.0675, False),

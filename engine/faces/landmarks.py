@@ -1,4 +1,4 @@
-"""Landmarks: DFL's alignment (`get_transform_mat`), point transforms and head pose (spec §6.4, §6.6).
+"""Landmarks: DFL's alignment (`get_transform_mat`), point transforms and head pose (docs/dfl.md §6.4, §6.6).
 
 Landmarks are the 68-point iBUG layout (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67) as
 (68, 2) arrays of pixel coordinates, x right and y down.
@@ -44,7 +44,7 @@ __all__ = [
     "as_landmarks",
 ]
 
-# DFL's mean face in its unit square, for the 33 alignment points: landmarks 17..48 then 54 (spec §6.4).
+# DFL's mean face in its unit square, for the 33 alignment points: landmarks 17..48 then 54 (docs/dfl.md §6.4).
 landmarks_2D_new = np.array(
     [
         [0.000213256, 0.106454],  # 17

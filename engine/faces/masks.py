@@ -1,4 +1,4 @@
-"""Face masks from 68 landmarks: DFL's hull, eye and mouth masks (spec §6.5, §5.4, quirk §12.14).
+"""Face masks from 68 landmarks: DFL's hull, eye and mouth masks (docs/dfl.md §6.5, §5.4, quirk §12.14).
 
 All masks are float32 H×W×1 with values in [0, 1], drawn at the resolution of the image the landmarks
 belong to (the aligned sample's own size, before any warping, as DFL does).

@@ -1,4 +1,4 @@
-"""Packed facesets: reading DFL's `faceset.pak` (spec §5.8, quirk §12.16) and TorchSAE's `faceset.tspak`.
+"""Packed facesets: reading DFL's `faceset.pak` (docs/dfl.md §5.8, quirk §12.16) and TorchSAE's `faceset.tspak`.
 
 DFL's faceset.pak (samplelib/PackedFaceset.py), native byte order (little-endian on x86):
 

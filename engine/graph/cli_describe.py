@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_command_line([args.recipe, *args.overrides])
     if recipe.kind != "saehd":
         raise TorchSAEError(f"{args.recipe}: an XSeg recipe; describe shows SAEHD graphs (DFL's XSeg network is fixed: "
-                            "spec §7.1, engine/modules/xseg.py)")
+                            "docs/dfl.md §7.1, engine/modules/xseg.py)")
     if args.graph_toml:
         graph, _ = graph_of(recipe.model)
         print(dumps({"graph": graph_to_dict(graph)}), end="")

@@ -1,4 +1,4 @@
-"""`SwapModel`: a planned graph as one nn.Module with DFL's part names and SAEHD's forward (spec §2.4).
+"""`SwapModel`: a planned graph as one nn.Module with DFL's part names and SAEHD's forward (docs/dfl.md §2.4).
 
 Images are NCHW float32 BGR in [0, 1]; masks (N, 1, R, R) in [0, 1].
 
@@ -14,7 +14,7 @@ also runs once on the concatenation. This is the same math as DFL's separate cal
 per-sample: convs, dense, pixel_norm) with fewer, larger kernels. All control flow is static Python over
 the fixed graph, so ``torch.compile(fullgraph=True)`` captures forward_train and swap whole.
 
-forward_train(warped_src, warped_dst) returns (DFL's tensor names, spec §2.4):
+forward_train(warped_src, warped_dst) returns (DFL's tensor names, docs/dfl.md §2.4):
   src_code, dst_code           each identity's code on its own warped batch (DF: inter outputs,
                                (ae, r, r); LIAE: [AB|AB] and [B|AB], (4ae, r, r))
   src_dst_code                 the swap code: DF = dst_code; LIAE = [AB(dst)|AB(dst)]
@@ -170,7 +170,7 @@ class SwapModel(nn.Module):
 
     def forward_train(self, warped_src: torch.Tensor, warped_dst: torch.Tensor, *, no_code_grad: bool = False
                       ) -> dict[str, torch.Tensor]:
-        """SAEHD's training forward (spec §2.4); see the module docstring for the returned names."""
+        """SAEHD's training forward (docs/dfl.md §2.4); see the module docstring for the returned names."""
         src_node, src_dec = self._ident["src"]
         dst_node, dst_dec = self._ident["dst"]
         swap_node = self._swap_code_node("dst", "src")
@@ -190,7 +190,7 @@ class SwapModel(nn.Module):
         return out
 
     def swap(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inference (spec §2.4 "Inference"): dst faces (N,3,R,R) ->
+        """Inference (docs/dfl.md §2.4 "Inference"): dst faces (N,3,R,R) ->
         (celeb_face (N,3,R,R), celeb_mask (N,1,R,R), face_mask (N,1,R,R)).
 
         celeb_* = src decoder on the swap code; face_mask = dst decoder's mask on dst's own code

@@ -1,7 +1,7 @@
 """Shape inference over a graph: ModelSpec -> `GraphPlan` (resolved node settings and shapes). No torch.
 
 Shapes are per sample (no batch), NCHW order: a flat code is ``(L,)``, a latent ``(C, H, W)``, an image
-``(3, R, R)``. Rules (spec §2.3, R = resolution):
+``(3, R, R)``. Rules (docs/dfl.md §2.3, R = resolution):
 
 | node | input | output |
 |---|---|---|

@@ -2,15 +2,15 @@
 
 The model is built on the meta device (no memory, no compute) and each node is run on a meta tensor of
 its input shape with hooks on the blocks, so the layer shapes shown are the modules' real ones and the
-parameter counts are exact (they equal DFL's, spec §2.5–2.7, checked by tests/graph/test_params.py).
+parameter counts are exact (they equal DFL's, docs/dfl.md §2.5–2.7, checked by tests/graph/test_params.py).
 
 Derived values (computed, never written in a recipe):
-  dssim_windows       int(R/11.6), and from R >= 256 also int(R/23.2) (spec §3.4)
-  mask_blur_sigma     σm = max(1, R//32), kernel max(3, int(4σ)) made odd (spec §3.3, §4.2)
-  style_blur_radius   R//8 (face-style loss blur, spec §3.4)
-  blur_out_sigma      R/128 (blur_out_mask, spec §3.2)
-  gan_patch_size_default  R//8 (spec §1)
-  code_res            spatial size of the codes (the true-face discriminator's input, spec §3.5)
+  dssim_windows       int(R/11.6), and from R >= 256 also int(R/23.2) (docs/dfl.md §3.4)
+  mask_blur_sigma     σm = max(1, R//32), kernel max(3, int(4σ)) made odd (docs/dfl.md §3.3, §4.2)
+  style_blur_radius   R//8 (face-style loss blur, docs/dfl.md §3.4)
+  blur_out_sigma      R/128 (blur_out_mask, docs/dfl.md §3.2)
+  gan_patch_size_default  R//8 (docs/dfl.md §1)
+  code_res            spatial size of the codes (the true-face discriminator's input, docs/dfl.md §3.5)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""DFL's archi presets as graphs (spec §2.4): ``df(model_spec)`` and ``liae(model_spec)``. No torch.
+"""DFL's archi presets as graphs (docs/dfl.md §2.4): ``df(model_spec)`` and ``liae(model_spec)``. No torch.
 
 A preset is an ordinary `GraphSpec`; opts letters (u, d, t, c) come from [model].archi through the
-nodes' default ``opts``, dims from [model]. Node order is DFL's part save order (spec §8.1), so
+nodes' default ``opts``, dims from [model]. Node order is DFL's part save order (docs/dfl.md §8.1), so
 ``SwapModel.parts()`` lists encoder, inter, decoder_src, decoder_dst (DF) or encoder, inter_AB, inter_B,
 decoder (LIAE).
 

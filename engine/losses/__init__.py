@@ -1,4 +1,4 @@
-"""SAEHD's losses (spec §3.2–§3.4, §4.2–§4.5) and TorchSAE's extra terms.
+"""SAEHD's losses (docs/dfl.md §3.2–§3.4, §4.2–§4.5) and TorchSAE's extra terms.
 
 `saehd_losses(outputs, batch, spec, rt)` is the whole SAEHD generator loss: `spec` is the recipe's
 [loss] table (engine.recipe.specs.LossSpec) and `rt` the `LossRuntime` (resolution, pretrain, kernels).

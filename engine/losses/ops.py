@@ -1,8 +1,8 @@
 """DFL's small loss ops in torch, NCHW: `nn.gaussian_blur`, `nn.style_loss`, `nn.total_variation_mse`,
-SAEHD's `DLoss`, and the per-sample reductions every SAEHD term uses (spec §3.4, §4.2, §4.3, §4.5).
+SAEHD's `DLoss`, and the per-sample reductions every SAEHD term uses (docs/dfl.md §3.4, §4.2, §4.3, §4.5).
 
 Every function reduces to one value per sample (shape (N,)): DFL's losses are per-sample vectors and the
-gradient is taken of their batch *sum* (spec §12.1).
+gradient is taken of their batch *sum* (docs/dfl.md §12.1).
 
 Deviations from DFL, all below fp32 rounding:
   * `gaussian_blur` runs as two 1-D passes (H then W) with the normalised 1-D kernel instead of one 2-D

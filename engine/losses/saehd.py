@@ -1,4 +1,4 @@
-"""SAEHD's generator and discriminator losses (spec §3.2–§3.4), per sample, NCHW.
+"""SAEHD's generator and discriminator losses (docs/dfl.md §3.2–§3.4), per sample, NCHW.
 
 `saehd_losses(outputs, batch, spec, rt)` returns a dict of named per-sample terms (each shape (N,)) plus
 ``src_loss``, ``dst_loss`` and ``G_loss``. The gradient DFL applies is that of ``G_loss.sum()`` (§12.1).
@@ -18,7 +18,7 @@ Term names (also the golden's ``term/*`` names): ``src_dssim``, ``src_mse``, ``s
 ``dst_mse``, ``dst_em_l1``, ``dst_mask_mse``, and the G-only terms ``true_face``, ``gan``, ``gan_tv``,
 ``gan_bg_mse``. A term is present only when it is active.
 
-Decisions where DFL is ambiguous or quirky (documented in the spec):
+Decisions where DFL is ambiguous or quirky (documented in docs/dfl.md):
   * bg style uses the **src** target mask on dst images (§3.3 quirk, §12.9), as DFL does.
   * In pretrain the face/bg style terms and the GAN terms are off, but the true-face G term stays when
     true_face_power ≠ 0 (§12.10); `[loss].true_face_in_pretrain = false` drops it.
@@ -70,7 +70,7 @@ class LossRuntime:
     """What the SAEHD loss needs besides its [loss] spec: values other tables or the training state decide.
 
     resolution: R, the face resolution ([model].resolution); derives the DSSIM windows, σm = max(1, R//32),
-        the style radius R//8 and the blur-out σ = R/128 (spec §3.3, §3.4, §3.2).
+        the style radius R//8 and the blur-out σ = R/128 (docs/dfl.md §3.3, §3.4, §3.2).
     pretrain: DFL pretrain mode at this step ([train].pretrain or the schedule): the style and GAN terms are
         forced off (§1, §11.6); the true-face G term stays unless `LossSpec.true_face_in_pretrain` is off.
     kernels: DSSIM implementation request ([compile].kernels; kernels/dssim/op.py chooses).

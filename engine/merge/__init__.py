@@ -1,4 +1,4 @@
-"""The merger: swapped faces back into the frames, then a video (DFL's merger, spec §10).
+"""The merger: swapped faces back into the frames, then a video (DFL's merger, docs/dfl.md §10).
 
 - config.py   the settings: the recipe's [merge] table (MergeSpec, DFL's MergerConfigMasked) + flags, DFL's mode ids
 - face.py     MergeMaskedFace / MergeMasked: masks, colour transfer, warps, blends, post-processing

@@ -1,5 +1,5 @@
 """The merger's settings: the recipe's [merge] table (`engine.recipe.specs.MergeSpec`: DFL's
-`MergerConfigMasked` options with DFL's defaults and ranges, spec §10.3 — the one schema) plus the face type
+`MergerConfigMasked` options with DFL's defaults and ranges, docs/dfl.md §10.3 — the one schema) plus the face type
 of the model's crops, which comes with the model, not from the table.
 
 Modes are stored by name; DFL defines its mask, colour-transfer and sharpen algorithms by id, and the merger

@@ -1,4 +1,4 @@
-"""DFL's `MergeMaskedFace` and `MergeMasked` (spec §10.2): put one swapped face back into a frame, then
+"""DFL's `MergeMaskedFace` and `MergeMasked` (docs/dfl.md §10.2): put one swapped face back into a frame, then
 composite every face of the frame.
 
 Images are BGR float32 in [0, 1], (H, W, 3); masks (H, W, 1). R is the model resolution.
@@ -36,7 +36,7 @@ resize's negative ringing; hist-match's second image is not clipped; cv2.seamles
 mask argument. Not covered by the golden (no recorded case): mask modes 0/1/3/5-9, output_face_scale,
 the colour transfers other than rct (each is golden-tested alone in tests/data), seamless-hist-match and
 the post-processing filters (motion blur, blur/sharpen, denoise, bicubic and colour degrade), which follow
-spec §10.2 steps 10.7-10.8.
+docs/dfl.md §10.2 steps 10.7-10.8.
 
 Deviations:
 - DFL's idt / sot draw from numpy's global RNG; here `rng` (per frame, seeded) makes merges reproducible.
@@ -295,7 +295,7 @@ def merge_face(
     rng: np.random.RandomState | np.random.Generator | None = None,
     trace: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """DFL's MergeMaskedFace (spec §10.2, steps in the module docstring) for one face.
+    """DFL's MergeMaskedFace (docs/dfl.md §10.2, steps in the module docstring) for one face.
 
     img_bgr (H, W, 3) float32 in [0, 1] (= uint8 frame / 255); landmarks (68, 2) frame px; spec: the [merge]
     settings; face_type: the model's crop; prediction from

@@ -3,9 +3,9 @@
 
 The model runs through engine.export.runtime (one adapter for every form): a TorchSAE checkpoint or DFL
 model folder in torch, a .onnx/.dfm in ONNX Runtime (a DFM is NHWC with outputs face_mask, celeb,
-celeb_mask by position, spec §9.2), or a ``--parts`` export. They all map (N, R, R, 3) BGR [0, 1] to
+celeb_mask by position, docs/dfl.md §9.2), or a ``--parts`` export. They all map (N, R, R, 3) BGR [0, 1] to
 (celeb, celeb_mask, face_mask), i.e. DFL's predictor_func outputs (bgr, mask_src_dstm = learned-prd,
-mask_dst_dstm = learned-dst) (spec §10.1).
+mask_dst_dstm = learned-dst) (docs/dfl.md §10.1).
 
 Face type (which crop the model was trained on; the merge crops the frame the same way): the recipe
 stored in a checkpoint, the ``torchsae.face_type`` metadata of an export, else None (the caller then takes

@@ -1,5 +1,5 @@
 """What the merger reads: frames (a folder of images or a video), the aligned faces that point back into
-them, and the per-frame motion DFL derives from the landmarks (spec §10.1).
+them, and the per-frame motion DFL derives from the landmarks (docs/dfl.md §10.1).
 
 - Frames: engine.extract.media (video frames are named 00001, 00002, ... like DFL's ``%5d.png``; images
   keep their stem; folders are read in natural order).

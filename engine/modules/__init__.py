@@ -1,6 +1,6 @@
-"""NCHW building blocks of DFL's DeepFakeArchi (spec §2) plus TorchSAE's latent adapter.
+"""NCHW building blocks of DFL's DeepFakeArchi (docs/dfl.md §2) plus TorchSAE's latent adapter.
 
-Submodule and parameter names mirror DFL's variable scopes (spec §2.8), so importing DFL weights is a
+Submodule and parameter names mirror DFL's variable scopes (docs/dfl.md §2.8), so importing DFL weights is a
 key map (engine.dfl.keymap): ``encoder.down1.downs_0.conv1.weight`` <-> ``encoder/down1/downs_0/conv1/weight:0``.
 Discriminators live in engine/modules/discriminators.py.
 """

@@ -1,6 +1,6 @@
-"""DFL DeepFakeArchi Encoder / Inter / Decoder (spec §2.3), NCHW, DFL attribute names and creation order.
+"""DFL DeepFakeArchi Encoder / Inter / Decoder (docs/dfl.md §2.3), NCHW, DFL attribute names and creation order.
 
-`opts` is the archi option string (letters from ``u d t c``, spec §2.3 "Summary of the archi letters"):
+`opts` is the archi option string (letters from ``u d t c``, docs/dfl.md §2.3 "Summary of the archi letters"):
   u  pixel_norm on the flattened encoder output (no parameters change)
   d  lowest = R/32 instead of R/16; decoder image from four heads + DCR depth_to_space; one more mask upscale
   t  5-stage encoder with two residual blocks; no Upscale in Inter; 4 upscale(+res) decoder stages
@@ -41,7 +41,7 @@ class Encoder(nn.Module):
 
     without t: ``down1`` = DownscaleBlock(in_ch, e, 4 downscales, k=5) -> (8e, R/16, R/16)
     with t:    down1 (in->e), res1, down2 (e->2e), down3 (2e->4e), down4 (4e->8e), down5 (8e->8e), res5
-    Flatten is channel-major (= torch.flatten on NCHW, spec §2.1).
+    Flatten is channel-major (= torch.flatten on NCHW, docs/dfl.md §2.1).
     """
 
     def __init__(self, in_ch: int, e_ch: int, opts: str = "", *, device=None):
@@ -120,7 +120,7 @@ class Decoder(nn.Module):
     Mask branch: upscalem_i, channels 8dm, 4dm, 2dm (t: 8dm, 8dm, 4dm, 2dm), plus one more to dm with d.
     Heads without d: out_conv (1×1 -> 3), out_convm (1×1 -> 1).
     Heads with d: [out_conv (1×1), out_conv1, out_conv2, out_conv3 (3×3)] concatenated in that order
-    (12 ch) -> DCR depth_to_space: head i*2+j fills pixel (2h+i, 2w+j) of each 2×2 cell (spec §2.3).
+    (12 ch) -> DCR depth_to_space: head i*2+j fills pixel (2h+i, 2w+j) of each 2×2 cell (docs/dfl.md §2.3).
     R = r * 8 (t: r * 16), times 2 with d.
     """
 

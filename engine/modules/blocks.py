@@ -1,8 +1,8 @@
-"""DFL DeepFakeArchi building blocks (spec §2.2), NCHW, with DFL's attribute names.
+"""DFL DeepFakeArchi building blocks (docs/dfl.md §2.2), NCHW, with DFL's attribute names.
 
 Submodule names mirror DFL's variable scopes so the weight import is a key map: a `DownscaleBlock`
 registers its layers as ``downs_0``, ``downs_1``, ... (DFL list attributes get the suffix ``_<i>``,
-spec §2.8), not as an ``nn.ModuleList`` (which would name them ``downs.0``).
+docs/dfl.md §2.8), not as an ``nn.ModuleList`` (which would name them ``downs.0``).
 
 | block | layers | forward |
 |---|---|---|
@@ -35,7 +35,7 @@ class Downscale(nn.Module):
 
 
 class DownscaleBlock(nn.Module):
-    """``n`` Downscales; layer i outputs ``ch * min(2**i, 8)`` channels (spec §2.2)."""
+    """``n`` Downscales; layer i outputs ``ch * min(2**i, 8)`` channels (docs/dfl.md §2.2)."""
 
     def __init__(self, in_ch: int, ch: int, n_downscales: int, kernel_size: int, *, use_cos: bool = False,
                  device=None):

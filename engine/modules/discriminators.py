@@ -1,4 +1,4 @@
-"""SAEHD's discriminators (spec §3.5): DFL's UNetPatchDiscriminator (GAN, scope ``D_src``) and
+"""SAEHD's discriminators (docs/dfl.md §3.5): DFL's UNetPatchDiscriminator (GAN, scope ``D_src``) and
 CodeDiscriminator (true face, scope ``dis``), NCHW, with DFL's parameter names and weight-file key maps.
 
 Matched DFL behaviour:

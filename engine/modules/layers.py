@@ -1,15 +1,15 @@
-"""Layer primitives with DFL's numerics (spec §2.1), NCHW.
+"""Layer primitives with DFL's numerics (docs/dfl.md §2.1), NCHW.
 
 - `conv2d(in, out, k, stride)`: DFL's "SAME" is an explicit *symmetric* zero pad of
   ``((k-1)*dilation+1)//2`` per side followed by a VALID conv (not TF's asymmetric SAME). For the odd
   kernels used by the generator this is ``(k-1)//2``; for k=4 (code discriminator) it is 2.
 - `dense(in, out)`: ``y = x @ W + b``; torch stores ``W.T`` (DFL ``(in, out)`` -> torch ``(out, in)``).
 - Initialisation: glorot-uniform weights (``limit = sqrt(6/(fan_in+fan_out))`` with conv fans
-  ``k*k*in`` / ``k*k*out``, identical to ``nn.init.xavier_uniform_``) and zero biases (spec §2.1).
+  ``k*k*in`` / ``k*k*out``, identical to ``nn.init.xavier_uniform_``) and zero biases (docs/dfl.md §2.1).
 - `depth_to_space`: TF's **DCR** order ``out[c, 2h+i, 2w+j] = in[(i*2+j)*C + c, h, w]``; PyTorch's
-  ``pixel_shuffle`` is CRD and is *not* the same (spec §2.1, quirk §12.3).
-- `pixel_norm`: one scalar per sample, ``x * rsqrt(mean(x**2 over all features) + 1e-6)`` (spec §4.4).
-- `Act`: LeakyReLU(slope), or ``x*cos(x)`` for archi letter ``c`` (the slope is then ignored, spec §2.1).
+  ``pixel_shuffle`` is CRD and is *not* the same (docs/dfl.md §2.1, quirk §12.3).
+- `pixel_norm`: one scalar per sample, ``x * rsqrt(mean(x**2 over all features) + 1e-6)`` (docs/dfl.md §4.4).
+- `Act`: LeakyReLU(slope), or ``x*cos(x)`` for archi letter ``c`` (the slope is then ignored, docs/dfl.md §2.1).
 
 Parameter names are torch's (``weight``, ``bias``); the DFL key map (engine.dfl.keymap) turns
 ``encoder.down1.downs_0.conv1.weight`` into DFL's ``encoder/down1/downs_0/conv1/weight:0``.
@@ -24,12 +24,12 @@ __all__ = ["dfl_same_padding", "conv2d", "dense", "glorot_init_", "depth_to_spac
 
 
 def dfl_same_padding(kernel_size: int, dilation: int = 1) -> int:
-    """DFL Conv2D 'SAME' padding per side: ``((k-1)*dilation+1)//2`` (symmetric; spec §2.1)."""
+    """DFL Conv2D 'SAME' padding per side: ``((k-1)*dilation+1)//2`` (symmetric; docs/dfl.md §2.1)."""
     return ((kernel_size - 1) * dilation + 1) // 2
 
 
 def glorot_init_(module: nn.Module) -> nn.Module:
-    """Glorot-uniform weight, zero bias, in place (DFL's TF1 default initializer, spec §2.1)."""
+    """Glorot-uniform weight, zero bias, in place (DFL's TF1 default initializer, docs/dfl.md §2.1)."""
     nn.init.xavier_uniform_(module.weight)
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
@@ -72,12 +72,12 @@ def depth_to_space(x: torch.Tensor, block: int = 2) -> torch.Tensor:
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """DFL ``nn.pixel_norm`` on a flat (N, L) vector: ``x * rsqrt(mean_L(x**2) + 1e-6)`` (spec §4.4)."""
+    """DFL ``nn.pixel_norm`` on a flat (N, L) vector: ``x * rsqrt(mean_L(x**2) + 1e-6)`` (docs/dfl.md §4.4)."""
     return x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + eps)
 
 
 class XCos(nn.Module):
-    """``x * cos(x)``: DFL's activation for archi letter ``c`` (spec §2.1)."""
+    """``x * cos(x)``: DFL's activation for archi letter ``c`` (docs/dfl.md §2.1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.cos(x)

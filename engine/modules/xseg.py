@@ -1,4 +1,4 @@
-"""DFL's XSeg segmentation network (spec §7.1) in NCHW torch, and `XSegNet.extract` (spec §7.3).
+"""DFL's XSeg segmentation network (docs/dfl.md §7.1) in NCHW torch, and `XSegNet.extract` (docs/dfl.md §7.3).
 
     net = XSeg()                                  # base_ch 32: 17,569,317 parameters, 222 tensors
     mask = XSegExtractor(net)(face_bgr_256)       # (256,256,3) BGR [0,1] -> (256,256,1), DFL's extract()
@@ -26,7 +26,7 @@ DFL alignment details kept (golden extra/xseg_base4_res256 proves them):
 - ``pretrain=True`` replaces every skip tensor by zeros (Model_XSeg pretraining, §7.2).
 
 Names mirror DFL's variable scopes: torch ``conv01.frn.eps`` <-> DFL ``XSeg/conv01/frn/eps:0`` (key
-``conv01/frn/eps:0`` inside ``XSeg_256.npy``, a protocol-4 pickle of {name: array}, spec §8.2).
+``conv01/frn/eps:0`` inside ``XSeg_256.npy``, a protocol-4 pickle of {name: array}, docs/dfl.md §8.2).
 Deviation: none in the math. Numerically the port agrees with DFL's TensorFlow to ~1.2e-3 on the logits
 (TF's float32 reductions in the FRN means differ in rounding; DFL's own NCHW and NHWC paths differ by as
 much), hence the golden tolerances 2e-3 (logits) / 5e-4 (sigmoid).
@@ -122,7 +122,7 @@ class UpConvBlock(nn.Module):
     """ConvTranspose 3×3 stride 2 with DFL/TF-SAME alignment -> FRN -> TLU; (N,in,H,W) -> (N,out,2H,2W).
 
     TF SAME for k3 s2 computes out[2i+d] += x[i]·w[d] for d = 0..2 and keeps the first 2H rows: the full
-    transposed conv (padding 0, size 2H+1) cropped at the end (spec §12.4).
+    transposed conv (padding 0, size 2H+1) cropped at the end (docs/dfl.md §12.4).
     """
 
     def __init__(self, in_ch: int, out_ch: int):
@@ -237,7 +237,7 @@ class XSeg(nn.Module):
 
 
 class XSegExtractor:
-    """DFL's ``XSegNet.extract`` (spec §7.3): mask = sigmoid(net(img)), clipped to [0, 1], values < 0.1 -> 0.
+    """DFL's ``XSegNet.extract`` (docs/dfl.md §7.3): mask = sigmoid(net(img)), clipped to [0, 1], values < 0.1 -> 0.
 
     __call__(img): (H, W, 3) or (N, H, W, 3) float BGR in [0, 1] with H = W = net.resolution, NHWC as DFL ->
     (H, W, 1) or (N, H, W, 1) float32. Runs without gradients, in batches of `batch_size`.

@@ -1,4 +1,4 @@
-"""Optimizers: DFL's RMSprop and AdaBelief (spec §3.6) with lr_dropout / lr_cos / clipnorm, torch's adam and
+"""Optimizers: DFL's RMSprop and AdaBelief (docs/dfl.md §3.6) with lr_dropout / lr_cos / clipnorm, torch's adam and
 adamw by name, SAEHD's parameter sets, and the DFL optimizer-file mapping."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DFL's optimizers, RMSprop and AdaBelief (spec §3.6, §12.2), as `torch.optim.Optimizer` subclasses.
+"""DFL's optimizers, RMSprop and AdaBelief (docs/dfl.md §3.6, §12.2), as `torch.optim.Optimizer` subclasses.
 
 Formulas (per element; no bias correction, no weight decay, ε outside the square root):
 

@@ -1,4 +1,4 @@
-"""DFL SAEHD options (the dict pickled in `<name>_SAEHD_data.dat`, spec §1) -> recipe document.
+"""DFL SAEHD options (the dict pickled in `<name>_SAEHD_data.dat`, docs/dfl.md §1) -> recipe document.
 
 Every option DFL stores maps onto one recipe key (the `dfl=` name in engine/recipe/specs.py); options a
 recipe has no use for (GPU placement, preview history) are reported, not silently dropped.
@@ -41,7 +41,7 @@ def options_to_doc(options: dict[str, Any]) -> dict[str, Any]:
         if key == "adabelief":
             doc.setdefault("optim", {})["name"] = "adabelief" if value else "rmsprop"
             continue
-        if key == "lr_dropout" and isinstance(value, bool):  # legacy bools (spec §1)
+        if key == "lr_dropout" and isinstance(value, bool):  # legacy bools (docs/dfl.md §1)
             value = "y" if value else "n"
         if key not in idx:
             unknown.append(key)

@@ -12,7 +12,7 @@ Rules (README "Recipes"):
 - Overrides `table.key=value` must name an existing key; the value is read as a TOML value (a bare word
   becomes a string) and type-checked like the file. `~table.key` removes the key (back to its default).
 - Derived values are computed here, never written in TOML: `d_mask_dims` defaults to DFL's `d_dims//3`
-  rounded up to even when not given (spec §1).
+  rounded up to even when not given (docs/dfl.md §1).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def _build(cls: type, values: dict[str, Any], where: str, ctx: _Ctx, table: str)
 
 
 def parse_archi(archi: str) -> tuple[str, str] | str:
-    """'liae-ud' -> ('liae', 'ud'); an error message string when malformed (DFL's rules, spec §1)."""
+    """'liae-ud' -> ('liae', 'ud'); an error message string when malformed (DFL's rules, docs/dfl.md §1)."""
     form = f"form '<df|liae>[-<opts>]', opts from {', '.join(ARCHI_OPTS)}"
     parts = archi.split("-")
     if parts[0] not in ARCHI_TYPES:

@@ -3,7 +3,7 @@
 A recipe is TOML with the tables below; each becomes one spec and each consumer receives only its own
 (the graph builder gets `ModelSpec`, the loss gets `LossSpec`, ...). Field metadata carries the schema
 (type, choices, range, help) that `engine.recipe.load` validates against, so the schema lives in one
-place. DFL's option names and defaults (spec §1) are kept wherever an option exists in DFL.
+place. DFL's option names and defaults (docs/dfl.md §1) are kept wherever an option exists in DFL.
 
 This module imports no torch: `torchsae validate` is instant.
 """
@@ -43,7 +43,7 @@ DISTILL_MODES = ("mse", "cosine")  # engine.losses.distill.latent_distill
 
 @attrs.frozen(kw_only=True)
 class DataSpec:
-    """[data]: facesets and DFL's augmentation (spec §5). Paths are relative to the working directory."""
+    """[data]: facesets and DFL's augmentation (docs/dfl.md §5). Paths are relative to the working directory."""
 
     src: str = opt("workspace/demo/data_src/aligned", type=str, help="src faceset: DFL aligned folder or plain folder")
     dst: str = opt("workspace/demo/data_dst/aligned", type=str, help="dst faceset: DFL aligned folder or plain folder")
@@ -83,7 +83,7 @@ class DataSpec:
 
 @attrs.frozen(kw_only=True)
 class ModelSpec:
-    """[model]: a DFL archi preset (spec §2) or an explicit [graph]."""
+    """[model]: a DFL archi preset (docs/dfl.md §2) or an explicit [graph]."""
 
     archi: str = opt("liae-ud", type=str, help="'<df|liae>[-<opts>]', opts from u, d, t, c", dfl="archi")
     resolution: int = opt(128, type=int, min=64, max=640, help="face resolution (multiple of 16; of 32 with -d)",
@@ -103,7 +103,7 @@ class ModelSpec:
 
 @attrs.frozen(kw_only=True)
 class LossSpec:
-    """[loss]: SAEHD's terms (spec §3.4) with DFL's weights as defaults, plus TorchSAE's latent distillation.
+    """[loss]: SAEHD's terms (docs/dfl.md §3.4) with DFL's weights as defaults, plus TorchSAE's latent distillation.
 
     The consumer is engine.losses.saehd (`saehd_losses(outputs, batch, spec, runtime)`), which reads these
     fields directly; what the loss needs from elsewhere (the resolution R, pretrain mode, the kernel choice)
@@ -129,7 +129,7 @@ class LossSpec:
     true_face_power: float = opt(0.0, type=float, min=0.0, max=1.0, help="true-face code discriminator (df only)",
                                  dfl="true_face_power")
     true_face_in_pretrain: bool = opt(True, type=bool,
-                                      help="keep the true-face generator term in pretrain (DFL does, spec §12.10)")
+                                      help="keep the true-face generator term in pretrain (DFL does, docs/dfl.md §12.10)")
     gan_power: float = opt(0.0, type=float, min=0.0, max=5.0, help="GAN power", dfl="gan_power")
     gan_patch_size: int = opt(0, type=int, min=0, max=640, help="GAN patch size (0 = resolution // 8)",
                               dfl="gan_patch_size")
@@ -172,7 +172,7 @@ class ScheduleSpec:
 
 @attrs.frozen(kw_only=True)
 class OptimSpec:
-    """[optim]: DFL's optimizers (spec §3.6) and the usual torch ones."""
+    """[optim]: DFL's optimizers (docs/dfl.md §3.6) and the usual torch ones."""
 
     name: str = opt("adabelief", type=str, choices=("adabelief", "rmsprop", "adam", "adamw"),
                     help="optimizer (DFL: adabelief, or rmsprop when adabelief is off)", dfl="adabelief")
@@ -225,7 +225,7 @@ class TrainSpec:
 
 @attrs.frozen(kw_only=True)
 class ExportSpec:
-    """[export]: ONNX / DFM export (spec §9)."""
+    """[export]: ONNX / DFM export (docs/dfl.md §9)."""
 
     format: str = opt("dfm", type=str, choices=("onnx", "dfm"), help="default export format")
     opset: int = opt(17, type=int, min=11, max=23, help="ONNX opset (DFM always uses 12)")
@@ -255,7 +255,7 @@ MERGE_CT = ("none", "rct", "lct", "mkl", "mkl-m", "idt", "idt-m", "sot-m", "mix-
 
 @attrs.frozen(kw_only=True)
 class MergeSpec:
-    """[merge]: DFL's MergerConfigMasked options (spec §10.3 defaults)."""
+    """[merge]: DFL's MergerConfigMasked options (docs/dfl.md §10.3 defaults)."""
 
     mode: str = opt("overlay", type=str, choices=MERGE_MODES, help="blend mode")
     mask_mode: str = opt("learned-prd*learned-dst", type=str, choices=MASK_MODES, help="mask source")
@@ -281,7 +281,7 @@ XSEG_FACE_TYPES = ("h", "mf", "f", "wf", "head")
 
 @attrs.frozen(kw_only=True)
 class XSegSpec:
-    """[xseg]: DFL's XSeg segmentation model (spec §5.7, §7), trained by `torchsae xseg train` from an XSeg
+    """[xseg]: DFL's XSeg segmentation model (docs/dfl.md §5.7, §7), trained by `torchsae xseg train` from an XSeg
     recipe (`kind = "xseg"`: tables [xseg] and [train] only). DFL's options keep their names and defaults."""
 
     facesets: tuple = opt(("workspace/demo/data_src/aligned", "workspace/demo/data_dst/aligned"), type=tuple,

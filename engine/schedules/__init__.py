@@ -8,7 +8,7 @@ Pure functions of `step` (no state to checkpoint, except whether pretraining is 
 - ramps: a [loss] weight goes linearly from start_value (up to `start`) to end_value (from `end`);
   start == end is a switch (e.g. GAN on after N steps).
 - random warp off from `random_warp_off_at` (DFL users flip random_warp off late in training).
-- pretrain until `pretrain_until`, then DFL's switch (spec §11.6).
+- pretrain until `pretrain_until`, then DFL's switch (docs/dfl.md §11.6).
 DFL's own lr_cos (the 500-step cosine that comes with lr_dropout) lives in the optimizer, not here.
 """
 

@@ -23,7 +23,7 @@ tensor data is detected when the checkpoint is read; weights must be finite. Rea
 explicitly named checkpoint that fails is an error. A `step_*` folder without its train_state.pt is
 incomplete: resuming from it would silently restart the optimizers, RNG and loader.
 
-Pretrain phase: DFL restarts its iteration counter at 0 when pretraining ends (spec §11.6) and keeps one
+Pretrain phase: DFL restarts its iteration counter at 0 when pretraining ends (docs/dfl.md §11.6) and keeps one
 model folder, so its normal-mode saves overwrite the pretrained weights. Here the pretrain phase's
 checkpoints are named `pretrain_step_*`, so the restarted counter never collides with them; they sort
 before every normal-mode checkpoint and are pruned separately (the pretrained model stays available).

@@ -3,7 +3,7 @@
 How the batch is split: `[train].batch_size` is the *global* batch. Each of the W ranks draws its own
 batch_size/W samples (the loader is sharded by rank), computes its per-sample losses, and backpropagates
 their sum. Gradients are then all-reduced with SUM, so every rank applies exactly the gradient a single
-process would compute for the combined batch (SAEHD differentiates the batch *sum*, spec §12.1; DFL's
+process would compute for the combined batch (SAEHD differentiates the batch *sum*, docs/dfl.md §12.1; DFL's
 multi-GPU path averages per-GPU gradients instead, which scales the gradient by 1/W — we don't copy that,
 so changing the GPU count does not change the optimisation). The models are batch-norm free, so nothing
 else needs synchronising. Only global rank 0 writes checkpoints, previews and logs (`is_main` is the

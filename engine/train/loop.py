@@ -20,7 +20,7 @@ Trainer and XSeg's (engine.xseg.train, through `run_trainer`). The pieces live b
     checkpoint.py    atomic checkpoints, latest, keep-last-N, DFL-style backups
     distributed.py   DDP: process group, broadcast, gradient all-reduce in the optimizer step
 
-This is the outer loop of DFL's Trainer/ModelBase (spec §11) done the TorchSAE way: saves are atomic units
+This is the outer loop of DFL's Trainer/ModelBase (docs/dfl.md §11) done the TorchSAE way: saves are atomic units
 after the first step, every N steps and/or every N minutes (DFL: 25), at the target step, on Ctrl-C and at
 the end; keep-last-N; DFL-style backups; `summary.json` in the run folder at the end (steps, median s/step
 after warm-up, final losses, checkpoint).

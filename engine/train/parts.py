@@ -1,6 +1,6 @@
 """Model-part surgery for training: which parameters train, which parts stay frozen ([train].freeze),
 which start from another checkpoint ([train].init_parts), and DFL's re-initialisation of the inter(s) at
-the pretrain -> normal switch (spec §11.6).
+the pretrain -> normal switch (docs/dfl.md §11.6).
 
 A part is a top-level child of the SwapModel (`model.parts()`: encoder, inter, decoder_src, ... or an
 explicit graph's node names).
@@ -25,7 +25,7 @@ __all__ = ["archi_type", "parameter_sets", "freeze_parts", "init_parts", "reinit
 
 log = logging.getLogger("torchsae.train")
 
-# the parts DFL re-initialises when pretraining ends (spec §11.6)
+# the parts DFL re-initialises when pretraining ends (docs/dfl.md §11.6)
 _PRETRAIN_REINIT = {"df": ("inter",), "liae": ("inter_AB", "inter_B")}
 
 

@@ -1,4 +1,4 @@
-"""Preview images: labelled columns for a few fixed samples, plus DFL's loss graph strip (spec §11.5).
+"""Preview images: labelled columns for a few fixed samples, plus DFL's loss graph strip (docs/dfl.md §11.5).
 
 Columns (each a face at model resolution, BGR):
     A_original, A_xseg_mask_overlay, A_recon (A->A), B_original, B_xseg_mask_overlay, B_recon (B->B),

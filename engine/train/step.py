@@ -1,4 +1,4 @@
-"""One SAEHD training step in DFL's order (spec §3.7), free of I/O.
+"""One SAEHD training step in DFL's order (docs/dfl.md §3.7), free of I/O.
 
     1. generator: forward_train → saehd_losses → G_loss.sum().backward() → optimizer step
        (the gradient of the batch SUM, §12.1; the discriminators are frozen during this backward);

@@ -6,7 +6,7 @@ shared checkpoint state are engine.train.base.TrainerBase's). It holds the model
 (engine.train.step) with its optimizers and discriminators, the loader, and:
 
 - `apply_schedules()`: before each step, lr (schedule x rollback back-off), loss-weight ramps, random warp
-  off, DFL's pretrain -> normal switch (spec §11.6), once: `pretrain_done` is checkpointed, because the
+  off, DFL's pretrain -> normal switch (docs/dfl.md §11.6), once: `pretrain_done` is checkpointed, because the
   switch restarts the step counter that `pretrain_until` is measured in;
 - `next_batch(batches)` (TrainerBase): the loader's next batch on the device (the fixed preview samples are
   taken from the first one), the wait for it timed by `clock` (engine.train.loopstats);
@@ -109,7 +109,7 @@ class Trainer(TrainerBase):
         log.info("step %d: random warp %s", self.step, "on" if on else "off")
 
     def _switch_pretrain(self, pretrain: bool) -> None:
-        """DFL's pretrain -> normal switch (spec §11.6): step and history restart at 0, the inter(s) are
+        """DFL's pretrain -> normal switch (docs/dfl.md §11.6): step and history restart at 0, the inter(s) are
         re-initialised, the preview sample is redrawn; data, loss forcing and lr_dropout follow the new mode.
         The pretrained model is saved first (as `pretrain_step_<N>`), and `pretrain_done` keeps the switch
         from happening again once the counter has restarted (or after a resume)."""
@@ -204,7 +204,7 @@ class Trainer(TrainerBase):
         return True
 
     def _set_optimizer_mode(self, pretrain: bool) -> None:
-        """lr_dropout (and its lr_cos) is off in pretrain (spec §3.6): follow the mode on every optimizer."""
+        """lr_dropout (and its lr_cos) is off in pretrain (docs/dfl.md §3.6): follow the mode on every optimizer."""
         dfl = dfl_update_settings(self.recipe.optim, pretrain=pretrain)
         for guarded in self._optimizers():
             opt = guarded.opt

@@ -2,10 +2,10 @@
 
     engine.xseg.polys     DFL's include/exclude polygons (seg_ie_polys): parse, check, rasterise
     engine.xseg.faces     the faces of a faceset with their labels (strict DFLJPG scan)
-    engine.xseg.augment   DFL's XSeg training sample and augmentation (spec §5.7)
+    engine.xseg.augment   DFL's XSeg training sample and augmentation (docs/dfl.md §5.7)
     engine.xseg.data      batches for training (planner + worker dataset on SAEHD's FaceLoader)
     engine.xseg.model     XSeg models from checkpoints, DFL folders or ONNX; DFL's extract()
-    engine.xseg.train     the trainer (spec §7.2 loss and optimizer, TorchSAE's loop)
+    engine.xseg.train     the trainer (docs/dfl.md §7.2 loss and optimizer, TorchSAE's loop)
     engine.xseg.dfl_io    DFL's XSeg model folder (XSeg_256.npy, _opt.npy, XSeg_data.dat) <-> checkpoints
     engine.xseg.apply     write / remove masks and labels in facesets, fetch labelled faces (DFL's verbs)
     engine.xseg.labels    labels to and from JSON / COCO files

@@ -16,7 +16,7 @@ Safety, whatever happens (each verb):
 4. `apply` is resumable: a journal `<DIR>/.torchsae_xseg_apply.json` lists the faces done with this model;
    running the same command again skips them (and reuses the first run's backup). It is removed when done.
 
-apply (spec §7.3, DFL's apply_xseg): the face is read as float BGR; if the XSeg model's face type is unknown
+apply (docs/dfl.md §7.3, DFL's apply_xseg): the face is read as float BGR; if the XSeg model's face type is unknown
 or equals the face's, it is resized to the network resolution (LANCZOS4); otherwise DFL re-crops it from the
 frame landmarks: ``mat`` maps the face's crop onto the model face type's crop (both from
 get_transform_mat(source_landmarks, w, ·)); the face is warped by ``mat`` (bilinear: DFL passes LANCZOS4

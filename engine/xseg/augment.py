@@ -1,5 +1,5 @@
 """DFL's XSeg training sample: image + label mask at the network resolution, and its augmentation
-(spec §5.7; DFL `samplelib/SampleGeneratorFaceXSeg.py`, `core/imagelib/filters.py`, `core/imagelib/sd`).
+(docs/dfl.md §5.7; DFL `samplelib/SampleGeneratorFaceXSeg.py`, `core/imagelib/filters.py`, `core/imagelib/sd`).
 
     img, mask = image_and_mask(sample, polys, resolution=256, face_type=FaceType.WHOLE_FACE)
     img, mask = augment(img, mask, background, np.random.RandomState(seed))
@@ -27,7 +27,7 @@ linear fade); every "chance" is `randint(100) < chance`.
 
 Where this differs from DFL: DFL draws from each worker's unseeded global RNG; here every draw comes from
 the one RandomState passed in (seeded per sample by the loader), in the same order, so a batch is a pure
-function of the seed. DFL warps the mask with `warp_by_params`' default interpolation (cubic; spec §5.7's
+function of the seed. DFL warps the mask with `warp_by_params`' default interpolation (cubic; docs/dfl.md §5.7's
 "linear" describes SAEHD's masks) — followed here, the mask is binarised right after anyway. A stored
 xseg_mask whose size differs from the image (DFL's apply writes 256², faces are 512²) is resized to the
 image first: DFL would warp the 256² mask with the 512² image's matrix when the face types differ.

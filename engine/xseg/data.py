@@ -20,9 +20,9 @@ uses, from `seed`) and a map-style dataset (what a worker does with a plan).
   background face from an independent shuffled order (DFL's bg_shuffle_idxs) and a 32-bit key that seeds
   the RandomState of its augmentation ("dfl": engine.xseg.augment) or its parameter stream ("device":
   engine.xseg.device). DFL draws all of these from unseeded RNGs.
-- Normal mode: engine.xseg.augment.image_and_mask + augment (spec §5.7); with `augment=False` the faces and
+- Normal mode: engine.xseg.augment.image_and_mask + augment (docs/dfl.md §5.7); with `augment=False` the faces and
   labels as they are (for checks, not DFL).
-- Pretrain mode (spec §7.2): the pretrain faceset through SAEHD's SampleProcessor geometry — face-type
+- Pretrain mode (docs/dfl.md §7.2): the pretrain faceset through SAEHD's SampleProcessor geometry — face-type
   conversion, then grid warp + affine + flip with DFL's default SampleProcessor ranges (rotation ±10°,
   scale ±0.05, tx/ty ±0.05) — giving `image` (BGR) and `target`, its grayscale (cv2 BGR2GRAY of the same
   warped image): {"image": (B, 3, R, R), "target": (B, 1, R, R)}.

@@ -3,7 +3,7 @@
     loader = make_xseg_loader(faces, ..., pipeline="device", device=torch.device("cuda"))
     batch = next(loader)     # {"image": (B, 3, R, R), "mask": (B, 1, R, R)} already on the device
 
-SAEHD's device pipeline (engine.data.device) built for DFL's XSeg augmentation (spec §5.7; the numpy/OpenCV
+SAEHD's device pipeline (engine.data.device) built for DFL's XSeg augmentation (docs/dfl.md §5.7; the numpy/OpenCV
 per-sample version, engine.xseg.augment, stays as the oracle and the "dfl" pipeline):
 
     loader process (XSegDeviceBatches)                     training device (XSegAugment)
@@ -79,7 +79,7 @@ _KEY_XSEG = 21  # spawn_key of the XSeg device pipeline's per-sample stream
 CIRCLES = ("colour", "detail", "blur", "resize", "jpeg")  # the faded circles of steps 5-8, in this order
 DETAIL = 5  # sharpen / motion-blur kernels, zero-padded to DETAIL x DETAIL (KERNEL_MAX = 5)
 BLUR_TAPS = 2 * (KERNEL_MAX - 1) + 1  # random_gaussian_blur's largest kernel: randint(5)·2 + 1 <= 9
-# gen_warp_params ranges (rotation °, scale, tx, ty) of the two warps of spec §5.7
+# gen_warp_params ranges (rotation °, scale, tx, ty) of the two warps of docs/dfl.md §5.7
 MAIN_RANGES = {"rotation_range": (-10, 10), "scale_range": (-0.05, 0.05), "tx_range": (-0.05, 0.05),
                "ty_range": (-0.05, 0.05)}
 BG_RANGES = {"rotation_range": (-180, 180), "scale_range": (-0.10, 0.10), "tx_range": (-0.10, 0.10),
@@ -161,7 +161,7 @@ def _stream(key: int) -> np.random.Generator:
 
 
 def draw_xseg(keys: Sequence[int], resolution: int, background: bool) -> dict[str, np.ndarray]:
-    """Every random parameter of spec §5.7's augmentation for one batch, one stream per sample key, with the
+    """Every random parameter of docs/dfl.md §5.7's augmentation for one batch, one stream per sample key, with the
     kernels derived from them. Returns arrays with a leading N (see XSegAugment for their use):
 
     bg_on (bool; False when `background` is False: a single-face set), bg_u (WARP_UNIFORMS,) the background's
@@ -357,7 +357,7 @@ def _take(bp: WarpBatchParams, s: torch.Tensor | slice) -> WarpBatchParams:
 def augment_batch(img: torch.Tensor, mask: torch.Tensor, p: dict[str, torch.Tensor], warp: WarpBatchParams,
                   background: tuple[torch.Tensor, torch.Tensor, WarpBatchParams] | None = None, *,
                   impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §5.7 on a batch: img (N, 3, R, R) float BGR, mask (N, 1, R, R) the label as cached (not yet
+    """docs/dfl.md §5.7 on a batch: img (N, 3, R, R) float BGR, mask (N, 1, R, R) the label as cached (not yet
     binary); p the draws of `draw_xseg` as tensors on img's device (bg_u / warp_u unused: `warp` and the
     background's params are given); background = (bg images, bg labels, their affine params) when the
     faceset has more than one face. Returns (image in [0, 1], label in {0, 1}), float32."""

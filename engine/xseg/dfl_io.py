@@ -1,4 +1,4 @@
-"""DFL's XSeg model folder (spec §7.2, §8) <-> TorchSAE XSeg checkpoints.
+"""DFL's XSeg model folder (docs/dfl.md §7.2, §8) <-> TorchSAE XSeg checkpoints.
 
 DFL's XSeg trainer writes three files into its model folder (model name forced to "XSeg"):
 

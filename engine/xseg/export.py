@@ -2,7 +2,7 @@
 
     report = export_xseg_onnx("runs/xseg", "xseg.onnx")     # any XSeg model engine.xseg.model loads
 
-DFL's `XSegModel.export_dfm` (spec §7.3) writes `XSeg_model.onnx`: input ``in_face:0`` (N, R, R, 3) NHWC
+DFL's `XSegModel.export_dfm` (docs/dfl.md §7.3) writes `XSeg_model.onnx`: input ``in_face:0`` (N, R, R, 3) NHWC
 BGR in [0, 1], output ``out_mask:0`` (N, R, R, 1) = sigmoid(logits), opset 13, dynamic batch. The same
 here, plus metadata ``torchsae.face_type`` / ``resolution`` / ``base_ch`` (ignored by other readers; the
 merger and `xseg apply` read the face type from it). Steps reuse engine.export: trace (TorchScript

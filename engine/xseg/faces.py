@@ -9,7 +9,7 @@ files, because a labeller or `apply` that silently ignored a face would lose wor
 DataError naming the file and polygon (engine.xseg.polys). Packed facesets (DFL's faceset.pak, TorchSAE's
 faceset.tspak) are read through engine.faces.faceset for training; they cannot be written to.
 
-Training faces (DFL `SegmentedSampleFilterSubprocessor`, spec §5.7): faces whose polygons have at least
+Training faces (DFL `SegmentedSampleFilterSubprocessor`, docs/dfl.md §5.7): faces whose polygons have at least
 one point; if no face of any faceset has polygons, the faces with a stored xseg_mask instead.
 """
 

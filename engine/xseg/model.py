@@ -13,7 +13,7 @@ and layouts (`dfl_xseg_arrays`, `load_dfl_xseg_arrays`: torch ``conv01.frn.eps``
 ``XSeg/conv01/frn/eps:0``, kernels by engine.dfl.keymap's rank rule) are the same ones that load DFL's
 recorded XSeg weights in the golden test.
 
-`Masker` wraps any of them as DFL's `XSegNet.extract` (spec §7.3: sigmoid, clipped to [0, 1], values
+`Masker` wraps any of them as DFL's `XSegNet.extract` (docs/dfl.md §7.3: sigmoid, clipped to [0, 1], values
 below 0.1 set to 0) on NHWC BGR faces; faces of another size than the network's are resized to it
 (bilinear) and the masks back, so the merger's 256² crops work with any trained resolution.
 """
@@ -44,7 +44,7 @@ __all__ = ["XSEG_WEIGHTS_NAME", "XSEG_DATA_NAME", "build_xseg", "load_xseg", "xs
 
 log = logging.getLogger("torchsae.xseg")
 
-XSEG_WEIGHTS_NAME = "XSeg_256.npy"  # DFL's XSeg weight file (spec §8.2)
+XSEG_WEIGHTS_NAME = "XSeg_256.npy"  # DFL's XSeg weight file (docs/dfl.md §8.2)
 XSEG_DATA_NAME = "XSeg_data.dat"
 _DFL_SCOPE = "XSeg"
 
@@ -89,7 +89,7 @@ def load_dfl_xseg_arrays(net: XSeg, arrays: dict[str, np.ndarray], source: str =
 
     Every parameter must be present with DFL's shape for it; a missing, extra or mis-shaped key raises
     CheckpointError naming `source`, the key and the expected shape (DFL itself would silently re-initialise
-    the whole model, spec §8.2; for merging that would give a meaningless mask).
+    the whole model, docs/dfl.md §8.2; for merging that would give a meaningless mask).
     """
     params = dict(net.named_parameters())
     staged: dict[str, torch.Tensor] = {}

@@ -1,13 +1,13 @@
 """XSeg labels: DFL's include/exclude polygons (`seg_ie_polys`) — parse, check, rasterise, store.
 
-DFL's XSeg editor stores a face's labels in its DFLJPG metadata (spec §6.2) as
+DFL's XSeg editor stores a face's labels in its DFLJPG metadata (docs/dfl.md §6.2) as
 
     seg_ie_polys = {'polys': [{'type': 1, 'pts': float32 (n, 2)}, {'type': 0, 'pts': ...}, ...]}
 
 with `type` 1 = include, 0 = exclude and `pts` in aligned-image pixels (x right, y down); a legacy list of
 `(type, pts)` pairs is read too. DFL sorts the polygons on load (includes first, then excludes, each group
 in stored order) and rasterises them with `cv2.fillPoly` on a zero mask, the points truncated to int32:
-include draws 1, exclude draws 0 (spec §5.7 "Mask source"). A face counts as labelled when its polygons
+include draws 1, exclude draws 0 (docs/dfl.md §5.7 "Mask source"). A face counts as labelled when its polygons
 have at least one point in total (DFL's `get_pts_count() != 0`). DFL drops the key when the last polygon
 is deleted, so a stored empty list does not occur in DFL's files (it is read as "no labels").
 

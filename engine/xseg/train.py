@@ -1,4 +1,4 @@
-"""XSeg training (DFL `models/Model_XSeg`, spec §7.2): labelled faces -> XSeg weights, with TorchSAE's loop.
+"""XSeg training (DFL `models/Model_XSeg`, docs/dfl.md §7.2): labelled faces -> XSeg weights, with TorchSAE's loop.
 
     summary = train_xseg(recipe)                 # kind = "xseg": [xseg] + [train]
     summary = train_xseg(recipe, resume=True)    # latest checkpoint of the run folder

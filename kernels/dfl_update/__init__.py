@@ -1,4 +1,4 @@
-"""DFL's optimizer update (RMSprop / AdaBelief, spec §3.6): the per-tensor reference, a torch._foreach path
+"""DFL's optimizer update (RMSprop / AdaBelief, docs/dfl.md §3.6): the per-tensor reference, a torch._foreach path
 and a fused C pass on the CPU. engine/optim's optimizers keep the state (moments, lr_cos, clipnorm, the
 lr_dropout generator) and call `update_`.
 

@@ -1,4 +1,4 @@
-"""DFL's optimizer updates (spec §3.6) as multi-tensor torch._foreach ops: the batched-torch path ("batched").
+"""DFL's optimizer updates (docs/dfl.md §3.6) as multi-tensor torch._foreach ops: the batched-torch path ("batched").
 
 The formulas of reference.py over a list of tensors of one device and dtype at once (CUDA: a few
 multi-tensor-apply launches instead of ~10 per parameter). Any device and dtype; the path auto takes on

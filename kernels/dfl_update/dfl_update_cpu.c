@@ -1,4 +1,4 @@
-/* DFL's optimizer updates (spec §3.6), one fused pass over memory per parameter tensor.
+/* DFL's optimizer updates (docs/dfl.md §3.6), one fused pass over memory per parameter tensor.
  *
  * Built at first use by kernels/dfl_update/cpu.py (gcc -O3 -march=native, no OpenMP: Python threads
  * call dfl_update on disjoint element ranges; ctypes releases the GIL). Plain C, no torch headers.

@@ -53,7 +53,7 @@ def choose(device: torch.device | str, impl: str = "auto", *, dtype: torch.dtype
 def update_(kind: str, params: list[Tensor], grads: list[Tensor], slots: list[list[Tensor]], *, lr: float,
             eps: float, c1: float, c2: float = 0.0, grad_scale: float | Tensor | None = None,
             keep_prob: float = 1.0, generator: torch.Generator | None = None, impl: str = "auto") -> str:
-    """DFL's update (spec §3.6) in place: the moments in `slots` (RMSprop [acc], AdaBelief [ms, vs], one tensor
+    """DFL's update (docs/dfl.md §3.6) in place: the moments in `slots` (RMSprop [acc], AdaBelief [ms, vs], one tensor
     per parameter) and `params`, all of one device and dtype.
 
     kind: "rmsprop" | "adabelief"; c1 = ρ (RMSprop) or β1, c2 = β2 (AdaBelief); grad_scale: DFL's clipnorm

@@ -1,4 +1,4 @@
-"""DFL's optimizer updates (spec §3.6) written out per tensor in plain torch: the oracle of the other paths'
+"""DFL's optimizer updates (docs/dfl.md §3.6) written out per tensor in plain torch: the oracle of the other paths'
 tests (any dtype, float64 included, any device) and the implementation that runs for "reference".
 
     RMSprop    a ← ρ·a + (1−ρ)·g²                              w ← w − lr·g / (√a + ε) · mask

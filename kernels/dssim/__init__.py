@@ -1,4 +1,4 @@
-"""DSSIM: DFL's `nn.dssim` (spec §4.1) and SAEHD's structural loss term (§3.4), with fused CPU and Triton paths.
+"""DSSIM: DFL's `nn.dssim` (docs/dfl.md §4.1) and SAEHD's structural loss term (§3.4), with fused CPU and Triton paths.
 
     dssim(img1, img2, filter_size, max_val=1.0, impl="auto")   -> (N, C)   NCHW in, like DFL's op
     saehd_dssim(pred, target, resolution, impl="auto")         -> (N,)     DFL calls dssim(target, pred)

@@ -1,4 +1,4 @@
-/* DSSIM fast CPU path (spec §4.1): separable Gaussian, fp32, one plane (n, c) at a time.
+/* DSSIM fast CPU path (docs/dfl.md §4.1): separable Gaussian, fp32, one plane (n, c) at a time.
  *
  * Built at first use by kernels/dssim/cpu.py (gcc -O3 -march=native, no OpenMP: Python threads call
  * dssim_planes on disjoint plane ranges; ctypes releases the GIL). Plain C, no torch headers, so the

@@ -20,7 +20,7 @@ through them:
     torchsae::dssim_cpu(img1, img2, filter_sizes, weights, max_val, grad1, grad2) -> (out, J1, J2)
     torchsae::dssim_triton(...)                                                    -> (out, J1, J2)
 
-  out[n, c] = Σ_w weights[w] · dssim(img1, img2, filter_sizes[w])[n, c]      (DFL nn.dssim, spec §4.1)
+  out[n, c] = Σ_w weights[w] · dssim(img1, img2, filter_sizes[w])[n, c]      (DFL nn.dssim, docs/dfl.md §4.1)
   J1 = ∂out[n, c] / ∂img1[n, c]  (N, C, H, W) when grad1, else an empty tensor; J2 likewise for img2.
 
 Each output plane depends only on its own input planes, so the forward computes the per-plane Jacobian

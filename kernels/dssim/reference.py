@@ -1,4 +1,4 @@
-"""DFL's `nn.dssim` in plain torch: the oracle, the CPU fallback and the export path (spec §4.1).
+"""DFL's `nn.dssim` in plain torch: the oracle, the CPU fallback and the export path (docs/dfl.md §4.1).
 
 Faithful to DFL in every step that changes numbers:
   * the window is built the way DFL builds it: log-weights ``-0.5·(g_i² + g_j²)/σ²`` with

@@ -1,4 +1,4 @@
-"""DSSIM's Triton path ("triton", CUDA): the separable form of DFL's window (spec §4.1), fp32 accumulation.
+"""DSSIM's Triton path ("triton", CUDA): the separable form of DFL's window (docs/dfl.md §4.1), fp32 accumulation.
 
 Same decomposition as the CPU kernel (dssim_cpu.c), as four launches per window, each program a
 BLOCK_H x BLOCK_W tile of one plane (N·C planes):

@@ -1,4 +1,4 @@
-"""DFL's random warp (spec §5.2–5.4, quirks §12.6–12.8): the numpy reference and the batched paths.
+"""DFL's random warp (docs/dfl.md §5.2–5.4, quirks §12.6–12.8): the numpy reference and the batched paths.
 
 Reference (numpy + OpenCV, DFL's signatures, bit-exact against the goldens):
 

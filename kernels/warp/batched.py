@@ -1,7 +1,7 @@
 """The warp's batched-torch path ("batched"): DFL's remap + warpAffine + flip composed into ONE sampling per pixel,
 and the batch's parameters (WarpBatchParams) that the cpu and triton paths take too.
 
-DFL (spec §5.3) resamples a warped network input twice: ``cv2.remap`` by the random grid (border
+DFL (docs/dfl.md §5.3) resamples a warped network input twice: ``cv2.remap`` by the random grid (border
 constant 0), then ``cv2.warpAffine`` by ``rmat`` (border replicate for images), then mirrors. Here
 each output pixel's source coordinate is composed analytically and the image is sampled once:
 

@@ -1,8 +1,8 @@
 """DFL's random warp, reimplemented in numpy + OpenCV: the oracle and the CPU fallback.
 
-This is the per-sample path DFL runs in every SampleProcessor worker (spec §5.2–5.4). It reproduces
+This is the per-sample path DFL runs in every SampleProcessor worker (docs/dfl.md §5.2–5.4). It reproduces
 DeepFaceLab's `core/imagelib/warp.py` (`gen_warp_params`, `warp_by_params`) and `core/randomex.py`
-(`random_normal`) from the spec and the recorded goldens (tests/golden/warp/), quirks included:
+(`random_normal`) from docs/dfl.md and the recorded goldens (tests/golden/warp/), quirks included:
 
 - §12.6 grid aliasing: DFL's `mapy` is a transposed *view* of `mapx`, so the coarse grids actually
   used are ``MX = G + interior(N1 + N2ᵀ)`` and ``MY = MXᵀ`` (each interior displacement is the sum
@@ -71,7 +71,7 @@ def random_normal(size: tuple[int, ...], rnd_state: Any = None, trunc_val: float
 
 
 def _coarse_grids(w: int, warp_rnd_state: Any) -> tuple[int, np.ndarray, np.ndarray]:
-    """Cell size and the aliased coarse grids (MX, MY = MXᵀ), float64 (cc, cc). Spec §5.3 steps 1–4."""
+    """Cell size and the aliased coarse grids (MX, MY = MXᵀ), float64 (cc, cc). docs/dfl.md §5.3 steps 1–4."""
     rs = np.random if warp_rnd_state is None else warp_rnd_state
     cell_size = (w // 2, w // 4, w // 8)[rs.randint(3)]
     cell_count = w // cell_size + 1
@@ -104,7 +104,7 @@ def gen_warp_params(
     rnd_state: Any = None,
     warp_rnd_state: Any = None,
 ) -> dict[str, Any]:
-    """DFL's `gen_warp_params` (spec §5.3): random affine + random grid for one sample.
+    """DFL's `gen_warp_params` (docs/dfl.md §5.3): random affine + random grid for one sample.
 
     Returns DFL's dict: ``mapx``, ``mapy`` float32 (w, w); ``rmat`` float64 (2, 3) =
     cv2.getRotationMatrix2D((w//2, w//2), rotation, scale) with ``[:, 2] += (tx·w, ty·w)``; ``umat``
@@ -143,7 +143,7 @@ def warp_by_params(
     border_replicate: bool,
     cv2_inter: int = cv2.INTER_CUBIC,
 ) -> np.ndarray:
-    """DFL's `warp_by_params` (spec §5.3): remap by the grid, warpAffine by rmat, mirror.
+    """DFL's `warp_by_params` (docs/dfl.md §5.3): remap by the grid, warpAffine by rmat, mirror.
 
     img: (H, W) or (H, W, C) float32 with H = W = params['w'] (or params['rw'] when set). Steps:
     resize to 64 (rw only) -> cv2.remap(mapx, mapy, cv2_inter, BORDER_CONSTANT 0) if can_warp ->

@@ -1,4 +1,4 @@
-/* Random-warp fast CPU path (spec §5.3): DFL's remap + warpAffine + flip composed, sampled once.
+/* Random-warp fast CPU path (docs/dfl.md §5.3): DFL's remap + warpAffine + flip composed, sampled once.
  *
  * Built at first use by kernels/warp/cpu.py (gcc -O3 -march=native, no OpenMP: Python threads call
  * warp_rows on disjoint row ranges; ctypes releases the GIL). Plain C, no torch headers.

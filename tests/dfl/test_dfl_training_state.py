@@ -1,5 +1,5 @@
 """DFL's training state travels both ways: `import-dfl` carries the optimizer file
-(``<name>_SAEHD_src_dst_opt.npy``, spec §8.2), the discriminators and the iteration into training (the
+(``<name>_SAEHD_src_dst_opt.npy``, docs/dfl.md §8.2), the discriminators and the iteration into training (the
 moments land on the right parameters in torch layout, the counter continues, the first step uses them),
 and `export-dfl` writes a trained checkpoint back as a DFL model folder that imports to the same state."""
 
@@ -47,7 +47,7 @@ def _dfl_model(folder, archi, adabelief, *, iters=ITERS, drop_key=False):
 
 
 def _weight_file(module) -> dict[str, np.ndarray]:
-    """A discriminator's DFL weight file: {'convs_0/weight:0': TF-layout array} (scope stripped, spec §8.2)."""
+    """A discriminator's DFL weight file: {'convs_0/weight:0': TF-layout array} (scope stripped, docs/dfl.md §8.2)."""
     return {n.replace(".", "/") + ":0": torch_to_dfl_array(p.detach().numpy()) for n, p in module.named_parameters()}
 
 

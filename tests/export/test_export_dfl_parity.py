@@ -1,4 +1,4 @@
-"""An imported DFL model exported to DFM gives DFL's recorded forward outputs (spec §2.4 "Inference",
+"""An imported DFL model exported to DFM gives DFL's recorded forward outputs (docs/dfl.md §2.4 "Inference",
 §9.1): out_celeb_face = pred_src_dst, out_celeb_face_mask = pred_src_dstm, out_face_mask = pred_dst_dstm,
 NHWC, within 1e-5, through ONNX Runtime — what DFL's own export would give (its recorded .dfm matched TF
 within 5.7e-7, tests/golden/dfm/dfl_export_contract.json).

@@ -1,5 +1,5 @@
 """DFM export against DeepFaceLive's contract (tests/golden/dfm/dfl_export_contract.json, recorded from a
-.dfm DFL's own exporter wrote for a df-udtc res 96 model) and DeepFaceLive's loader (spec §9.2)."""
+.dfm DFL's own exporter wrote for a df-udtc res 96 model) and DeepFaceLive's loader (docs/dfl.md §9.2)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_op_counts_match_dfl_export(udtc_dfm):
 
 
 def test_deepfacelive_loader(liae_dfm, torch_swap_nhwc):
-    """Load and run the file the way DeepFaceLive's DFMModel does (spec §9.2) and compare with torch."""
+    """Load and run the file the way DeepFaceLive's DFMModel does (docs/dfl.md §9.2) and compare with torch."""
     model, rep = liae_dfm
     sess = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"])
     inputs = sess.get_inputs()

@@ -1,4 +1,4 @@
-"""fp16 export (DFL's "Export quantized?", spec §9.1): conv weights/compute fp16, Dense fp32, fp32 I/O,
+"""fp16 export (DFL's "Export quantized?", docs/dfl.md §9.1): conv weights/compute fp16, Dense fp32, fp32 I/O,
 pixel norm in fp32; verified against the fp32 torch model at the stated looser tolerance."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def fp16_dfm(tiny_df, tmp_path_factory):
 
 
 def _pruned(name: str) -> bool:
-    """decoder_dst's image branch: the inference graph only uses decoder_dst's mask (spec §2.4)."""
+    """decoder_dst's image branch: the inference graph only uses decoder_dst's mask (docs/dfl.md §2.4)."""
     return name.startswith("decoder_dst.") and not name.startswith(("decoder_dst.upscalem", "decoder_dst.out_convm"))
 
 

@@ -44,7 +44,7 @@ def test_df_parts_chain_by_hand(tiny_df, tmp_path):
     assert _io(tmp_path / "df" / "inter.onnx") == ([("encoder", ["batch", 1024])], [("inter", ["batch", 32, 4, 4])])
     assert _io(tmp_path / "df" / "decoder_src.onnx") == (
         [("code", ["batch", 32, 4, 4])], [("image", ["batch", 3, 64, 64]), ("mask", ["batch", 1, 64, 64])])
-    # chain: inter(encoder(x)) -> decoder_src = celeb face + mask; decoder_dst's mask = face mask (spec §2.4)
+    # chain: inter(encoder(x)) -> decoder_src = celeb face + mask; decoder_dst's mask = face mask (docs/dfl.md §2.4)
     s = {n: ort_session(tmp_path / "df" / f"{n}.onnx") for n in ("encoder", "inter", "decoder_src", "decoder_dst")}
     x = _faces()
     (code,) = s["inter"].run(None, {"encoder": s["encoder"].run(None, {"face": x})[0]})

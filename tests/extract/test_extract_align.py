@@ -1,4 +1,4 @@
-"""Alignment stage vs DFL's extractor (golden data recorded from DFL's own final_stage, spec §6.2)."""
+"""Alignment stage vs DFL's extractor (golden data recorded from DFL's own final_stage, docs/dfl.md §6.2)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_jpeg_quality_90_bytes_match_dfl(name, ft):
 def test_area_check_threshold_hand_computed():
     """DFL drops a face when its crop, mapped back to the frame, covers > 4x the detector rect.
 
-    Spec §6.4 test vector: lm = landmarks_68_3D[:, :2]·2 + (300, 260) gives a full_face crop side of
+    docs/dfl.md §6.4 test vector: lm = landmarks_68_3D[:, :2]·2 + (300, 260) gives a full_face crop side of
     383.624 px (for output 256). The check maps the corners (0,0)..(S-1,S-1), so the area is
     (383.624·255/256)².
     """

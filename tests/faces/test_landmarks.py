@@ -151,7 +151,7 @@ def test_spec_6_4_test_vector():
 
 
 def test_crop_side_ratio_follows_padding():
-    # spec §6.3: crop side = unit side * (1 + 2*sqrt(2)*p), for every face type with a crop
+    # docs/dfl.md §6.3: crop side = unit side * (1 + 2*sqrt(2)*p), for every face type with a crop
     lm = L.landmarks_68_3D[:, :2] * 2 + (300, 260)
     unit = 256 / math.hypot(*L.get_transform_mat(lm, 256, "half_face")[0, :2])
     for ft, p in [("midfull_face", 0.0675), ("full_face", 0.2109375), ("whole_face", 0.40), ("head", 0.70)]:

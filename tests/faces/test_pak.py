@@ -1,4 +1,4 @@
-"""DFL's faceset.pak (written here by the spec's §5.8 layout, with DFL's pickled enums) and TorchSAE's
+"""DFL's faceset.pak (written here by docs/dfl.md §5.8 layout, with DFL's pickled enums) and TorchSAE's
 memory-mapped faceset.tspak."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Built models: DF/LIAE wiring per spec §2.4 (checked against direct module calls), every archi option,
+"""Built models: DF/LIAE wiring per docs/dfl.md §2.4 (checked against direct module calls), every archi option,
 explicit graphs (presets re-declared, adapters, several identities), shape errors, torch.compile."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def test_df_wiring_matches_spec():
     src, dst = _imgs()
     with torch.no_grad():
         out = m.forward_train(src, dst, no_code_grad=True)
-        src_code = m.inter(m.encoder(src))  # spec §2.4 DF, one call per tensor as DFL does
+        src_code = m.inter(m.encoder(src))  # docs/dfl.md §2.4 DF, one call per tensor as DFL does
         dst_code = m.inter(m.encoder(dst))
         exp = {"src_code": src_code, "dst_code": dst_code, "src_dst_code": dst_code}
         exp["pred_src_src"], exp["pred_src_srcm"] = m.decoder_src(src_code)
@@ -85,7 +85,7 @@ def test_liae_wiring_matches_spec():
         out = m.forward_train(src, dst)
         es, ed = m.encoder(src), m.encoder(dst)
         ab_s, ab_d, b_d = m.inter_AB(es), m.inter_AB(ed), m.inter_B(ed)
-        src_code = torch.cat([ab_s, ab_s], 1)  # spec §2.4: first half first
+        src_code = torch.cat([ab_s, ab_s], 1)  # docs/dfl.md §2.4: first half first
         dst_code = torch.cat([b_d, ab_d], 1)
         sd_code = torch.cat([ab_d, ab_d], 1)
         torch.testing.assert_close(out["src_code"], src_code, atol=1e-6, rtol=0)

@@ -1,4 +1,4 @@
-"""describe(): derived values (spec §3.4 table), shapes and counts (spec §2.5), golden graph dumps, the CLI.
+"""describe(): derived values (docs/dfl.md §3.4 table), shapes and counts (docs/dfl.md §2.5), golden graph dumps, the CLI.
 
 Graph dumps: tests/golden/graph_dumps/<recipe path with '/' -> '__'>.txt holds `render(describe(recipe))` for
 every shipped recipe (recipes/**/*.toml) plus the modular example in tests/graph/data/. Regenerate after an
@@ -28,7 +28,7 @@ EXTRA = [Path(__file__).parent / "data" / "modular_adapters.toml"]
 RECIPES = [p for p in sorted((ROOT / "recipes").rglob("*.toml")) if load(p).kind == "saehd"]
 
 
-# spec §3.4 "Common values by resolution": R -> (dssim windows, σm, σm kernel, style radius, style kernel,
+# docs/dfl.md §3.4 "Common values by resolution": R -> (dssim windows, σm, σm kernel, style radius, style kernel,
 # blur_out σ, default gan patch)
 SPEC_34 = {
     64: ([5], 2, 9, 8, 33, 0.5, 8),
@@ -58,7 +58,7 @@ def test_describe_df_ud_256_matches_spec_trace():
                                      "decoder_dst": 19_181_291}, "total": 82_794_838}
     nodes = {n["name"]: n for n in d["nodes"]}
     rows = {r["name"]: (r["out_shape"], r["params"]) for r in nodes["decoder_src"]["layers"]}
-    # spec §2.5 rows
+    # docs/dfl.md §2.5 rows
     assert rows["upscale0"] == ([512, 32, 32], 4_720_640)
     assert rows["res2"] == ([128, 128, 128], 295_168)
     assert rows["out_conv1"] == ([3, 128, 128], 3_459)

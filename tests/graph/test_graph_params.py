@@ -1,4 +1,4 @@
-"""Parameter counts equal DFL's (golden param_counts.json, spec §2.5–2.7). Models are built on the meta device."""
+"""Parameter counts equal DFL's (golden param_counts.json, docs/dfl.md §2.5–2.7). Models are built on the meta device."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_param_counts_match_dfl(key):
     assert total == g["TOTAL"]
 
 
-# spec §2.7 (TF-graph totals, ae/e/d/dm = 256/64/64/22): archi, R, encoder, inter (each), decoder (each), total
+# docs/dfl.md §2.7 (TF-graph totals, ae/e/d/dm = 256/64/64/22): archi, R, encoder, inter (each), decoder (each), total
 SPEC_TABLE = [
     ("df", 128, 4_306_560, 14_959_872, 19_136_000, 57_538_432),
     ("df-u", 128, 4_306_560, 14_959_872, 19_136_000, 57_538_432),

@@ -1,4 +1,4 @@
-"""kernels/dssim/reference.py against DFL's recorded nn.dssim (spec §4.1, §3.4) and math identities."""
+"""kernels/dssim/reference.py against DFL's recorded nn.dssim (docs/dfl.md §4.1, §3.4) and math identities."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_saehd_term_matches_dfl(stem, resolution):
     (512, ((5.0, 44), (5.0, 22))),
 ])
 def test_saehd_windows_table(r, expected):
-    assert R.saehd_windows(r) == expected  # spec §3.4 "Common values by resolution"
+    assert R.saehd_windows(r) == expected  # docs/dfl.md §3.4 "Common values by resolution"
 
 
 def test_saehd_two_window_sum():

@@ -1,4 +1,4 @@
-"""DFL's random warp (spec §5.2–5.4, §12.6–12.8): reference vs DFL goldens, the one-pass paths (cpu: the C
+"""DFL's random warp (docs/dfl.md §5.2–5.4, §12.6–12.8): reference vs DFL goldens, the one-pass paths (cpu: the C
 kernel; batched: compose_grid + grid_sample) vs reference.
 
 Tolerances (one table, TOL below) and why:

@@ -105,7 +105,7 @@ def test_default_options_give_the_train_step_losses(case, golden):
     (512, ((5.0, 44), (5.0, 22)), 16, 64, 4.0),
 ])
 def test_derived_values_table(res, windows, sm, style, blur_out):
-    """Spec §3.4 'Common values by resolution'."""
+    """docs/dfl.md §3.4 'Common values by resolution'."""
     rt = LossRuntime(resolution=res)
     assert dssim_windows(LossSpec(), res) == windows
     assert rt.sigma_mask == sm and rt.sigma_style == style and rt.sigma_blur_out == blur_out

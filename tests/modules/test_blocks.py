@@ -1,4 +1,4 @@
-"""Blocks and layers against the spec's formulas (§2.1–2.3), hand-computed values and DFL's variable names."""
+"""Blocks and layers against docs/dfl.md's formulas (§2.1–2.3), hand-computed values and DFL's variable names."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_depth_to_space_is_dcr_not_pixel_shuffle():
                 for ww in range(w):
                     for i in range(2):
                         for j in range(2):
-                            # spec §2.1: out[c, 2h+i, 2w+j] = in[(i*2+j)*C + c, h, w]
+                            # docs/dfl.md §2.1: out[c, 2h+i, 2w+j] = in[(i*2+j)*C + c, h, w]
                             assert y[b, ch, 2 * hh + i, 2 * ww + j] == x[b, (i * 2 + j) * c + ch, hh, ww]
     assert not torch.equal(y, torch.nn.functional.pixel_shuffle(x, 2))
 
@@ -43,7 +43,7 @@ def test_pixel_norm_is_one_scalar_per_sample():
 
 @pytest.mark.parametrize("k,p", [(1, 0), (3, 1), (5, 2), (4, 2)])
 def test_dfl_same_padding(k, p):
-    assert dfl_same_padding(k) == p  # spec §2.1: ((k-1)*dilation+1)//2, symmetric
+    assert dfl_same_padding(k) == p  # docs/dfl.md §2.1: ((k-1)*dilation+1)//2, symmetric
 
 
 def test_conv_stride2_halves_and_pads_symmetrically():
@@ -97,7 +97,7 @@ def test_upscale_is_conv_act_dcr():
 
 
 def test_d_heads_fill_the_2x2_cell_in_dfl_order():
-    # spec §2.3: head number i*2+j (out_conv, out_conv1, out_conv2, out_conv3) fills pixel (2h+i, 2w+j)
+    # docs/dfl.md §2.3: head number i*2+j (out_conv, out_conv1, out_conv2, out_conv3) fills pixel (2h+i, 2w+j)
     dec = Decoder(8, 2, 2, "d")
     logits = torch.tensor([-2.0, -0.5, 0.5, 2.0])
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_decoder_state_dict_follows_dfl_variable_order():
 
 
 def test_t_variant_names_match_spec():
-    # spec §2.8: encoder/down1/conv1, encoder/res1/conv{1,2}, encoder/down{2..5}/conv1, encoder/res5/conv{1,2}
+    # docs/dfl.md §2.8: encoder/down1/conv1, encoder/res1/conv{1,2}, encoder/down{2..5}/conv1, encoder/res5/conv{1,2}
     names = [k.rsplit(".", 1)[0] for k in Encoder(3, 4, "t").state_dict() if k.endswith("weight")]
     assert names == ["down1.conv1", "res1.conv1", "res1.conv2", "down2.conv1", "down3.conv1", "down4.conv1",
                      "down5.conv1", "res5.conv1", "res5.conv2"]

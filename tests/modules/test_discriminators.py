@@ -1,4 +1,4 @@
-"""DFL's discriminators (spec §3.5): find_archi against DFL's table (every recorded patch size), the UNet
+"""DFL's discriminators (docs/dfl.md §3.5): find_archi against DFL's table (every recorded patch size), the UNet
 patch discriminator and the code discriminator against DFL forward/backward goldens with the recorded
 weights loaded by the production reader (engine.dfl: DFL's names are the parameter names under the scope
 ``D_src`` / ``dis``), ConvTranspose alignment."""
@@ -35,7 +35,7 @@ def dfl_names(module: torch.nn.Module, scope: str) -> dict[str, str]:
 
 
 def load_weights(module: torch.nn.Module, scope: str, g, tmp_path) -> None:
-    """The recorded ``weight/<scope>/...`` arrays through DFL's weight-file reader (scope stripped, spec §8.2)."""
+    """The recorded ``weight/<scope>/...`` arrays through DFL's weight-file reader (scope stripped, docs/dfl.md §8.2)."""
     f = tmp_path / "weights.npy"
     f.write_bytes(pickle.dumps({k[len(f"weight/{scope}/"):]: g[k] for k in g.files if k.startswith("weight/")},
                                protocol=4))
@@ -60,7 +60,7 @@ def test_find_archi_spec_examples():
 
 
 def test_unet_patch_d_param_count_spec_example():
-    d = UNetPatchDiscriminator(32, 3, 16)  # spec §3.5: patch 32 at R=256 with base 16
+    d = UNetPatchDiscriminator(32, 3, 16)  # docs/dfl.md §3.5: patch 32 at R=256 with base 16
     assert sum(p.numel() for p in d.parameters()) == 946_994
     c, f = d(torch.zeros(1, 3, 256, 256))
     assert c.shape == (1, 1, 16, 16) and f.shape == (1, 1, 256, 256)

@@ -1,5 +1,5 @@
-"""DFL's RMSprop and AdaBelief (spec §3.6): the recorded one-step updates of DFL's own optimizers applied
-to the recorded gradients, multi-step formulas against a numpy transcription of the spec, lr_dropout,
+"""DFL's RMSprop and AdaBelief (docs/dfl.md §3.6): the recorded one-step updates of DFL's own optimizers applied
+to the recorded gradients, multi-step formulas against a numpy transcription of docs/dfl.md, lr_dropout,
 lr_cos, clipnorm, exact resume from state_dict, DFL optimizer files, and SAEHD's parameter sets.
 
 Every test runs with each of kernels.dfl_update's implementations (TORCHSAE_KERNELS = reference: the per-tensor
@@ -84,7 +84,7 @@ def test_one_step_matches_dfl_optimizer(golden, shared_golden, name):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# formulas over several steps, against a float64 numpy transcription of the spec
+# formulas over several steps, against a float64 numpy transcription of docs/dfl.md
 
 
 def _np_rmsprop(w, gs, lr, rho=0.9):

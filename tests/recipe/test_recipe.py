@@ -41,7 +41,7 @@ def test_every_shipped_recipe_is_found_and_valid():
 
 def test_dfl_defaults_when_tables_are_empty(tmp_path):
     r = recipe.load(_write(tmp_path, ""))
-    # spec §1 defaults
+    # docs/dfl.md §1 defaults
     assert (r.model.archi, r.model.resolution, r.model.face_type) == ("liae-ud", 128, "f")
     assert (r.model.ae_dims, r.model.e_dims, r.model.d_dims, r.model.d_mask_dims) == (256, 64, 64, 22)
     assert r.optim.name == "adabelief" and r.optim.lr == 5e-5 and r.optim.lr_dropout == "n"
@@ -145,7 +145,7 @@ def test_ramps_validated(tmp_path):
 
 
 def test_dfl_options_import():
-    # A subset of what DFL pickles in <name>_SAEHD_data.dat (spec §1), legacy lr_dropout bool included.
+    # A subset of what DFL pickles in <name>_SAEHD_data.dat (docs/dfl.md §1), legacy lr_dropout bool included.
     opts = {"resolution": 224, "face_type": "wf", "archi": "liae-udt", "ae_dims": 512, "e_dims": 64, "d_dims": 64,
             "d_mask_dims": 32, "masked_training": True, "adabelief": False, "lr_dropout": True, "random_warp": False,
             "gan_power": 0.1, "batch_size": 8, "models_opt_on_gpu": True, "autobackup_hour": 1}

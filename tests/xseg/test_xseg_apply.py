@@ -129,7 +129,7 @@ def test_applied_mask_reaches_the_saehd_training_sample_and_the_merge(xseg_run, 
     fs = Faceset(xseg_faces)
     face = fs.face(0)
     stored = dfljpg.read(sorted(xseg_faces.glob("*.jpg"))[0])["xseg_mask"]
-    full = full_face_mask(face)  # SAEHD's FULL_FACE target mask (spec §7.3): the applied mask, not the hull
+    full = full_face_mask(face)  # SAEHD's FULL_FACE target mask (docs/dfl.md §7.3): the applied mask, not the hull
     want = np.clip(cv2.resize(stored, (128, 128), interpolation=cv2.INTER_CUBIC), 0, 1)[..., None]
     np.testing.assert_allclose(full, want, atol=1e-6)
 

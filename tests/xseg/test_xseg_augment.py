@@ -1,4 +1,4 @@
-"""DFL's XSeg training sample (engine.xseg.augment, spec §5.7): the label at the network resolution and
+"""DFL's XSeg training sample (engine.xseg.augment, docs/dfl.md §5.7): the label at the network resolution and
 face type, the augmentation's invariants, and the filters' formulas."""
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def test_weight_round_trip_through_dfl_layout():
 @pytest.mark.parity
 def test_forward_matches_dfl_golden_through_the_weight_file_reader(shared_golden, tmp_path):
     d = np.load(shared_golden / "extra" / "xseg_base4_res256.npz")
-    # DFL's XSeg_256.npy: a protocol-4 pickle of {name without the 'XSeg/' scope: array} (spec §8.2)
+    # DFL's XSeg_256.npy: a protocol-4 pickle of {name without the 'XSeg/' scope: array} (docs/dfl.md §8.2)
     weights = {k[len("weight/XSeg/"):]: d[k] for k in d.files if k.startswith("weight/")}
     (tmp_path / "XSeg_256.npy").write_bytes(pickle.dumps(weights, protocol=4))
     net, f = read_dfl_xseg(tmp_path)

@@ -23,7 +23,7 @@ def test_shipped_xseg_recipe_has_dfl_defaults_and_round_trips():
     r = recipe.load(ROOT / "recipes" / "xseg.toml")
     assert r.kind == "xseg"
     x = r.xseg
-    # spec §7.2: face type wf, batch 4, resolution 256, RMSprop lr 1e-4 with lr_dropout 0.3, base width 32
+    # docs/dfl.md §7.2: face type wf, batch 4, resolution 256, RMSprop lr 1e-4 with lr_dropout 0.3, base width 32
     assert (x.face_type, x.resolution, x.base_ch, x.lr, x.lr_dropout, r.train.batch_size) == ("wf", 256, 32, 1e-4, 0.3, 4)
     text = recipe.dumps(r)
     assert text.splitlines()[1] == 'kind = "xseg"' and "[model]" not in text and "amp" not in text

@@ -1,5 +1,5 @@
 """XSeg training (engine.xseg.train): it learns (loss falls, IoU with the label beats step 0), one step
-matches the spec's loss and optimizer computed independently, resume is exact, and the run folder has
+matches docs/dfl.md's loss and optimizer computed independently, resume is exact, and the run folder has
 checkpoints, previews, TensorBoard and a summary; pretrain mode; fine-tuning from DFL's folder."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_xseg_learns_on_demo_faces_with_dfl_augmentation(tmp_path):
 
 
 def test_one_step_matches_spec_loss_and_rmsprop_computed_independently(xseg_faces, tmp_path):
-    """Spec §7.2: loss_n = mean sigmoid-CE(logits_n, mask_n); gradient of Σ_n loss_n (DFL differentiates the
+    """docs/dfl.md §7.2: loss_n = mean sigmoid-CE(logits_n, mask_n); gradient of Σ_n loss_n (DFL differentiates the
     loss vector, §12.1); RMSprop a = 0.9a + 0.1g², w -= 1e-4·g/(√a + 1e-6) (§3.6), lr_dropout 0.3 as a
     Bernoulli mask on the update. Expected values in float64 from the formulas; the trainer runs float32.
     Tolerances: loss rtol 1e-5; gradients atol 1e-4·max|g| + rtol 1e-3; update Δ within 1e-3·|Δ| + 1e-9 where
