@@ -80,6 +80,15 @@ def allreduce_grads_(params: list[torch.Tensor], info: DistInfo) -> None:
             offset += n
 
 
+def allreduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum of `t` over every rank (a collective; a copy, `t` is left as it is)."""
+    if not info.enabled:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     """Every rank's `obj` (picklable), in rank order, on every rank (a collective: all ranks call it)."""
     if not info.enabled:

@@ -24,6 +24,11 @@ run with an error naming the last checkpoint (XSeg has no rollback). Resume rest
 (moments, counter, lr-dropout RNG), step, loss history, RNG states, loader position and preview faces, so
 on CPU N steps + resume + N steps equals 2N steps.
 
+Several GPUs (torchrun, as SAEHD: engine.train.distributed): `[train].batch_size` is the global batch; each
+rank trains on its slice of the same planned batch (the sample stream does not depend on the rank count),
+gradients and the logged loss are summed over ranks, so W ranks apply exactly the single-process update at
+the combined batch; only global rank 0 writes.
+
 Previews (`logs/previews/step_XXXXXX.png`, also in TensorBoard): rows of fixed faces; columns image |
 label overlay | prediction | prediction overlay (DFL's green tint outside the mask at 0.5). The first rows
 are training samples (augmented, labelled); then up to two unlabelled faces of each faceset, as DFL's "src
@@ -51,7 +56,8 @@ from engine.optim import RMSprop, global_grad_norm
 from engine.recipe.specs import Recipe
 from engine.train import checkpoint as ck
 from engine.train.base import TrainerBase
-from engine.train.device import pick_device, process_settings
+from engine.train import distributed as ddp
+from engine.train.device import place, process_settings
 from engine.train.loop import run_trainer
 from engine.train.preview import compose, mask_overlay
 from engine.train.rng import seed_everything
@@ -134,21 +140,23 @@ class XSegTrainer(TrainerBase):
         if r.kind != "xseg":
             raise TorchSAEError(f"{r.source or r.name}: a {r.kind.upper()} recipe; `torchsae xseg train` needs an XSeg "
                                 "recipe (kind = \"xseg\" with an [xseg] table, e.g. recipes/xseg.toml)")
-        dev = pick_device(device or r.train.device)
+        dev, dist = place(r.train, device)  # under torchrun: this rank's device and the process group
         seed_everything(r.train.seed)
         train_faces, unlabelled = faces if faces is not None else load_training_faces(r)[:2]
         net = build_xseg(r).to(dev)
+        ddp.broadcast_module(net, dist)
         opt = RMSprop(net.parameters(), lr=r.xseg.lr, lr_dropout=r.xseg.lr_dropout, seed=r.train.seed * 1000 + 31)
         run = Path(run_dir) if run_dir else ck.run_dir_of(r)
         return cls(recipe=r, recipe_toml=recipe_mod.dumps(r), run_dir=run, device=dev, model=net, opt=opt,
-                   faces=train_faces, unlabelled=unlabelled, pretrain=r.xseg.pretrain)
+                   faces=train_faces, unlabelled=unlabelled, pretrain=r.xseg.pretrain, dist=dist)
 
     def make_loader(self) -> None:
         x = self.recipe.xseg
         self.loader = make_xseg_loader(self.faces, resolution=x.resolution, face_type=x.face_type,
                                        batch_size=self.recipe.train.batch_size, seed=self.recipe.train.seed,
                                        workers=x.workers, augment=x.augment, pretrain=x.pretrain,
-                                       pipeline=x.pipeline, device=self.device)
+                                       pipeline=x.pipeline, device=self.device, rank=self.dist.rank,
+                                       world_size=self.dist.world)
 
     # ------------------------------------------------------------------ weights from elsewhere
     def init_from(self, path: str | Path) -> None:
@@ -202,9 +210,13 @@ class XSegTrainer(TrainerBase):
         logits, pred = self.net(batch["image"], pretrain=self.pretrain)
         per_sample = xseg_loss(logits, pred, target, pretrain=self.pretrain, resolution=self.recipe.xseg.resolution)
         per_sample.sum().backward()  # DFL: gradients of the per-sample loss vector = of its sum
+        loss_sum = per_sample.detach().sum()
+        if self.dist.enabled:  # the combined batch's gradient and loss on every rank (so all agree to skip)
+            ddp.allreduce_grads_(list(self.net.parameters()), self.dist)
+            loss_sum = ddp.allreduce_sum(loss_sum, self.dist)
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         # one host sync for both numbers (the non-finite guard)
-        losses = {"loss": float(per_sample.detach().mean()), "grad_norm": float(global_grad_norm(grads))}
+        losses = {"loss": float(loss_sum / self.recipe.train.batch_size), "grad_norm": float(global_grad_norm(grads))}
         if self.finite_or_skip(losses):
             self.opt.step()
             self.count_step(losses, t0)
