@@ -35,8 +35,11 @@ torch.Size([2, 3, 64, 64])
 >>> p = [gen_warp_params(64, False, rnd_state=np.random.RandomState(s), warp_rnd_state=np.random.RandomState(s))
 ...      for s in (3, 4)]                                                 # DFL's own draws, two samples
 >>> ref = warp_batch(img, p, False, True, False, True, "cubic", impl="reference")  # DFL's cv2.warpAffine
->>> (warp_batch(img, p, False, True, False, True, "cubic") - ref).abs().max().item() < 1e-4  # no grid: exact
+>>> err = (warp_batch(img, p, False, True, False, True, "cubic") - ref).abs().max().item()  # no grid
+>>> import cv2; err < (1e-4 if int(cv2.__version__.split(".")[0]) < 5 else 0.05)
 True
+
+(exact under OpenCV 4, which DFL ran; OpenCV 5 dropped warpAffine's 1/32-pixel coordinates: ~0.03 there)
 
 How the one-pass paths differ from DFL's two-pass result is documented in kernels/warp/batched.py: exact
 (float rounding) for transform-only/flip-only calls (targets, masks, §12.8); interpolation error for the
