@@ -23,6 +23,7 @@ Inputs (`expand_inputs`):
 
 from __future__ import annotations
 
+import abc
 import logging
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class ModelRef:
     run: Path | None = None
 
 
-class EvalModel:
+class EvalModel(abc.ABC):
     """What the evaluator needs of a model. label: shown in reports; step: training step or None; run: run
     folder (groups checkpoints of one training run); held_out: engine.data.holdout record or None; recipe:
     the resolved Recipe when known (torch models); no_recon: identity -> reason reconstruction is missing."""
@@ -72,11 +73,14 @@ class EvalModel:
     recipe: Any = None
     no_recon: dict[str, str]
 
+    @abc.abstractmethod
     def swap(self, faces: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """dst faces (N, R, R, 3) float BGR [0, 1] -> the swapped faces, same shape."""
 
+    @abc.abstractmethod
     def reconstruct(self, faces: np.ndarray, identity: str) -> np.ndarray | None:
-        raise NotImplementedError
+        """Faces of `identity` ("src"/"dst") through that identity's own path; None when the model has none
+        (`no_recon[identity]` says why)."""
 
     def info(self) -> dict[str, Any]:
         return {"model": str(self.path), "label": self.label, "kind": self.kind, "step": self.step,

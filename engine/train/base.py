@@ -22,6 +22,7 @@ A subclass provides the model-specific parts: `train_one`, `lr`, `preview_sample
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import time
@@ -45,7 +46,7 @@ log = logging.getLogger("torchsae.train")
 
 
 @attrs.define(kw_only=True)
-class TrainerBase:
+class TrainerBase(abc.ABC):
     """The state every trainer shares (module doc). `model` is the module whose weights a checkpoint holds."""
 
     # the loss terms of a step kept in `history` (DFL's loss_history, the preview's loss graph) and shown
@@ -100,9 +101,9 @@ class TrainerBase:
             self.diverged()
         return False
 
+    @abc.abstractmethod
     def diverged(self) -> None:
         """[train].max_bad_steps non-finite steps in a row (SAEHD: roll back; XSeg: stop)."""
-        raise NotImplementedError
 
     def count_step(self, losses: dict[str, float], t0: float) -> None:
         """Book an applied, finite step that started at perf_counter() `t0`."""
@@ -119,11 +120,13 @@ class TrainerBase:
     def preview_due(self) -> bool:
         return self.step > 0 and self.step % self.preview_every() == 0
 
+    @abc.abstractmethod
     def preview_every(self) -> int:
-        raise NotImplementedError
+        """Steps between previews."""
 
+    @abc.abstractmethod
     def preview_samples(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The fixed preview samples, taken from the first batch."""
 
     # ------------------------------------------------------------------ checkpoints
     def train_state(self) -> dict[str, Any]:
